@@ -1,0 +1,278 @@
+package safedial
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// ErrEphemeralExhausted matches, with [errors.Is], every error that reports
+// ephemeral-port exhaustion: the kernel had no free local port for the dial.
+// The concrete error is an [*ExhaustedError] inside the usual [*net.OpError].
+var ErrEphemeralExhausted = errors.New("ephemeral ports exhausted")
+
+// ErrSourceNotLocal matches, with [errors.Is], the error a [Dialer] returns
+// when a source address (Base.LocalAddr or one of Sources) is not an address
+// of this host or network namespace: bind(2) answered EADDRNOTAVAIL. It is a
+// configuration error, never exhaustion.
+var ErrSourceNotLocal = errors.New("source address is not an address of this host")
+
+// ErrInvalidConfig matches, with [errors.Is], the errors a [Dialer] returns
+// for a configuration that cannot work (for example Sources together with
+// Base.LocalAddr, or an inverted PortRange). No socket is made.
+var ErrInvalidConfig = errors.New("invalid safedial configuration")
+
+// Winsock error codes. On Windows, syscall.EADDRINUSE and friends are values
+// invented by the syscall package that a real Winsock error never equals, so
+// the real codes are compared. They are plain numbers here so that the rules
+// can be tested on every system; control_windows.go checks at compile time
+// that they equal golang.org/x/sys/windows.WSAEADDRINUSE and WSAENOBUFS.
+const (
+	wsaEADDRINUSE syscall.Errno = 10048
+	wsaENOBUFS    syscall.Errno = 10055
+)
+
+// ExhaustedError describes one ephemeral-port exhaustion. A [Dialer] returns
+// it as the Err of a [*net.OpError], so code that inspects *net.OpError keeps
+// working, and errors.Is(err, [ErrEphemeralExhausted]),
+// errors.Is(err, syscall.EADDRINUSE) (or EADDRNOTAVAIL, EAGAIN) and
+// errors.As(err, new(*os.SyscallError)) all hold:
+//
+//	*net.OpError → *ExhaustedError → *os.SyscallError → syscall.Errno
+type ExhaustedError struct {
+	// Op is the system call that found no free port: "bind" when a bind to
+	// port 0 failed (every port of the range is bound on Source's address),
+	// "connect" when connect(2) found no port free for this 4-tuple.
+	Op string
+	// Net is the network of the dial ("tcp", "tcp4", "udp6", ...).
+	Net string
+	// Source is the requested local address (port 0), the zero AddrPort
+	// when the dial did not bind.
+	Source netip.AddrPort
+	// Dest is the remote address being dialed.
+	Dest netip.AddrPort
+	// Range is the local port range in force, or the zero PortRange when it
+	// could not be read (on systems other than Linux).
+	Range PortRange
+	// PerSocket reports that Range is the dialer's PortRange rather than the
+	// namespace's net.ipv4.ip_local_port_range.
+	PerSocket bool
+	// Tried lists the sources of a [Dialer.Sources] pool that were tried,
+	// all exhausted, in the order tried. Nil outside pools.
+	Tried []netip.Addr
+	// Err is the underlying error, an [*os.SyscallError].
+	Err error
+}
+
+// Error says what happened and what to do about it.
+func (e *ExhaustedError) Error() string {
+	var b strings.Builder
+	b.WriteString(ErrEphemeralExhausted.Error())
+	if e.Err != nil {
+		b.WriteString(" (")
+		b.WriteString(e.Err.Error())
+		b.WriteString(")")
+	}
+	rng := "local port range"
+	if e.PerSocket {
+		rng = "per-socket port range"
+	}
+	if e.Range != (PortRange{}) {
+		rng += " " + e.Range.String()
+	}
+	switch {
+	case len(e.Tried) > 1:
+		fmt.Fprintf(&b, "; %s is full for this destination from every source tried (%s): add source addresses or destinations, or reuse connections", rng, joinAddrs(e.Tried))
+	case e.Op == "bind":
+		fmt.Fprintf(&b, "; every port of the %s is bound", rng)
+		if e.Source.IsValid() {
+			fmt.Fprintf(&b, " on %s", e.Source.Addr())
+		}
+		b.WriteString(": bind before connect allows one connection per port whatever the destination; dial with safedial's IP_BIND_ADDRESS_NO_PORT (do not set DisableBindNoPort) or do not set a local address")
+	default:
+		fmt.Fprintf(&b, "; %s is full for this destination: add source addresses or destinations, reuse connections, or widen the range", rng)
+	}
+	return b.String()
+}
+
+// Unwrap returns the underlying system call error.
+func (e *ExhaustedError) Unwrap() error { return e.Err }
+
+// Is reports whether target is [ErrEphemeralExhausted].
+func (e *ExhaustedError) Is(target error) bool { return target == ErrEphemeralExhausted }
+
+// Timeout reports false: exhaustion is not a timeout.
+func (e *ExhaustedError) Timeout() bool { return false }
+
+// Temporary reports true: ports come free as connections close, so a later
+// dial may succeed.
+func (e *ExhaustedError) Temporary() bool { return true }
+
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// sourceError is the Err of the *net.OpError a Dialer returns when bind(2)
+// answered EADDRNOTAVAIL: the source is not an address of this host.
+type sourceError struct {
+	src netip.Addr
+	err error // *os.SyscallError
+}
+
+func (e *sourceError) Error() string {
+	src := "the source address"
+	if e.src.IsValid() {
+		src = "source address " + e.src.String()
+	}
+	return fmt.Sprintf("%s is not an address of this host (%v); use an address assigned to a local interface (see ip addr)", src, e.err)
+}
+
+func (e *sourceError) Unwrap() error        { return e.err }
+func (e *sourceError) Is(target error) bool { return target == ErrSourceNotLocal }
+
+// configError is a configuration error; it matches ErrInvalidConfig and any
+// errors it wraps.
+type configError struct {
+	msg  string
+	errs []error
+}
+
+func (e *configError) Error() string   { return "safedial: " + e.msg }
+func (e *configError) Unwrap() []error { return append([]error{ErrInvalidConfig}, e.errs...) }
+
+func errConfig(format string, args ...any) error {
+	err := fmt.Errorf(format, args...)
+	return &configError{msg: err.Error(), errs: unwrapAll(err)}
+}
+
+func unwrapAll(err error) []error {
+	switch u := err.(type) {
+	case interface{ Unwrap() []error }:
+		return u.Unwrap()
+	case interface{ Unwrap() error }:
+		if e := u.Unwrap(); e != nil {
+			return []error{e}
+		}
+	}
+	return nil
+}
+
+// Classify applies safedial's exhaustion rules to an error from any dialer:
+// a plain [net.Dialer], an [http.Client] (whose errors are [*url.Error]), or
+// code that wrapped them. When err reports ephemeral-port exhaustion, Classify
+// returns an error that matches [ErrEphemeralExhausted] and wraps an
+// [*ExhaustedError]; a *url.Error or *net.OpError on the outside stays on the
+// outside. Otherwise, and for errors that already match, it returns err
+// unchanged (nil stays nil).
+//
+// The rules, from the system call that failed:
+//   - bind, EADDRINUSE, requested local port 0: exhaustion (Op "bind");
+//   - TCP connect, EADDRNOTAVAIL, no explicit local port: exhaustion (Op "connect");
+//   - UDP connect, EAGAIN: exhaustion (Op "connect");
+//   - Windows: bind, WSAENOBUFS; connectex, WSAEADDRINUSE: exhaustion;
+//   - anything else is not: bind EADDRNOTAVAIL (the source is not local),
+//     EADDRINUSE on an explicit port (a conflict), refused, unreachable,
+//     timeouts and cancellation.
+func Classify(err error) error {
+	if err == nil || errors.Is(err, ErrEphemeralExhausted) {
+		return err
+	}
+	switch e := err.(type) {
+	case *net.OpError:
+		if ee := exhausted(e, PortRange{}); ee != nil {
+			return withErr(e, ee)
+		}
+		return err
+	case *url.Error:
+		if inner := Classify(e.Err); inner != e.Err {
+			return &url.Error{Op: e.Op, URL: e.URL, Err: inner}
+		}
+		return err
+	}
+	var op *net.OpError
+	if errors.As(err, &op) {
+		if ee := exhausted(op, PortRange{}); ee != nil {
+			return &classified{err: err, ee: ee}
+		}
+	}
+	return err
+}
+
+// classified adds an ExhaustedError to an error chain Classify cannot rebuild.
+type classified struct {
+	err error
+	ee  *ExhaustedError
+}
+
+func (c *classified) Error() string   { return c.err.Error() + ": " + ErrEphemeralExhausted.Error() }
+func (c *classified) Unwrap() []error { return []error{c.ee, c.err} }
+
+// withErr returns a copy of op with Err replaced.
+func withErr(op *net.OpError, err error) *net.OpError {
+	c := *op
+	c.Err = err
+	return &c
+}
+
+// exhausted returns the ExhaustedError that op reports, or nil when op is not
+// exhaustion. pr is the dialer's per-socket range, if any.
+func exhausted(op *net.OpError, pr PortRange) *ExhaustedError {
+	sc, ok := op.Err.(*os.SyscallError)
+	if !ok || op.Op != "dial" {
+		return nil
+	}
+	errno, ok := sc.Err.(syscall.Errno)
+	if !ok {
+		return nil
+	}
+	src := addrPort(op.Source)
+	ephemeral := src.Port() == 0
+	var what string
+	switch {
+	case sc.Syscall == "bind" && ephemeral && (errno == syscall.EADDRINUSE || errno == wsaENOBUFS):
+		what = "bind"
+	case sc.Syscall == "connect" && ephemeral && errno == syscall.EADDRNOTAVAIL && strings.HasPrefix(op.Net, "tcp"):
+		what = "connect"
+	case sc.Syscall == "connect" && errno == syscall.EAGAIN && strings.HasPrefix(op.Net, "udp"):
+		what = "connect"
+	case sc.Syscall == "connectex" && errno == wsaEADDRINUSE:
+		what = "connect"
+	default:
+		return nil
+	}
+	ee := &ExhaustedError{Op: what, Net: op.Net, Source: src, Dest: addrPort(op.Addr), Err: sc}
+	if pr != (PortRange{}) {
+		ee.Range, ee.PerSocket = pr, true
+	} else {
+		ee.Range, _ = localPortRange()
+	}
+	return ee
+}
+
+// addrPort converts a *net.TCPAddr or *net.UDPAddr; anything else, including
+// nil, gives the zero AddrPort.
+func addrPort(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		if a != nil {
+			ap = a.AddrPort()
+		}
+	case *net.UDPAddr:
+		if a != nil {
+			ap = a.AddrPort()
+		}
+	}
+	// net.ParseIP gives 16-byte IPv4 addresses, which convert to IPv4-mapped
+	// IPv6; report them as the IPv4 addresses they are.
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

@@ -1,0 +1,189 @@
+//go:build linux
+
+package safedial_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"reflect"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/safedial/safedial"
+	"github.com/safedial/safedial/internal/netns"
+	"github.com/safedial/safedial/internal/netnstest"
+	"golang.org/x/sys/unix"
+)
+
+// inNamespace runs body in a private network namespace whose ephemeral range
+// is lo-hi and whose tcp_tw_reuse is 0.
+func inNamespace(t *testing.T, lo, hi uint16, body func(t *testing.T)) {
+	t.Helper()
+	netnstest.Run(t, netns.Config{PortLo: lo, PortHi: hi}, body)
+}
+
+// servers listens on every host x port and accepts connections, holding them
+// open until the test ends. It returns the listening addresses, host-major.
+func servers(t *testing.T, network string, hosts []string, ports []int) []string {
+	t.Helper()
+	var (
+		addrs []string
+		mu    sync.Mutex
+		held  []net.Conn
+		wg    sync.WaitGroup
+	)
+	for _, h := range hosts {
+		for _, p := range ports {
+			ln, err := net.Listen(network, net.JoinHostPort(h, fmt.Sprint(p)))
+			if err != nil {
+				t.Fatalf("listen: %v", err)
+			}
+			addrs = append(addrs, ln.Addr().String())
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					mu.Lock()
+					held = append(held, c)
+					mu.Unlock()
+				}
+			}()
+			t.Cleanup(func() { ln.Close() })
+		}
+	}
+	t.Cleanup(func() {
+		// Runs before the listeners' Close (cleanups are LIFO), so wait
+		// after closing them here too.
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return addrs
+}
+
+// fill dials the destinations in turn until the first error, and returns the
+// number of connections made and that error. The connections stay open until
+// the test ends.
+func fill(t *testing.T, dial func(ctx context.Context, network, address string) (net.Conn, error), network string, dests []string, max int) (int, error) {
+	t.Helper()
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i := 0; i < max; i++ {
+		c, err := dial(context.Background(), network, dests[i%len(dests)])
+		if err != nil {
+			return len(conns), err
+		}
+		conns = append(conns, c)
+	}
+	return len(conns), nil
+}
+
+// link describes one level of an error chain for comparison with cmp.Diff.
+type link struct {
+	Type string
+	What string // Op and Net, Syscall, Op of ExhaustedError, or errno name
+}
+
+// chain walks err's Unwrap() error chain, one link per level.
+func chain(err error) []link {
+	var out []link
+	for err != nil {
+		l := link{Type: reflect.TypeOf(err).String()}
+		switch e := err.(type) {
+		case *net.OpError:
+			l.What = e.Op + " " + e.Net
+		case *os.SyscallError:
+			l.What = e.Syscall
+		case *safedial.ExhaustedError:
+			l.What = e.Op
+		case syscall.Errno:
+			l.What = errnoName(e)
+		}
+		out = append(out, l)
+		err = errors.Unwrap(err)
+	}
+	return out
+}
+
+func errnoName(e syscall.Errno) string {
+	for _, n := range []struct {
+		e    syscall.Errno
+		name string
+	}{
+		{syscall.EADDRINUSE, "EADDRINUSE"}, {syscall.EADDRNOTAVAIL, "EADDRNOTAVAIL"},
+		{syscall.EAGAIN, "EAGAIN"}, {syscall.ECONNREFUSED, "ECONNREFUSED"},
+		{syscall.ENETUNREACH, "ENETUNREACH"}, {syscall.EINVAL, "EINVAL"},
+	} {
+		if e == n.e {
+			return n.name
+		}
+	}
+	return fmt.Sprintf("errno %d", uintptr(e))
+}
+
+// Chains the tests expect.
+func exhaustedChain(network, op, errno string) []link {
+	return []link{
+		{"*net.OpError", "dial " + network},
+		{"*safedial.ExhaustedError", op},
+		{"*os.SyscallError", op},
+		{"syscall.Errno", errno},
+	}
+}
+
+func plainChain(network, syscallName, errno string) []link {
+	return []link{
+		{"*net.OpError", "dial " + network},
+		{"*os.SyscallError", syscallName},
+		{"syscall.Errno", errno},
+	}
+}
+
+// reuseAddrOnly is a net.Dialer hook that sets SO_REUSEADDR alone: the
+// classic fix that no longer works.
+func reuseAddrOnly(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func tcpAddr(s string) *net.TCPAddr {
+	return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s))
+}
+
+// netipCmp lets cmp.Diff compare netip values, whose fields are unexported.
+var netipCmp = cmp.Options{
+	cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+	cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }),
+}
+
+// fdCount counts this process's open file descriptors.
+func fdCount(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("count fds: %v", err)
+	}
+	return len(ents)
+}

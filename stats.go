@@ -1,0 +1,67 @@
+package safedial
+
+import (
+	"net/netip"
+	"sync/atomic"
+)
+
+// Stats counts what a [Dialer] has done since it was made. Counters only
+// grow. They are read one by one, so a snapshot taken while dials are in
+// flight may count a dial in Dials before its outcome.
+type Stats struct {
+	// Dials counts calls to Dial, DialContext and DialTCP.
+	Dials uint64
+	// Succeeded counts calls that returned a connection.
+	Succeeded uint64
+	// Exhausted counts calls that returned an error matching
+	// ErrEphemeralExhausted (after every failover step failed).
+	Exhausted uint64
+	// Failovers counts moves from an exhausted source to the next one of a
+	// Sources pool.
+	Failovers uint64
+	// Sources has one entry per address of Sources, in order, counted since
+	// Sources was last changed; nil without Sources.
+	Sources []SourceStats
+}
+
+// SourceStats counts the attempts made from one source address of a pool.
+type SourceStats struct {
+	Addr netip.Addr
+	// Dials counts attempts from this source, failover steps included.
+	Dials uint64
+	// Succeeded counts attempts that returned a connection.
+	Succeeded uint64
+	// Exhausted counts attempts that found no free port toward the
+	// destination.
+	Exhausted uint64
+}
+
+type counters struct {
+	dials, succeeded, exhausted, failovers atomic.Uint64
+}
+
+type sourceCounters struct {
+	dials, succeeded, exhausted atomic.Uint64
+}
+
+// Stats returns a snapshot of d's counters. It is safe to call while dials
+// are in flight.
+func (d *Dialer) Stats() Stats {
+	// Outcomes first, then Dials, so that Succeeded+Exhausted never exceeds
+	// Dials in a snapshot.
+	s := Stats{
+		Succeeded: d.counters.succeeded.Load(),
+		Exhausted: d.counters.exhausted.Load(),
+		Failovers: d.counters.failovers.Load(),
+	}
+	s.Dials = d.counters.dials.Load()
+	if p := d.pool.Load(); p != nil && p.err == nil {
+		s.Sources = make([]SourceStats, len(p.srcs))
+		for i := range p.srcs {
+			src := &p.srcs[i]
+			s.Sources[i] = SourceStats{Addr: src.addr, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load()}
+			s.Sources[i].Dials = src.dials.Load()
+		}
+	}
+	return s
+}
