@@ -187,3 +187,11 @@ func fdCount(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+func mustAddrs(ss ...string) []netip.Addr {
+	as := make([]netip.Addr, len(ss))
+	for i, s := range ss {
+		as[i] = netip.MustParseAddr(s)
+	}
+	return as
+}

@@ -1,0 +1,182 @@
+package safedial_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/safedial/safedial"
+)
+
+// Synthetic errors shaped exactly as Go's net package builds them, so that
+// the rules for every system (Windows included) are checked on every system.
+func opErr(network, syscallName string, errno syscall.Errno, src, dst string) *net.OpError {
+	op := &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError(syscallName, errno)}
+	addr := func(s string) net.Addr {
+		ap := netip.MustParseAddrPort(s)
+		if network[:3] == "udp" {
+			return net.UDPAddrFromAddrPort(ap)
+		}
+		return net.TCPAddrFromAddrPort(ap)
+	}
+	if src != "" {
+		op.Source = addr(src)
+	}
+	if dst != "" {
+		op.Addr = addr(dst)
+	}
+	return op
+}
+
+func TestClassifyRules(t *testing.T) {
+	const (
+		wsaEADDRINUSE = syscall.Errno(10048) // windows.WSAEADDRINUSE
+		wsaENOBUFS    = syscall.Errno(10055) // windows.WSAENOBUFS
+	)
+	for _, tc := range []struct {
+		name string
+		err  *net.OpError
+		op   string // ExhaustedError.Op, or "" for not exhaustion
+	}{
+		{"bind EADDRINUSE port 0", opErr("tcp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.2:80"), "bind"},
+		{"udp bind EADDRINUSE port 0", opErr("udp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.2:53"), "bind"},
+		{"bind EADDRINUSE explicit port", opErr("tcp", "bind", syscall.EADDRINUSE, "127.0.0.1:4000", "127.0.0.2:80"), ""},
+		{"bind EADDRNOTAVAIL", opErr("tcp", "bind", syscall.EADDRNOTAVAIL, "192.0.2.1:0", "127.0.0.2:80"), ""},
+		{"tcp connect EADDRNOTAVAIL, no bind", opErr("tcp", "connect", syscall.EADDRNOTAVAIL, "", "127.0.0.2:80"), "connect"},
+		{"tcp6 connect EADDRNOTAVAIL, port 0", opErr("tcp6", "connect", syscall.EADDRNOTAVAIL, "[::1]:0", "[::1]:80"), "connect"},
+		{"tcp connect EADDRNOTAVAIL, explicit port", opErr("tcp", "connect", syscall.EADDRNOTAVAIL, "127.0.0.1:4000", "127.0.0.2:80"), ""},
+		{"udp connect EAGAIN", opErr("udp", "connect", syscall.EAGAIN, "", "127.0.0.2:53"), "connect"},
+		{"tcp connect EAGAIN", opErr("tcp", "connect", syscall.EAGAIN, "", "127.0.0.2:80"), ""},
+		{"udp connect EADDRNOTAVAIL", opErr("udp", "connect", syscall.EADDRNOTAVAIL, "", "127.0.0.2:53"), ""},
+		{"connect ECONNREFUSED", opErr("tcp", "connect", syscall.ECONNREFUSED, "", "127.0.0.2:80"), ""},
+		{"connect ENETUNREACH", opErr("tcp", "connect", syscall.ENETUNREACH, "", "192.0.2.1:80"), ""},
+		{"connect ETIMEDOUT", opErr("tcp", "connect", syscall.ETIMEDOUT, "", "192.0.2.1:80"), ""},
+		{"windows bind WSAENOBUFS", opErr("tcp", "bind", wsaENOBUFS, "", "127.0.0.2:80"), "bind"},
+		{"windows connectex WSAEADDRINUSE", opErr("tcp", "connectex", wsaEADDRINUSE, "", "127.0.0.2:80"), "connect"},
+		{"windows connectex WSAECONNREFUSED", opErr("tcp", "connectex", syscall.Errno(10061), "", "127.0.0.2:80"), ""},
+		{"WSAEADDRINUSE from connect is not a Winsock call", opErr("tcp", "connect", wsaEADDRINUSE, "", "127.0.0.2:80"), ""},
+		{"read EADDRNOTAVAIL is not a dial", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EADDRNOTAVAIL)}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := safedial.Classify(tc.err)
+			if tc.op == "" {
+				if got != error(tc.err) {
+					t.Fatalf("Classify(%v) = %v, want it unchanged", tc.err, got)
+				}
+				return
+			}
+			op, ok := got.(*net.OpError)
+			if !ok {
+				t.Fatalf("Classify returned %T, want *net.OpError outermost", got)
+			}
+			if op.Op != tc.err.Op || op.Net != tc.err.Net || op.Source != tc.err.Source || op.Addr != tc.err.Addr {
+				t.Errorf("Classify changed the OpError's fields: %+v, want %+v", op, tc.err)
+			}
+			var ee *safedial.ExhaustedError
+			if !errors.As(got, &ee) || ee.Op != tc.op || ee.Err != tc.err.Err {
+				t.Fatalf("Classify(%v) = %v, want ExhaustedError{Op: %q} wrapping the *os.SyscallError", tc.err, got, tc.op)
+			}
+			if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.Is(got, tc.err.Err.(*os.SyscallError).Err) {
+				t.Errorf("%v: want errors.Is ErrEphemeralExhausted and the errno", got)
+			}
+			if ee.Temporary() != true || ee.Timeout() || op.Timeout() {
+				t.Errorf("Temporary/Timeout = %v/%v, want true/false", ee.Temporary(), ee.Timeout())
+			}
+		})
+	}
+}
+
+func TestClassifyWrapping(t *testing.T) {
+	exhaustion := opErr("tcp", "connect", syscall.EADDRNOTAVAIL, "", "127.0.0.2:80")
+	refused := opErr("tcp", "connect", syscall.ECONNREFUSED, "", "127.0.0.2:80")
+
+	if safedial.Classify(nil) != nil {
+		t.Error("Classify(nil) != nil")
+	}
+	plain := errors.New("boom")
+	if safedial.Classify(plain) != plain {
+		t.Error("Classify changed an unrelated error")
+	}
+
+	ue := &url.Error{Op: "Get", URL: "http://127.0.0.2/", Err: exhaustion}
+	got := safedial.Classify(ue)
+	if gu, ok := got.(*url.Error); !ok || gu.Op != "Get" || gu.URL != ue.URL || !errors.Is(got, safedial.ErrEphemeralExhausted) {
+		t.Errorf("Classify(*url.Error) = %#v, want a *url.Error matching ErrEphemeralExhausted", got)
+	}
+	if safedial.Classify(&url.Error{Op: "Get", URL: "x", Err: refused}).(*url.Error).Err != refused {
+		t.Error("Classify rebuilt a *url.Error that is not exhaustion")
+	}
+
+	wrapped := fmt.Errorf("pool: %w", exhaustion)
+	got = safedial.Classify(wrapped)
+	var op *net.OpError
+	if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.Is(got, wrapped) || !errors.As(got, &op) || op != exhaustion {
+		t.Errorf("Classify(fmt.Errorf(%%w)) = %v: want ErrEphemeralExhausted, the original chain kept", got)
+	}
+	if safedial.Classify(got) != got {
+		t.Error("Classify of a classified error is not the same error")
+	}
+	if w := fmt.Errorf("pool: %w", refused); safedial.Classify(w) != w {
+		t.Error("Classify changed a wrapped non-exhaustion error")
+	}
+
+	// The message says what happened and what to do.
+	msg := safedial.Classify(opErr("tcp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.2:80")).Error()
+	for _, want := range []string{"dial tcp 127.0.0.1:0->127.0.0.2:80: ephemeral ports exhausted (bind: ", "bound on 127.0.0.1", "IP_BIND_ADDRESS_NO_PORT"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("bind exhaustion message %q lacks %q", msg, want)
+		}
+	}
+}
+
+// TestConfigErrors: bad configuration is reported before any socket is made.
+func TestConfigErrors(t *testing.T) {
+	hookRan := false
+	hook := func(context.Context, string, string, syscall.RawConn) error { hookRan = true; return nil }
+	base := net.Dialer{ControlContext: hook}
+	for _, tc := range []struct {
+		name string
+		d    *safedial.Dialer
+		is   error
+		msg  string
+	}{
+		{"inverted PortRange", &safedial.Dialer{Base: base, PortRange: safedial.PortRange{Lo: 45009, Hi: 45000}}, safedial.ErrInvalidConfig, "PortRange 45009-45000 is inverted"},
+		{"PortRange without Hi", &safedial.Dialer{Base: base, PortRange: safedial.PortRange{Lo: 45000}}, safedial.ErrInvalidConfig, "set both Lo and Hi"},
+		{"PortRange without Lo", &safedial.Dialer{Base: base, PortRange: safedial.PortRange{Hi: 45000}}, safedial.ErrInvalidConfig, "set both Lo and Hi"},
+		{"Sources with LocalAddr", &safedial.Dialer{Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, ControlContext: hook}, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, safedial.ErrInvalidConfig, "Sources and Base.LocalAddr are both set"},
+		{"zero source", &safedial.Dialer{Base: base, Sources: []netip.Addr{{}}}, safedial.ErrInvalidConfig, "Sources[0] is the zero netip.Addr"},
+		{"IPv6 destination, IPv4 sources", &safedial.Dialer{Base: base, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, safedial.ErrInvalidConfig, "no source address of the destination's family"},
+		{"Sources on a unix network", &safedial.Dialer{Base: base, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, safedial.ErrInvalidConfig, `not "unix"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			network, addr := "tcp", "127.0.0.1:1"
+			switch tc.name {
+			case "IPv6 destination, IPv4 sources":
+				addr = "[::1]:1"
+			case "Sources on a unix network":
+				network, addr = "unix", "/nonexistent"
+			}
+			hookRan = false
+			_, err := tc.d.DialContext(context.Background(), network, addr)
+			if !errors.Is(err, tc.is) || errors.Is(err, safedial.ErrEphemeralExhausted) {
+				t.Fatalf("err = %v, want %v and not exhaustion", err, tc.is)
+			}
+			if !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("message %q lacks %q", err, tc.msg)
+			}
+			if _, ok := err.(*net.OpError); !ok {
+				t.Errorf("err is %T, want *net.OpError", err)
+			}
+			if hookRan {
+				t.Error("a socket was made before the configuration was checked")
+			}
+		})
+	}
+}
