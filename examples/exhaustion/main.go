@@ -1,0 +1,413 @@
+// Command exhaustion reproduces ephemeral-port exhaustion on the real kernel
+// and measures how far each dialer gets, each in a fresh private network
+// namespace with a narrow ephemeral port range (the host is never touched).
+//
+// Modes:
+//
+//	-mode capacity  connections each dialer holds open before its first error
+//	-mode churn     dial + client-side close until the first error (TIME_WAIT
+//	                piles up), and the sustained rate that implies
+//	-mode latency   median and p99 connect latency at 0, 50, 90, 99% of the
+//	                range in use (-svg writes a chart)
+//
+// It needs root, or unprivileged user namespaces, on Linux.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/safedial/safedial"
+	"github.com/safedial/safedial/internal/netns"
+)
+
+const portLo = 40000
+
+type config struct {
+	Mode        string `json:"mode"`
+	Ports       int    `json:"ports"`
+	Hosts       int    `json:"hosts"`
+	DestPorts   int    `json:"dest_ports"`
+	Sources     int    `json:"sources"`
+	Samples     int    `json:"samples"`
+	LatencyPort int    `json:"latency_ports"`
+}
+
+// result is one row of capacity or churn output.
+type result struct {
+	Dialer      string   `json:"dialer"`
+	Connections int      `json:"connections"`
+	Limit       int      `json:"limit"`
+	FirstError  string   `json:"first_error"`
+	RatePerSec  *float64 `json:"sustained_per_sec,omitempty"`
+}
+
+// latencyRow is one row of latency output.
+type latencyRow struct {
+	Dialer    string  `json:"dialer"`
+	FillPct   int     `json:"fill_pct"`
+	MedianUS  float64 `json:"median_us"`
+	P99US     float64 `json:"p99_us"`
+	FirstFail string  `json:"first_error,omitempty"`
+}
+
+// childEnv carries the scenario to the copy of this program that runs in the
+// namespace.
+const childEnv = "EXHAUSTION_SCENARIO"
+
+type scenario struct {
+	Config config `json:"config"`
+	Name   string `json:"name"`
+}
+
+func main() {
+	if os.Getenv(childEnv) != "" {
+		if err := runChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "exhaustion:", err)
+			os.Exit(1)
+		}
+		return
+	}
+
+	var c config
+	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn or latency")
+	flag.IntVar(&c.Ports, "ports", 100, "size of the namespace's ephemeral port range (from 40000)")
+	flag.IntVar(&c.Hosts, "hosts", 3, "destination addresses (127.0.0.1 up)")
+	flag.IntVar(&c.DestPorts, "dports", 2, "listening ports per destination address")
+	flag.IntVar(&c.Sources, "sources", 4, "source addresses in the pool variant (127.0.1.1 up)")
+	flag.IntVar(&c.Samples, "samples", 300, "connects measured per fill level (latency)")
+	flag.IntVar(&c.LatencyPort, "latency-ports", 4000, "range size for the latency mode")
+	asJSON := flag.Bool("json", false, "print JSON instead of a table")
+	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")
+	flag.Parse()
+	if err := run(c, *asJSON, *svg, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "exhaustion:", err)
+		os.Exit(1)
+	}
+}
+
+func run(c config, asJSON bool, svg string, w io.Writer) error {
+	switch c.Mode {
+	case "capacity", "churn":
+		var rows []result
+		for _, d := range variants(c) {
+			if c.Mode == "churn" && !d.churn {
+				continue
+			}
+			var r result
+			if err := inNamespace(c, c.Ports, d.name, &r); err != nil {
+				return err
+			}
+			rows = append(rows, r)
+		}
+		if asJSON {
+			return json.NewEncoder(w).Encode(rows)
+		}
+		printResults(w, c, rows)
+	case "latency":
+		var rows []latencyRow
+		for _, name := range []string{"net.Dialer", "net.Dialer+LocalAddr", "safedial+LocalAddr"} {
+			var rs []latencyRow
+			if err := inNamespace(c, c.LatencyPort, name, &rs); err != nil {
+				return err
+			}
+			rows = append(rows, rs...)
+		}
+		if svg != "" {
+			if err := os.WriteFile(svg, latencySVG(c, rows), 0o644); err != nil {
+				return err
+			}
+		}
+		if asJSON {
+			return json.NewEncoder(w).Encode(rows)
+		}
+		printLatency(w, c, rows)
+	default:
+		return fmt.Errorf("unknown -mode %q: use capacity, churn or latency", c.Mode)
+	}
+	return nil
+}
+
+// inNamespace runs this program for one scenario in a fresh namespace whose
+// range has size ports, and decodes its JSON answer into out.
+func inNamespace(c config, ports int, name string, out any) error {
+	if ports < 2 || portLo+ports-1 > 65535 {
+		return fmt.Errorf("range size %d: must be 2 to %d", ports, 65535-portLo+1)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd, err := netns.Command(netns.Config{PortLo: portLo, PortHi: uint16(portLo + ports - 1)}, exe)
+	if err != nil {
+		return fmt.Errorf("cannot create a private network namespace: %w", err)
+	}
+	sc, err := json.Marshal(scenario{Config: c, Name: name})
+	if err != nil {
+		return err
+	}
+	cmd.Env = append(cmd.Env, childEnv+"="+string(sc))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || errors.Is(err, syscall.EPERM) {
+			return fmt.Errorf("cannot create a private network namespace (%v): run as root, or enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)", err)
+		}
+		return fmt.Errorf("scenario %s: %v: %s", name, err, strings.TrimSpace(stderr.String()))
+	}
+	return json.Unmarshal(b, out)
+}
+
+func printResults(w io.Writer, c config, rows []result) {
+	fmt.Fprintf(w, "%s: range %d ports (%d-%d), %d destination addresses x %d ports\n\n",
+		c.Mode, c.Ports, portLo, portLo+c.Ports-1, c.Hosts, c.DestPorts)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if c.Mode == "churn" {
+		fmt.Fprintln(tw, "dialer\tconnections\tlimit\tsustained/s (28232 ports, 60 s TIME_WAIT)\tfirst error")
+	} else {
+		fmt.Fprintln(tw, "dialer\tconnections\tlimit\tfirst error")
+	}
+	for _, r := range rows {
+		if c.Mode == "churn" {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\n", r.Dialer, r.Connections, r.Limit, *r.RatePerSec, r.FirstError)
+		} else {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\n", r.Dialer, r.Connections, r.Limit, r.FirstError)
+		}
+	}
+	tw.Flush()
+}
+
+func printLatency(w io.Writer, c config, rows []latencyRow) {
+	fmt.Fprintf(w, "connect latency vs fill: range %d ports, one destination, %d connects per level\n\n", c.LatencyPort, c.Samples)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "dialer\tfill\tmedian µs\tp99 µs\t")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%d%%\t%.1f\t%.1f\t%s\n", r.Dialer, r.FillPct, r.MedianUS, r.P99US, r.FirstFail)
+	}
+	tw.Flush()
+}
+
+// A variant is one dialer under test.
+type variant struct {
+	name  string
+	churn bool // also measured in churn mode
+	limit int  // connections the 4-tuples allow
+	dial  func(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+func variants(c config) []variant {
+	dests := c.Hosts * c.DestPorts
+	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	var pool []netip.Addr
+	for i := 1; i <= c.Sources; i++ {
+		pool = append(pool, netip.AddrFrom4([4]byte{127, 0, 1, byte(i)}))
+	}
+	half := safedial.PortRange{Lo: portLo, Hi: uint16(portLo + c.Ports/2 - 1)}
+	return []variant{
+		{"net.Dialer", true, c.Ports * dests, (&net.Dialer{}).DialContext},
+		{"net.Dialer+LocalAddr", true, c.Ports * dests, (&net.Dialer{LocalAddr: src}).DialContext},
+		{"net.Dialer+LocalAddr+SO_REUSEADDR", false, c.Ports * dests, (&net.Dialer{LocalAddr: src, Control: reuseAddr}).DialContext},
+		{"safedial+LocalAddr", true, c.Ports * dests, (&safedial.Dialer{Base: net.Dialer{LocalAddr: src}}).DialContext},
+		{fmt.Sprintf("safedial+Sources(%d)", c.Sources), true, c.Sources * c.Ports * dests, (&safedial.Dialer{Sources: pool}).DialContext},
+		{fmt.Sprintf("safedial+PortRange(%v)", half), false, c.Ports / 2 * dests, (&safedial.Dialer{Base: net.Dialer{LocalAddr: src}, PortRange: half}).DialContext},
+	}
+}
+
+// reuseAddr is the classic fix, SO_REUSEADDR alone, set the way most code
+// does it.
+func reuseAddr(_, _ string, c syscall.RawConn) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) { serr = setReuseAddr(fd) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// runChild runs the scenario in childEnv and prints its result as JSON.
+func runChild() error {
+	var sc scenario
+	if err := json.Unmarshal([]byte(os.Getenv(childEnv)), &sc); err != nil {
+		return err
+	}
+	if err := netns.Setup(); err != nil {
+		return err
+	}
+	c := sc.Config
+	var v *variant
+	for _, x := range variants(c) {
+		if x.name == sc.Name {
+			v = &x
+		}
+	}
+	if v == nil {
+		return fmt.Errorf("unknown scenario %q", sc.Name)
+	}
+	var out any
+	var err error
+	switch c.Mode {
+	case "capacity":
+		out, err = capacity(c, *v)
+	case "churn":
+		out, err = churn(c, *v)
+	case "latency":
+		out, err = latency(c, *v)
+	}
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// listen starts hosts x ports servers that read each connection until EOF
+// and close it, and returns their addresses.
+func listen(hosts, ports int) ([]string, error) {
+	var addrs []string
+	for h := 1; h <= hosts; h++ {
+		for p := 0; p < ports; p++ {
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%d", h, 8080+p))
+			if err != nil {
+				return nil, err
+			}
+			addrs = append(addrs, ln.Addr().String())
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						io.Copy(io.Discard, c)
+						c.Close()
+					}()
+				}
+			}()
+		}
+	}
+	return addrs, nil
+}
+
+func capacity(c config, v variant) (result, error) {
+	dests, err := listen(c.Hosts, c.DestPorts)
+	if err != nil {
+		return result{}, err
+	}
+	r := result{Dialer: v.name, Limit: v.limit}
+	for i := 0; i < 2*v.limit+1; i++ {
+		conn, err := v.dial(context.Background(), "tcp", dests[i%len(dests)])
+		if err != nil {
+			r.FirstError = describe(err)
+			break
+		}
+		defer conn.Close()
+		r.Connections++
+	}
+	return r, nil
+}
+
+// churn dials and closes from the client side, so each connection leaves its
+// port in TIME_WAIT (tcp_tw_reuse is 0), until the first error.
+func churn(c config, v variant) (result, error) {
+	dests, err := listen(c.Hosts, c.DestPorts)
+	if err != nil {
+		return result{}, err
+	}
+	r := result{Dialer: v.name, Limit: v.limit}
+	for i := 0; i < 2*v.limit+1; i++ {
+		conn, err := v.dial(context.Background(), "tcp", dests[i%len(dests)])
+		if err != nil {
+			r.FirstError = describe(err)
+			break
+		}
+		conn.Close()
+		r.Connections++
+	}
+	// Connections per TIME_WAIT period, scaled from this range to the
+	// default one (32768-60999).
+	rate := float64(r.Connections) / float64(c.Ports) * 28232 / 60
+	r.RatePerSec = &rate
+	return r, nil
+}
+
+// latency fills the range toward one destination to each level with held
+// connections, then times connects that it closes with RST (so they leave
+// no TIME_WAIT and the fill stays constant).
+func latency(c config, v variant) ([]latencyRow, error) {
+	dests, err := listen(1, 1)
+	if err != nil {
+		return nil, err
+	}
+	dst := dests[0]
+	var rows []latencyRow
+	// Warm up (first connects pay for goroutines and page faults).
+	for i := 0; i < 50; i++ {
+		if conn, err := v.dial(context.Background(), "tcp", dst); err == nil {
+			conn.(*net.TCPConn).SetLinger(0)
+			conn.Close()
+		}
+	}
+	held := 0
+	for _, pct := range []int{0, 50, 90, 99} {
+		for ; held < c.LatencyPort*pct/100; held++ {
+			conn, err := v.dial(context.Background(), "tcp", dst)
+			if err != nil {
+				return nil, fmt.Errorf("filling to %d%%: %w", pct, err)
+			}
+			defer conn.Close()
+		}
+		row := latencyRow{Dialer: v.name, FillPct: pct}
+		ds := make([]time.Duration, 0, c.Samples)
+		for i := 0; i < c.Samples; i++ {
+			start := time.Now()
+			conn, err := v.dial(context.Background(), "tcp", dst)
+			elapsed := time.Since(start)
+			if err != nil {
+				row.FirstFail = describe(err)
+				break
+			}
+			conn.(*net.TCPConn).SetLinger(0)
+			conn.Close()
+			ds = append(ds, elapsed)
+		}
+		row.MedianUS, row.P99US = quantile(ds, 0.5), quantile(ds, 0.99)
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+func quantile(ds []time.Duration, q float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return float64(s[int(q*float64(len(s)-1))].Nanoseconds()) / 1e3
+}
+
+// describe shortens an error to what the table needs: the system call and
+// its errno, and whether safedial.Classify calls it exhaustion.
+func describe(err error) string {
+	s := err.Error()
+	var sc *os.SyscallError
+	if errors.As(err, &sc) {
+		s = sc.Error()
+	}
+	if errors.Is(safedial.Classify(err), safedial.ErrEphemeralExhausted) {
+		s += " (exhaustion)"
+	}
+	return s
+}
