@@ -5,35 +5,36 @@ import (
 	"sync/atomic"
 )
 
-// Stats counts what a [Dialer] has done since it was made. Counters only
+// Stats counts what a [Dialer] has done since it was made. It marshals to
+// JSON with lower-case keys, ready for expvar. Counters only
 // grow. They are read one by one, so a snapshot taken while dials are in
 // flight may count a dial in Dials before its outcome.
 type Stats struct {
 	// Dials counts calls to Dial, DialContext and DialTCP.
-	Dials uint64
+	Dials uint64 `json:"dials"`
 	// Succeeded counts calls that returned a connection.
-	Succeeded uint64
+	Succeeded uint64 `json:"succeeded"`
 	// Exhausted counts calls that returned an error matching
 	// ErrEphemeralExhausted (after every failover step failed).
-	Exhausted uint64
+	Exhausted uint64 `json:"exhausted"`
 	// Failovers counts moves from an exhausted source to the next one of a
 	// Sources pool.
-	Failovers uint64
+	Failovers uint64 `json:"failovers"`
 	// Sources has one entry per address of Sources, in order, counted since
 	// Sources was last changed; nil without Sources.
-	Sources []SourceStats
+	Sources []SourceStats `json:"sources,omitempty"`
 }
 
 // SourceStats counts the attempts made from one source address of a pool.
 type SourceStats struct {
-	Addr netip.Addr
+	Addr netip.Addr `json:"addr"`
 	// Dials counts attempts from this source, failover steps included.
-	Dials uint64
+	Dials uint64 `json:"dials"`
 	// Succeeded counts attempts that returned a connection.
-	Succeeded uint64
+	Succeeded uint64 `json:"succeeded"`
 	// Exhausted counts attempts that found no free port toward the
 	// destination.
-	Exhausted uint64
+	Exhausted uint64 `json:"exhausted"`
 }
 
 type counters struct {

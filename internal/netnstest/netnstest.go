@@ -49,10 +49,6 @@ func Run(t *testing.T, c netns.Config, body func(t *testing.T)) {
 		unavailable(t, err)
 	}
 	cmd.Env = append(cmd.Env, envTest+"="+t.Name())
-	if os.Getenv("GORACE") == "" {
-		// The race detector otherwise sleeps a second before every exit.
-		cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=0")
-	}
 	out, err := cmd.CombinedOutput()
 	if bytes.Contains(out, []byte(setupFailed)) {
 		unavailable(t, lineWith(out, setupFailed))

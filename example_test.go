@@ -1,0 +1,176 @@
+package safedial_test
+
+import (
+	"context"
+	"errors"
+	"expvar"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"syscall"
+
+	"github.com/safedial/safedial"
+)
+
+// Pin the source address of an http.Client without capping it at one
+// connection per ephemeral port.
+func ExampleDialer() {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello")
+	}))
+	defer srv.Close()
+
+	d := &safedial.Dialer{Base: net.Dialer{
+		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, // the source to pin
+	}}
+	client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+
+	resp, err := client.Get(srv.URL)
+	if errors.Is(err, safedial.ErrEphemeralExhausted) {
+		log.Print("out of ports: ", err) // add Sources, or reuse connections
+		return
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	fmt.Println(resp.Status, string(body))
+	// Output: 200 OK hello
+}
+
+// Keep your own net.Dialer and add only safedial's socket options.
+func ExampleDialer_ControlContext() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+
+	var sd safedial.Dialer
+	nd := &net.Dialer{
+		LocalAddr:      &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)},
+		ControlContext: sd.ControlContext,
+	}
+	c, err := nd.Dial("tcp", ln.Addr().String())
+	// Errors from your own dialer can be classified afterwards.
+	if err := safedial.Classify(err); errors.Is(err, safedial.ErrEphemeralExhausted) {
+		log.Print(err)
+		return
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	c.Close()
+	fmt.Println("connected")
+	// Output: connected
+}
+
+// Classify recognises exhaustion in errors from any dialer. This is the
+// error a bound net.Dialer returns when every port of the range is bound.
+func ExampleClassify() {
+	err := &net.OpError{
+		Op: "dial", Net: "tcp",
+		Source: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)},
+		Addr:   &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 8080},
+		Err:    os.NewSyscallError("bind", syscall.EADDRINUSE),
+	}
+	cerr := safedial.Classify(err)
+	var ee *safedial.ExhaustedError
+	fmt.Println(errors.Is(cerr, safedial.ErrEphemeralExhausted), errors.As(cerr, &ee) && ee.Op == "bind")
+	fmt.Println(errors.Is(cerr, syscall.EADDRINUSE))
+	var op *net.OpError
+	fmt.Println(errors.As(cerr, &op) && op == cerr)
+	// Output:
+	// true true
+	// true
+	// true
+}
+
+// Handle exhaustion apart from other failures.
+func ExampleExhaustedError() {
+	d := &safedial.Dialer{Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+	_, err := d.DialContext(context.Background(), "tcp", "127.0.0.1:1") // nothing listens there
+	var ee *safedial.ExhaustedError
+	switch {
+	case errors.As(err, &ee):
+		log.Printf("no port from %v to %v (%s); range %v", ee.Source, ee.Dest, ee.Op, ee.Range)
+	case errors.Is(err, safedial.ErrSourceNotLocal), errors.Is(err, safedial.ErrInvalidConfig):
+		log.Fatal("fix the configuration: ", err)
+	case err != nil:
+		fmt.Println("other failure:", errors.Is(err, syscall.ECONNREFUSED))
+	}
+	// Output: other failure: true
+}
+
+// A pool of source addresses: dials are spread over them, fail over when one
+// is exhausted, and are counted.
+func ExampleDialer_Sources() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+
+	d := &safedial.Dialer{
+		Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
+		OnExhausted: func(e *safedial.ExhaustedError) {
+			log.Printf("source %v exhausted toward %v", e.Source.Addr(), e.Dest)
+		},
+	}
+	for range 3 {
+		c, err := d.Dial("tcp", ln.Addr().String()) // IPv4: uses 127.0.0.1
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer c.Close()
+	}
+	st := d.Stats()
+	fmt.Println(st.Dials, st.Succeeded, st.Exhausted, st.Failovers)
+	for _, s := range st.Sources {
+		fmt.Println(s.Addr, s.Succeeded)
+	}
+	// Output:
+	// 3 3 0 0
+	// 127.0.0.1 3
+	// ::1 0
+}
+
+// Split one address's ephemeral range between 4 processes (or containers)
+// that must never collide: each dials with its own quarter.
+func ExamplePortRange() {
+	const lo, hi, n = 32768, 60999, 4 // the namespace range, and the process count
+	size := (hi - lo + 1) / n
+	for i := range n {
+		r := safedial.PortRange{Lo: uint16(lo + i*size), Hi: uint16(lo + (i+1)*size - 1)}
+		fmt.Printf("process %d: safedial.Dialer{PortRange: %v}\n", i, r)
+	}
+	// Output:
+	// process 0: safedial.Dialer{PortRange: 32768-39825}
+	// process 1: safedial.Dialer{PortRange: 39826-46883}
+	// process 2: safedial.Dialer{PortRange: 46884-53941}
+	// process 3: safedial.Dialer{PortRange: 53942-60999}
+}
+
+// Publish a Dialer's statistics on /debug/vars with expvar, from the standard
+// library: no metrics dependency needed.
+func ExampleDialer_Stats() {
+	d := &safedial.Dialer{}
+	expvar.Publish("safedial", expvar.Func(func() any { return d.Stats() }))
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	if c, err := d.Dial("tcp", ln.Addr().String()); err == nil {
+		c.Close()
+	}
+	fmt.Println(expvar.Get("safedial"))
+	// Output: {"dials":1,"succeeded":1,"exhausted":0,"failovers":0}
+}
