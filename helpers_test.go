@@ -6,10 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"reflect"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -195,3 +197,54 @@ func mustAddrs(ss ...string) []netip.Addr {
 	}
 	return as
 }
+
+// fakeResolver answers A and AAAA queries from names, in-process over a
+// net.Pipe (DNS over a stream), so that tests control what a host name
+// resolves to without any server or /etc/hosts entry.
+func fakeResolver(names map[string][]netip.Addr) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+		client, server := net.Pipe()
+		go serveDNS(server, names)
+		return client, nil
+	}}
+}
+
+func serveDNS(c net.Conn, names map[string][]netip.Addr) {
+	defer c.Close()
+	for {
+		var n [2]byte
+		if _, err := io.ReadFull(c, n[:]); err != nil {
+			return
+		}
+		q := make([]byte, int(n[0])<<8|int(n[1]))
+		if _, err := io.ReadFull(c, q); err != nil || len(q) < 12 {
+			return
+		}
+		// The question: labels, then type and class.
+		i, labels := 12, []string(nil)
+		for i < len(q) && q[i] != 0 {
+			l := int(q[i])
+			labels = append(labels, string(q[i+1:i+1+l]))
+			i += 1 + l
+		}
+		qend := i + 5
+		qtype := uint16(q[i+1])<<8 | uint16(q[i+2])
+		var answers [][]byte
+		for _, a := range names[strings.Join(labels, ".")+"."] {
+			if a.Is4() && qtype == 1 || a.Is6() && qtype == 28 {
+				ip := a.AsSlice()
+				rr := []byte{0xc0, 12, byte(qtype >> 8), byte(qtype), 0, 1, 0, 0, 0, 60, 0, byte(len(ip))}
+				answers = append(answers, append(rr, ip...))
+			}
+		}
+		resp := append([]byte{q[0], q[1], 0x81, 0x80, 0, 1, 0, byte(len(answers)), 0, 0, 0, 0}, q[12:qend]...)
+		for _, rr := range answers {
+			resp = append(resp, rr...)
+		}
+		if _, err := c.Write(append([]byte{byte(len(resp) >> 8), byte(len(resp))}, resp...)); err != nil {
+			return
+		}
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
