@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 )
@@ -229,12 +230,34 @@ func (o options) apply(network string, c syscall.RawConn) error {
 	if !tcp && !strings.HasPrefix(network, "udp") {
 		return nil
 	}
-	var err error
-	if cerr := c.Control(func(fd uintptr) { err = setOptions(fd, tcp, o) }); cerr != nil {
+	// RawConn.Control takes a func that escapes; a pooled setter with its
+	// method value made once keeps the dial path free of allocations.
+	s := setters.Get().(*setter)
+	s.o, s.tcp = o, tcp
+	cerr := c.Control(s.fn)
+	err := s.err
+	s.err = nil
+	setters.Put(s)
+	if cerr != nil {
 		return cerr
 	}
 	return err
 }
+
+type setter struct {
+	o   options
+	tcp bool
+	err error
+	fn  func(fd uintptr) // s.set, bound once
+}
+
+func (s *setter) set(fd uintptr) { s.err = setOptions(fd, s.tcp, s.o) }
+
+var setters = sync.Pool{New: func() any {
+	s := new(setter)
+	s.fn = s.set
+	return s
+}}
 
 type controlFunc = func(ctx context.Context, network, address string, c syscall.RawConn) error
 
