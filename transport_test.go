@@ -14,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/safedial/safedial"
 )
@@ -132,6 +133,11 @@ func TestNoLeaks(t *testing.T) {
 		wg.Wait()
 		if got := fdCount(t); got != fds {
 			t.Errorf("open fds: %d before, %d after %d failing dials", fds, got, perKind*len(failing))
+		}
+		// A goroutine that has called wg.Done may not have exited yet:
+		// yield until the count settles, for at most a few seconds.
+		for end := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > gs && time.Now().Before(end); {
+			runtime.Gosched()
 		}
 		if got := runtime.NumGoroutine(); got != gs {
 			t.Errorf("goroutines: %d before, %d after", gs, got)

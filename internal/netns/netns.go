@@ -30,6 +30,8 @@ type Config struct {
 	PortLo, PortHi uint16
 	// TWReuse sets net.ipv4.tcp_tw_reuse. The zero value sets 0, so that
 	// ports in TIME_WAIT are never reused and counts are exact.
+	// (net.ipv4.tcp_rfc1337 is always set to 1, so that no RST ends a
+	// TIME_WAIT early.)
 	TWReuse int
 }
 

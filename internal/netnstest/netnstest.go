@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/safedial/safedial/internal/netns"
 )
@@ -43,7 +44,12 @@ func Run(t *testing.T, c netns.Config, body func(t *testing.T)) {
 		t.Fatalf("netnstest: %s runs inside another test's namespace; nested namespaces are not supported", t.Name())
 	}
 
-	args := []string{"-test.run=" + runPattern(t.Name()), "-test.v", "-test.count=1", "-test.timeout=10m"}
+	timeout := 10 * time.Minute
+	if dl, ok := t.Deadline(); ok {
+		// Time out (with a goroutine dump) before the parent does.
+		timeout = time.Until(dl) * 9 / 10
+	}
+	args := []string{"-test.run=" + runPattern(t.Name()), "-test.v", "-test.count=1", "-test.timeout=" + timeout.String()}
 	cmd, err := netns.Command(c, os.Args[0], args...)
 	if err != nil {
 		unavailable(t, err)

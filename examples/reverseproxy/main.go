@@ -1,0 +1,207 @@
+// Command reverseproxy is an HTTP reverse proxy whose upstream connections
+// are dialed with safedial: a pool of source addresses, an optional
+// per-socket port range, statistics on /debug/vars, and exhaustion answered
+// as 503 Service Unavailable with a clear body, logged once per burst.
+//
+//	go run ./examples/reverseproxy -listen 127.0.0.1:8080 \
+//		-upstream http://127.0.0.2:8000,http://127.0.0.3:8000 \
+//		-sources 127.0.0.1,127.0.0.5 -port-range 40000-49999
+//
+// Requests are spread over the upstreams in turn. -dialer net uses a plain
+// net.Dialer with the first source as LocalAddr instead, for comparison: it
+// stops at one connection per ephemeral port and answers 502.
+package main
+
+import (
+	"errors"
+	"expvar"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/safedial/safedial"
+)
+
+type config struct {
+	Upstreams []*url.URL
+	Sources   []netip.Addr
+	PortRange safedial.PortRange
+	Dialer    string // "safedial" or "net"
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8080", "address to serve on")
+	upstreams := flag.String("upstream", "", "comma-separated upstream base URLs (required)")
+	sources := flag.String("sources", "", "comma-separated source addresses for upstream connections")
+	portRange := flag.String("port-range", "", "per-socket local port range LO-HI (Linux 6.3+)")
+	dialer := flag.String("dialer", "safedial", "safedial, or net for a plain net.Dialer (comparison)")
+	flag.Parse()
+
+	cfg, err := parseConfig(*upstreams, *sources, *portRange, *dialer)
+	if err != nil {
+		log.Fatal(err)
+	}
+	p, err := newProxy(cfg, log.Default())
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("proxying %s to %v with %s", *listen, cfg.Upstreams, cfg.Dialer)
+	log.Fatal(http.ListenAndServe(*listen, p))
+}
+
+func parseConfig(upstreams, sources, portRange, dialer string) (config, error) {
+	cfg := config{Dialer: dialer}
+	if dialer != "safedial" && dialer != "net" {
+		return cfg, fmt.Errorf("-dialer %q: use safedial or net", dialer)
+	}
+	for _, s := range strings.Split(upstreams, ",") {
+		if s == "" {
+			continue
+		}
+		u, err := url.Parse(s)
+		if err != nil || u.Host == "" {
+			return cfg, fmt.Errorf("-upstream %q: want a base URL such as http://127.0.0.2:8000", s)
+		}
+		cfg.Upstreams = append(cfg.Upstreams, u)
+	}
+	if len(cfg.Upstreams) == 0 {
+		return cfg, errors.New("-upstream is required")
+	}
+	for _, s := range strings.Split(sources, ",") {
+		if s == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return cfg, fmt.Errorf("-sources: %v", err)
+		}
+		cfg.Sources = append(cfg.Sources, a)
+	}
+	if portRange != "" {
+		lo, hi, ok := strings.Cut(portRange, "-")
+		l, err1 := strconv.ParseUint(lo, 10, 16)
+		h, err2 := strconv.ParseUint(hi, 10, 16)
+		if !ok || err1 != nil || err2 != nil {
+			return cfg, fmt.Errorf("-port-range %q: want LO-HI, such as 40000-49999", portRange)
+		}
+		cfg.PortRange = safedial.PortRange{Lo: uint16(l), Hi: uint16(h)}
+	}
+	if dialer == "net" && (len(cfg.Sources) > 1 || cfg.PortRange != (safedial.PortRange{})) {
+		return cfg, errors.New("-dialer net takes at most one source and no -port-range")
+	}
+	return cfg, nil
+}
+
+// proxy serves the reverse proxy on / and expvar on /debug/vars.
+type proxy struct {
+	http.Handler
+	dialer *safedial.Dialer // nil with -dialer net
+}
+
+// published is the dialer whose Stats /debug/vars shows; expvar names are
+// global, so it is published once and follows the newest proxy.
+var (
+	published   atomic.Pointer[safedial.Dialer]
+	publishOnce sync.Once
+)
+
+func newProxy(cfg config, logger *log.Logger) (*proxy, error) {
+	p := &proxy{}
+	tr := &http.Transport{
+		Proxy:               nil,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	switch cfg.Dialer {
+	case "net":
+		nd := &net.Dialer{Timeout: 10 * time.Second}
+		if len(cfg.Sources) == 1 {
+			nd.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(cfg.Sources[0], 0))
+		}
+		tr.DialContext = nd.DialContext
+	default:
+		p.dialer = &safedial.Dialer{
+			Base:      net.Dialer{Timeout: 10 * time.Second},
+			Sources:   cfg.Sources,
+			PortRange: cfg.PortRange,
+		}
+		tr.DialContext = p.dialer.DialContext
+		published.Store(p.dialer)
+		publishOnce.Do(func() {
+			expvar.Publish("safedial", expvar.Func(func() any {
+				if d := published.Load(); d != nil {
+					return d.Stats()
+				}
+				return nil
+			}))
+		})
+	}
+
+	burst := &burstLogger{logger: logger, quiet: time.Second, now: time.Now}
+	var next atomic.Uint64
+	rp := &httputil.ReverseProxy{
+		Transport: tr,
+		Rewrite: func(r *httputil.ProxyRequest) {
+			u := cfg.Upstreams[(next.Add(1)-1)%uint64(len(cfg.Upstreams))]
+			r.SetURL(u)
+			r.SetXForwarded()
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			var ee *safedial.ExhaustedError
+			if errors.As(err, &ee) {
+				burst.exhausted(ee)
+				w.Header().Set("Retry-After", "1")
+				http.Error(w, "503 service unavailable: no local port left for a connection to "+r.URL.Host+
+					" (ephemeral ports exhausted); retry later: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			logger.Printf("proxy: %s %s: %v", r.Method, r.URL, err)
+			http.Error(w, "502 bad gateway: "+err.Error(), http.StatusBadGateway)
+		},
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", rp)
+	mux.Handle("/debug/vars", expvar.Handler())
+	p.Handler = mux
+	return p, nil
+}
+
+// burstLogger logs the first exhaustion of a burst and counts the rest; a
+// burst ends after quiet passes without exhaustion, and the next one's first
+// line says how many were not logged.
+type burstLogger struct {
+	logger *log.Logger
+	quiet  time.Duration
+	now    func() time.Time
+
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (b *burstLogger) exhausted(ee *safedial.ExhaustedError) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	if !b.last.IsZero() && now.Sub(b.last) < b.quiet {
+		b.last = now
+		b.suppressed++
+		return
+	}
+	prev := ""
+	if b.suppressed > 0 {
+		prev = fmt.Sprintf(" (%d more in the previous burst were not logged)", b.suppressed)
+	}
+	b.logger.Printf("proxy: ephemeral ports exhausted toward %v, answering 503 until ports free up: %v%s", ee.Dest, ee, prev)
+	b.last, b.suppressed = now, 0
+}
