@@ -88,7 +88,7 @@ func main() {
 	flag.IntVar(&c.Hosts, "hosts", 3, "destination addresses (127.0.0.1 up)")
 	flag.IntVar(&c.DestPorts, "dports", 2, "listening ports per destination address")
 	flag.IntVar(&c.Sources, "sources", 4, "source addresses in the pool variant (127.0.1.1 up)")
-	flag.IntVar(&c.Samples, "samples", 300, "connects measured per fill level (latency)")
+	flag.IntVar(&c.Samples, "samples", 1000, "connects measured per fill level (latency)")
 	flag.IntVar(&c.LatencyPort, "latency-ports", 4000, "range size for the latency mode")
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
 	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")

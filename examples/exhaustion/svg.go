@@ -55,6 +55,9 @@ func latencySVG(c config, rows []latencyRow) []byte {
 				pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(r.FillPct), y(s.val(r))))
 			}
 			fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", col, s.dash, strings.Join(pts, " "))
+			for _, r := range series[name] {
+				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>`+"\n", x(r.FillPct), y(s.val(r)), col)
+			}
 		}
 		ly := top + 20 + i*20
 		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>`+"\n", w-right+10, ly, w-right+30, ly, col)
