@@ -133,6 +133,22 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	return c, nil
 }
 
+// dialBound is DialTCP with a local address: net.Dialer.DialTCP with the
+// options of a binding dial.
+func (d *Dialer) dialBound(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
+	if err := d.PortRange.validate(); err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	nd := d.Base
+	nd.ControlContext = d.control(true)
+	c, err := nd.DialTCP(ctx, network, laddr, raddr)
+	if err != nil {
+		return nil, d.failed(err)
+	}
+	d.counters.succeeded.Add(1)
+	return c, nil
+}
+
 // DialTCP connects to raddr from laddr on a TCP network, like
 // [net.Dialer.DialTCP]. A zero laddr means no local address: unlike
 // net.Dialer.DialTCP, which then binds the wildcard address, the socket is not
@@ -152,26 +168,16 @@ func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip
 	case len(d.Sources) == 0 && !laddr.IsValid() && raddr.IsValid():
 		// No local address: connect without binding.
 		c, err = d.DialContext(ctx, network, raddr.String())
-	case len(d.Sources) > 0:
+	case len(d.Sources) == 0:
 		d.counters.dials.Add(1)
-		if laddr.IsValid() {
-			return nil, &net.OpError{Op: "dial", Net: network, Source: net.TCPAddrFromAddrPort(laddr), Addr: tcpAddr(raddr),
-				Err: errConfig("Sources and a local address are both set: use one of them")}
-		}
-		c, err = d.dialPool(ctx, network, "", raddr)
+		return d.dialBound(ctx, network, laddr, raddr)
+	case laddr.IsValid():
+		d.counters.dials.Add(1)
+		return nil, &net.OpError{Op: "dial", Net: network, Source: net.TCPAddrFromAddrPort(laddr), Addr: tcpAddr(raddr),
+			Err: errConfig("Sources and a local address are both set: use one of them")}
 	default:
 		d.counters.dials.Add(1)
-		if err := d.PortRange.validate(); err != nil {
-			return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-		}
-		nd := d.Base
-		nd.ControlContext = d.control(true)
-		tc, err := nd.DialTCP(ctx, network, laddr, raddr)
-		if err != nil {
-			return nil, d.failed(err)
-		}
-		d.counters.succeeded.Add(1)
-		return tc, nil
+		c, err = d.dialPool(ctx, network, "", raddr)
 	}
 	if err != nil {
 		return nil, err

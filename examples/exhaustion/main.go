@@ -301,27 +301,23 @@ func listen(hosts, ports int) ([]string, error) {
 	return addrs, nil
 }
 
-func capacity(c config, v variant) (result, error) {
-	dests, err := listen(c.Hosts, c.DestPorts)
-	if err != nil {
-		return result{}, err
-	}
-	r := result{Dialer: v.name, Limit: v.limit}
-	for i := 0; i < 2*v.limit+1; i++ {
-		conn, err := v.dial(context.Background(), "tcp", dests[i%len(dests)])
-		if err != nil {
-			r.FirstError = describe(err)
-			break
-		}
-		defer conn.Close()
-		r.Connections++
-	}
-	return r, nil
-}
+// capacity holds every connection open until the first error.
+func capacity(c config, v variant) (result, error) { return dialUntilError(c, v, true) }
 
 // churn dials and closes from the client side, so each connection leaves its
 // port in TIME_WAIT (tcp_tw_reuse is 0), until the first error.
 func churn(c config, v variant) (result, error) {
+	r, err := dialUntilError(c, v, false)
+	// Connections per TIME_WAIT period, scaled from this range to the
+	// default one (32768-60999).
+	rate := float64(r.Connections) / float64(c.Ports) * 28232 / 60
+	r.RatePerSec = &rate
+	return r, err
+}
+
+// dialUntilError dials the destinations in turn until the first error,
+// holding the connections open or closing each at once.
+func dialUntilError(c config, v variant, hold bool) (result, error) {
 	dests, err := listen(c.Hosts, c.DestPorts)
 	if err != nil {
 		return result{}, err
@@ -333,13 +329,13 @@ func churn(c config, v variant) (result, error) {
 			r.FirstError = describe(err)
 			break
 		}
-		conn.Close()
+		if hold {
+			defer conn.Close()
+		} else {
+			conn.Close()
+		}
 		r.Connections++
 	}
-	// Connections per TIME_WAIT period, scaled from this range to the
-	// default one (32768-60999).
-	rate := float64(r.Connections) / float64(c.Ports) * 28232 / 60
-	r.RatePerSec = &rate
 	return r, nil
 }
 

@@ -31,10 +31,9 @@ func unavailable(t *testing.T, err error) {
 	t.Fatal(err)
 }
 
-// TestCapacityTable runs the program's default experiment and checks the
-// exact numbers the README shows.
-func TestCapacityTable(t *testing.T) {
-	c := config{Mode: "capacity", Ports: 100, Hosts: 3, DestPorts: 2, Sources: 4}
+// runJSON runs the program's mode c with -json and decodes its rows.
+func runJSON(t *testing.T, c config) []result {
+	t.Helper()
 	var out strings.Builder
 	if err := run(c, true, "", &out); err != nil {
 		unavailable(t, err)
@@ -43,6 +42,13 @@ func TestCapacityTable(t *testing.T) {
 	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
 		t.Fatal(err)
 	}
+	return got
+}
+
+// TestCapacityTable runs the program's default experiment and checks the
+// exact numbers the README shows.
+func TestCapacityTable(t *testing.T) {
+	got := runJSON(t, config{Mode: "capacity", Ports: 100, Hosts: 3, DestPorts: 2, Sources: 4})
 	connect := "connect: cannot assign requested address (exhaustion)"
 	bind := "bind: address already in use (exhaustion)"
 	want := []result{
@@ -62,15 +68,7 @@ func TestCapacityTable(t *testing.T) {
 // each 4-tuple, so the counts equal the capacity limits, except for a bound
 // net.Dialer, which cannot reuse a port toward another destination.
 func TestChurnTable(t *testing.T) {
-	c := config{Mode: "churn", Ports: 50, Hosts: 2, DestPorts: 2, Sources: 2}
-	var out strings.Builder
-	if err := run(c, true, "", &out); err != nil {
-		unavailable(t, err)
-	}
-	var got []result
-	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
-		t.Fatal(err)
-	}
+	got := runJSON(t, config{Mode: "churn", Ports: 50, Hosts: 2, DestPorts: 2, Sources: 2})
 	counts := map[string]int{}
 	for _, r := range got {
 		counts[r.Dialer] = r.Connections
