@@ -60,6 +60,8 @@ func TestClassifyRules(t *testing.T) {
 		{"connect ETIMEDOUT", opErr("tcp", "connect", syscall.ETIMEDOUT, "", "192.0.2.1:80"), ""},
 		{"windows bind WSAENOBUFS", opErr("tcp", "bind", wsaENOBUFS, "", "127.0.0.2:80"), "bind"},
 		{"windows connectex WSAEADDRINUSE", opErr("tcp", "connectex", wsaEADDRINUSE, "", "127.0.0.2:80"), "connect"},
+		{"windows connectex WSAEADDRINUSE, explicit port", opErr("tcp", "connectex", wsaEADDRINUSE, "127.0.0.1:4000", "127.0.0.2:80"), ""},
+		{"udp connect EAGAIN, explicit port", opErr("udp", "connect", syscall.EAGAIN, "127.0.0.1:4000", "127.0.0.2:53"), ""},
 		{"windows connectex WSAECONNREFUSED", opErr("tcp", "connectex", syscall.Errno(10061), "", "127.0.0.2:80"), ""},
 		{"WSAEADDRINUSE from connect is not a Winsock call", opErr("tcp", "connect", wsaEADDRINUSE, "", "127.0.0.2:80"), ""},
 		{"read EADDRNOTAVAIL is not a dial", &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EADDRNOTAVAIL)}, ""},
@@ -179,4 +181,41 @@ func TestConfigErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzClassify: whatever shape a dial error has, Classify does not panic,
+// keeps the original errno and *net.OpError reachable, and is idempotent.
+func FuzzClassify(f *testing.F) {
+	f.Add("tcp", "connect", uint16(syscall.EADDRNOTAVAIL), uint16(0), true)
+	f.Add("tcp6", "bind", uint16(syscall.EADDRINUSE), uint16(0), true)
+	f.Add("udp4", "connect", uint16(syscall.EAGAIN), uint16(0), false)
+	f.Add("tcp", "connectex", uint16(10048), uint16(0), false)
+	f.Add("tcp", "bind", uint16(syscall.EADDRINUSE), uint16(4000), true)
+	f.Fuzz(func(t *testing.T, network, syscallName string, errno, port uint16, withSource bool) {
+		op := &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError(syscallName, syscall.Errno(errno)),
+			Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 80}}
+		if withSource {
+			op.Source = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port)}
+		}
+		got := safedial.Classify(op)
+		if got == nil {
+			t.Fatal("Classify returned nil for an error")
+		}
+		if !errors.Is(got, syscall.Errno(errno)) {
+			t.Errorf("Classify lost the errno: %v", got)
+		}
+		var gop *net.OpError
+		if !errors.As(got, &gop) || gop.Op != "dial" || gop.Net != network {
+			t.Errorf("Classify lost the *net.OpError: %#v", got)
+		}
+		if again := safedial.Classify(got); again != got {
+			t.Errorf("Classify is not idempotent")
+		}
+		if errors.Is(got, safedial.ErrEphemeralExhausted) {
+			_ = got.Error() // the message must format
+			if withSource && port != 0 {
+				t.Errorf("explicit local port %d classified as exhaustion: %v", port, got)
+			}
+		}
+	})
 }

@@ -45,7 +45,10 @@ type Dialer struct {
 
 	// Sources, when not empty, is a pool of source addresses: each dial
 	// binds one of them (port 0, with the protections above), chosen in
-	// turn among those of the destination's address family. When a source
+	// turn among those of the destination's address family. A host name
+	// is resolved with Base.Resolver; its addresses that have a source of
+	// their family are tried one after another in the resolver's order
+	// (without Happy Eyeballs racing), sharing Base.Timeout. When a source
 	// has no port left toward the destination, the dial fails over to the
 	// next source of that family; only when all are exhausted does it
 	// return an error matching ErrEphemeralExhausted, naming every source

@@ -177,8 +177,9 @@ func unwrapAll(err error) []error {
 // The rules, from the system call that failed:
 //   - bind, EADDRINUSE, requested local port 0: exhaustion (Op "bind");
 //   - TCP connect, EADDRNOTAVAIL, no explicit local port: exhaustion (Op "connect");
-//   - UDP connect, EAGAIN: exhaustion (Op "connect");
-//   - Windows: bind, WSAENOBUFS; connectex, WSAEADDRINUSE: exhaustion;
+//   - UDP connect, EAGAIN, no explicit local port: exhaustion (Op "connect");
+//   - Windows: bind, WSAENOBUFS; connectex, WSAEADDRINUSE, no explicit
+//     local port: exhaustion;
 //   - anything else is not: bind EADDRNOTAVAIL (the source is not local),
 //     EADDRINUSE on an explicit port (a conflict), refused, unreachable,
 //     timeouts and cancellation.
@@ -242,9 +243,9 @@ func exhausted(op *net.OpError, pr PortRange) *ExhaustedError {
 		what = "bind"
 	case sc.Syscall == "connect" && ephemeral && errno == syscall.EADDRNOTAVAIL && strings.HasPrefix(op.Net, "tcp"):
 		what = "connect"
-	case sc.Syscall == "connect" && errno == syscall.EAGAIN && strings.HasPrefix(op.Net, "udp"):
+	case sc.Syscall == "connect" && ephemeral && errno == syscall.EAGAIN && strings.HasPrefix(op.Net, "udp"):
 		what = "connect"
-	case sc.Syscall == "connectex" && errno == wsaEADDRINUSE:
+	case sc.Syscall == "connectex" && ephemeral && errno == wsaEADDRINUSE:
 		what = "connect"
 	default:
 		return nil

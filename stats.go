@@ -56,7 +56,7 @@ func (d *Dialer) Stats() Stats {
 		Failovers: d.counters.failovers.Load(),
 	}
 	s.Dials = d.counters.dials.Load()
-	if p := d.pool.Load(); p != nil && p.err == nil {
+	if p := d.pool.Load(); p != nil && p.err == nil && len(d.Sources) > 0 {
 		s.Sources = make([]SourceStats, len(p.srcs))
 		for i := range p.srcs {
 			src := &p.srcs[i]
