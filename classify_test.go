@@ -186,12 +186,12 @@ func TestConfigErrors(t *testing.T) {
 // FuzzClassify: whatever shape a dial error has, Classify does not panic,
 // keeps the original errno and *net.OpError reachable, and is idempotent.
 func FuzzClassify(f *testing.F) {
-	f.Add("tcp", "connect", uint16(syscall.EADDRNOTAVAIL), uint16(0), true)
-	f.Add("tcp6", "bind", uint16(syscall.EADDRINUSE), uint16(0), true)
-	f.Add("udp4", "connect", uint16(syscall.EAGAIN), uint16(0), false)
-	f.Add("tcp", "connectex", uint16(10048), uint16(0), false)
-	f.Add("tcp", "bind", uint16(syscall.EADDRINUSE), uint16(4000), true)
-	f.Fuzz(func(t *testing.T, network, syscallName string, errno, port uint16, withSource bool) {
+	f.Add("tcp", "connect", uint32(syscall.EADDRNOTAVAIL), uint16(0), true)
+	f.Add("tcp6", "bind", uint32(syscall.EADDRINUSE), uint16(0), true)
+	f.Add("udp4", "connect", uint32(syscall.EAGAIN), uint16(0), false)
+	f.Add("tcp", "connectex", uint32(10048), uint16(0), false)
+	f.Add("tcp", "bind", uint32(syscall.EADDRINUSE), uint16(4000), true)
+	f.Fuzz(func(t *testing.T, network, syscallName string, errno uint32, port uint16, withSource bool) {
 		op := &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError(syscallName, syscall.Errno(errno)),
 			Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2), Port: 80}}
 		if withSource {
