@@ -86,14 +86,16 @@ func (e *ExhaustedError) Error() string {
 		rng += " " + e.Range.String()
 	}
 	switch {
-	case len(e.Tried) > 1:
-		fmt.Fprintf(&b, "; %s is full for this destination from every source tried (%s): add source addresses or destinations, or reuse connections", rng, joinAddrs(e.Tried))
 	case e.Op == "bind":
 		fmt.Fprintf(&b, "; every port of the %s is bound", rng)
-		if e.Source.IsValid() {
+		if len(e.Tried) > 1 {
+			fmt.Fprintf(&b, " on every source tried (%s)", joinAddrs(e.Tried))
+		} else if e.Source.IsValid() {
 			fmt.Fprintf(&b, " on %s", e.Source.Addr())
 		}
 		b.WriteString(": bind before connect allows one connection per port whatever the destination; dial with safedial's IP_BIND_ADDRESS_NO_PORT (do not set DisableBindNoPort) or do not set a local address")
+	case len(e.Tried) > 1:
+		fmt.Fprintf(&b, "; %s is full for this destination from every source tried (%s): add source addresses or destinations, or reuse connections", rng, joinAddrs(e.Tried))
 	default:
 		fmt.Fprintf(&b, "; %s is full for this destination: add source addresses or destinations, reuse connections, or widen the range", rng)
 	}

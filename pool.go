@@ -236,7 +236,7 @@ func opAddr(network string, ap netip.AddrPort) net.Addr {
 // turn and failing over to the others while they are exhausted.
 func (d *Dialer) dialFrom(ctx context.Context, network string, tcp bool, deadline time.Time, p *pool, dst netip.AddrPort) (net.Conn, error) {
 	srcs, cursor := p.family(dst.Addr())
-	start := int(cursor.Add(1)-1) % len(srcs)
+	start := int((cursor.Add(1) - 1) % uint32(len(srcs))) // unsigned: no negative index on 32-bit systems
 	nd := d.Base
 	nd.Timeout, nd.Deadline = 0, deadline
 	nd.ControlContext = d.control(true)

@@ -353,3 +353,22 @@ func TestPoolConcurrent(t *testing.T) {
 		}
 	})
 }
+
+// TestPoolBindExhaustion: with DisableBindNoPort each source of a pool is
+// capped at the range by bind(ip:0); the error says so for every source.
+func TestPoolBindExhaustion(t *testing.T) {
+	inNamespace(t, 40000, 40023, func(t *testing.T) {
+		dsts := servers(t, "tcp", []string{"127.0.1.1", "127.0.1.2"}, []int{8080})
+		d := &safedial.Dialer{Sources: mustAddrs("127.0.0.1", "127.0.0.2"), DisableBindNoPort: true}
+		n, err := fill(t, d.DialContext, "tcp", dsts, 200)
+		if n != 48 {
+			t.Errorf("connections = %d, want 48 (2 sources x 24 ports, whatever the destinations)", n)
+		}
+		if diff := cmp.Diff(exhaustedChain("tcp", "bind", "EADDRINUSE"), chain(err)); diff != "" {
+			t.Errorf("error chain (-want +got):\n%s", diff)
+		}
+		if want := "every port of the local port range 40000-40023 is bound on every source tried (127.0.0.1, 127.0.0.2)"; err == nil || !contains(err.Error(), want) {
+			t.Errorf("message %v lacks %q", err, want)
+		}
+	})
+}
