@@ -110,9 +110,9 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 
 // DialContext connects to the address on the named network using the
 // provided context, like [net.Dialer.DialContext], with the protections and
-// options of d. Its method value fits http.Transport.DialContext, gRPC's
-// context dialer, pgx's and go-redis's dial functions and
-// x/net/proxy.ContextDialer.
+// options of d. Its method value fits http.Transport.DialContext, pgx's and
+// go-redis's dial functions and x/net/proxy.ContextDialer, and gRPC's
+// WithContextDialer through a one-line adapter that passes "tcp".
 //
 // Errors are *net.OpError as from net.Dialer. Exhaustion errors match
 // [ErrEphemeralExhausted] and wrap an [*ExhaustedError]; a source that is not
