@@ -119,7 +119,16 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // local matches [ErrSourceNotLocal]; configuration errors match
 // [ErrInvalidConfig].
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	d.counters.dials.Add(1)
+	c, err := d.dialContext(ctx, network, address)
+	if err != nil {
+		d.counters.failed.Add(1)
+		return nil, err
+	}
+	d.counters.succeeded.Add(1)
+	return c, nil
+}
+
+func (d *Dialer) dialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	if len(d.Sources) > 0 {
 		return d.dialPool(ctx, network, address, netip.AddrPort{})
 	}
@@ -132,13 +141,12 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if err != nil {
 		return nil, d.failed(err)
 	}
-	d.counters.succeeded.Add(1)
 	return c, nil
 }
 
 // dialBound is DialTCP with a local address: net.Dialer.DialTCP with the
 // options of a binding dial.
-func (d *Dialer) dialBound(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
+func (d *Dialer) dialBound(ctx context.Context, network string, laddr, raddr netip.AddrPort) (net.Conn, error) {
 	if err := d.PortRange.validate(); err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -148,7 +156,6 @@ func (d *Dialer) dialBound(ctx context.Context, network string, laddr, raddr net
 	if err != nil {
 		return nil, d.failed(err)
 	}
-	d.counters.succeeded.Add(1)
 	return c, nil
 }
 
@@ -170,21 +177,20 @@ func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip
 	switch {
 	case len(d.Sources) == 0 && !laddr.IsValid() && raddr.IsValid():
 		// No local address: connect without binding.
-		c, err = d.DialContext(ctx, network, raddr.String())
+		c, err = d.dialContext(ctx, network, raddr.String())
 	case len(d.Sources) == 0:
-		d.counters.dials.Add(1)
-		return d.dialBound(ctx, network, laddr, raddr)
+		c, err = d.dialBound(ctx, network, laddr, raddr)
 	case laddr.IsValid():
-		d.counters.dials.Add(1)
-		return nil, &net.OpError{Op: "dial", Net: network, Source: net.TCPAddrFromAddrPort(laddr), Addr: tcpAddr(raddr),
+		err = &net.OpError{Op: "dial", Net: network, Source: net.TCPAddrFromAddrPort(laddr), Addr: tcpAddr(raddr),
 			Err: errConfig("Sources and a local address are both set: use one of them")}
 	default:
-		d.counters.dials.Add(1)
 		c, err = d.dialPool(ctx, network, "", raddr)
 	}
 	if err != nil {
+		d.counters.failed.Add(1)
 		return nil, err
 	}
+	d.counters.succeeded.Add(1)
 	return c.(*net.TCPConn), nil
 }
 

@@ -117,7 +117,6 @@ func (d *Dialer) dialPool(ctx context.Context, network, address string, raddr ne
 	for _, dst := range dests {
 		c, err := d.dialFrom(ctx, network, tcp, deadline, p, dst)
 		if err == nil {
-			d.counters.succeeded.Add(1)
 			return c, nil
 		}
 		if first == nil {

@@ -6,11 +6,11 @@ import (
 )
 
 // Stats counts what a [Dialer] has done since it was made. It marshals to
-// JSON with lower-case keys, ready for expvar. Counters only
-// grow. They are read one by one, so a snapshot taken while dials are in
-// flight may count a dial in Dials before its outcome.
+// JSON with lower-case keys, ready for expvar. Counters only grow, and count
+// calls that have returned: a dial in flight is not counted yet.
 type Stats struct {
-	// Dials counts calls to Dial, DialContext and DialTCP.
+	// Dials counts calls to Dial, DialContext and DialTCP that have
+	// returned.
 	Dials uint64 `json:"dials"`
 	// Succeeded counts calls that returned a connection.
 	Succeeded uint64 `json:"succeeded"`
@@ -37,8 +37,14 @@ type SourceStats struct {
 	Exhausted uint64 `json:"exhausted"`
 }
 
+// counters sit on cache lines of their own, so that dials updating them
+// from many cores do not keep invalidating the Dialer's configuration, which
+// every dial reads. A successful dial adds to succeeded only; Dials is
+// derived.
 type counters struct {
-	dials, succeeded, exhausted, failovers atomic.Uint64
+	_                                       [64]byte
+	succeeded, failed, exhausted, failovers atomic.Uint64
+	_                                       [64]byte
 }
 
 type sourceCounters struct {
@@ -48,14 +54,15 @@ type sourceCounters struct {
 // Stats returns a snapshot of d's counters. It is safe to call while dials
 // are in flight.
 func (d *Dialer) Stats() Stats {
-	// Outcomes first, then Dials, so that Succeeded+Exhausted never exceeds
-	// Dials in a snapshot.
+	// Exhausted first, then failed, so that Succeeded+Exhausted never
+	// exceeds Dials in a snapshot.
 	s := Stats{
-		Succeeded: d.counters.succeeded.Load(),
 		Exhausted: d.counters.exhausted.Load(),
 		Failovers: d.counters.failovers.Load(),
 	}
-	s.Dials = d.counters.dials.Load()
+	failed := d.counters.failed.Load()
+	s.Succeeded = d.counters.succeeded.Load()
+	s.Dials = s.Succeeded + failed
 	if p := d.pool.Load(); p != nil && p.err == nil && len(d.Sources) > 0 {
 		s.Sources = make([]SourceStats, len(p.srcs))
 		for i := range p.srcs {
