@@ -151,9 +151,10 @@ func inNamespace(c config, ports int, name string, out any) error {
 	if err != nil {
 		return err
 	}
+	const how = "this program needs Linux, and root or unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 where that exists); it never changes the host's settings"
 	cmd, err := netns.Command(netns.Config{PortLo: portLo, PortHi: uint16(portLo + ports - 1)}, exe)
 	if err != nil {
-		return fmt.Errorf("cannot create a private network namespace: %w", err)
+		return fmt.Errorf("cannot create a private network namespace (%w): %s", err, how)
 	}
 	sc, err := json.Marshal(scenario{Config: c, Name: name})
 	if err != nil {
@@ -166,7 +167,7 @@ func inNamespace(c config, ports int, name string, out any) error {
 	if err != nil {
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || errors.Is(err, syscall.EPERM) {
-			return fmt.Errorf("cannot create a private network namespace (%v): run as root, or enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)", err)
+			return fmt.Errorf("cannot create a private network namespace (%v): %s", err, how)
 		}
 		return fmt.Errorf("scenario %s: %v: %s", name, err, strings.TrimSpace(stderr.String()))
 	}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -76,5 +77,14 @@ func TestChurnTable(t *testing.T) {
 	want := map[string]int{"net.Dialer": 200, "net.Dialer+LocalAddr": 50, "safedial+LocalAddr": 200, "safedial+Sources(2)": 400}
 	if diff := cmp.Diff(want, counts); diff != "" {
 		t.Errorf("churn counts (-want +got):\n%s", diff)
+	}
+}
+
+// TestNoNamespace: where a namespace cannot be made the program says why.
+func TestNoNamespace(t *testing.T) {
+	t.Setenv("SAFEDIAL_NETNS_UNAVAILABLE", "1")
+	err := run(config{Mode: "capacity", Ports: 10, Hosts: 1, DestPorts: 1, Sources: 1}, false, "", io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "cannot create a private network namespace") || !strings.Contains(err.Error(), "root or unprivileged user namespaces") {
+		t.Errorf("err = %v, want an explanation", err)
 	}
 }

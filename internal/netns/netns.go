@@ -68,7 +68,13 @@ func Inside() bool { return os.Getenv(Env) != "" }
 // namespace described by c. The child must call [Setup] first.
 // When the caller is not root it also creates a user namespace mapping root to
 // the caller, where the system allows unprivileged user namespaces.
+//
+// Setting the environment variable SAFEDIAL_NETNS_UNAVAILABLE makes Command
+// fail as on a system without namespaces, to test what callers do then.
 func Command(c Config, name string, args ...string) (*exec.Cmd, error) {
+	if os.Getenv("SAFEDIAL_NETNS_UNAVAILABLE") != "" {
+		return nil, fmt.Errorf("%w (SAFEDIAL_NETNS_UNAVAILABLE is set)", ErrUnsupported)
+	}
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), Env+"="+c.String())
 	if os.Getenv("GORACE") == "" {
