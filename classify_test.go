@@ -219,3 +219,39 @@ func FuzzClassify(f *testing.F) {
 		}
 	})
 }
+
+// TestDialTCPErrors: DialTCP's own checks, made before any socket.
+func TestDialTCPErrors(t *testing.T) {
+	pool := &safedial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
+	local := netip.MustParseAddrPort("127.0.0.1:0")
+	remote := netip.MustParseAddrPort("127.0.0.1:1")
+	for _, tc := range []struct {
+		name         string
+		d            *safedial.Dialer
+		network      string
+		laddr, raddr netip.AddrPort
+		msg          string
+		is           error
+	}{
+		{"udp", &safedial.Dialer{}, "udp", local, remote, "unknown network udp", nil},
+		{"no remote address", &safedial.Dialer{}, "tcp", local, netip.AddrPort{}, "missing address", nil},
+		{"no remote address, pool", pool, "tcp", netip.AddrPort{}, netip.AddrPort{}, "missing address", nil},
+		{"pool and a local address", pool, "tcp", local, remote, "Sources and a local address are both set", safedial.ErrInvalidConfig},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := tc.d.DialTCP(context.Background(), tc.network, tc.laddr, tc.raddr)
+			if err == nil || c != nil {
+				t.Fatalf("DialTCP = %v, %v; want an error", c, err)
+			}
+			if _, ok := err.(*net.OpError); !ok || !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("err = %v (%T), want a *net.OpError saying %q", err, err, tc.msg)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("err = %v, want it to match %v", err, tc.is)
+			}
+			if st := tc.d.Stats(); st.Dials == 0 || st.Succeeded != 0 || st.Exhausted != 0 {
+				t.Errorf("Stats = %+v, want the failed call counted", st)
+			}
+		})
+	}
+}

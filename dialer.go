@@ -120,41 +120,22 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // [ErrInvalidConfig].
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	c, err := d.dialContext(ctx, network, address)
-	if err != nil {
-		d.counters.failed.Add(1)
-		return nil, err
-	}
-	d.counters.succeeded.Add(1)
-	return c, nil
+	d.count(err)
+	return c, err
 }
 
 func (d *Dialer) dialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if err := d.PortRange.validate(); err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
 	if len(d.Sources) > 0 {
 		return d.dialPool(ctx, network, address, netip.AddrPort{})
 	}
-	if err := d.PortRange.validate(); err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-	}
-	nd := d.Base
-	nd.ControlContext = d.control(nd.LocalAddr != nil)
+	nd := d.base(d.Base.LocalAddr != nil)
 	c, err := nd.DialContext(ctx, network, address)
 	if err != nil {
-		return nil, d.failed(err)
-	}
-	return c, nil
-}
-
-// dialBound is DialTCP with a local address: net.Dialer.DialTCP with the
-// options of a binding dial.
-func (d *Dialer) dialBound(ctx context.Context, network string, laddr, raddr netip.AddrPort) (net.Conn, error) {
-	if err := d.PortRange.validate(); err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-	}
-	nd := d.Base
-	nd.ControlContext = d.control(true)
-	c, err := nd.DialTCP(ctx, network, laddr, raddr)
-	if err != nil {
-		return nil, d.failed(err)
+		_, err = d.classify(err)
+		return nil, err
 	}
 	return c, nil
 }
@@ -165,40 +146,62 @@ func (d *Dialer) dialBound(ctx context.Context, network string, laddr, raddr net
 // bound before connect, so the kernel picks the source port knowing the
 // destination. With Sources, laddr must be zero.
 func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
+	c, err := d.dialTCP(ctx, network, laddr, raddr)
+	d.count(err)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (net.Conn, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
 	default:
 		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 	}
-	var (
-		c   net.Conn
-		err error
-	)
 	switch {
-	case len(d.Sources) == 0 && !laddr.IsValid() && raddr.IsValid():
-		// No local address: connect without binding.
-		c, err = d.dialContext(ctx, network, raddr.String())
-	case len(d.Sources) == 0:
-		c, err = d.dialBound(ctx, network, laddr, raddr)
-	case laddr.IsValid():
-		err = &net.OpError{Op: "dial", Net: network, Source: net.TCPAddrFromAddrPort(laddr), Addr: tcpAddr(raddr),
+	case !raddr.IsValid():
+		return nil, &net.OpError{Op: "dial", Net: network, Source: opAddr(network, laddr), Err: &net.AddrError{Err: "missing address"}}
+	case !laddr.IsValid():
+		// No local address: connect without binding (or from the pool).
+		return d.dialContext(ctx, network, raddr.String())
+	case len(d.Sources) > 0:
+		return nil, &net.OpError{Op: "dial", Net: network, Source: opAddr(network, laddr), Addr: opAddr(network, raddr),
 			Err: errConfig("Sources and a local address are both set: use one of them")}
-	default:
-		c, err = d.dialPool(ctx, network, "", raddr)
 	}
+	if err := d.PortRange.validate(); err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	nd := d.base(true)
+	c, err := nd.DialTCP(ctx, network, laddr, raddr)
 	if err != nil {
-		d.counters.failed.Add(1)
+		_, err = d.classify(err)
 		return nil, err
 	}
-	d.counters.succeeded.Add(1)
-	return c.(*net.TCPConn), nil
+	return c, nil
 }
 
-func tcpAddr(ap netip.AddrPort) net.Addr {
-	if !ap.IsValid() {
-		return nil
+// count records the outcome of one call: one atomic add on success.
+func (d *Dialer) count(err error) {
+	if err == nil {
+		d.counters.succeeded.Add(1)
+		return
 	}
-	return net.TCPAddrFromAddrPort(ap)
+	d.counters.failed.Add(1)
+	if op, ok := err.(*net.OpError); ok {
+		if _, ok := op.Err.(*ExhaustedError); ok {
+			d.counters.exhausted.Add(1)
+		}
+	}
+}
+
+// base returns the net.Dialer for one dial: a copy of Base with safedial's
+// hook; bind tells whether the dial binds a source address.
+func (d *Dialer) base(bind bool) net.Dialer {
+	nd := d.Base
+	nd.ControlContext = d.control(bind)
+	return nd
 }
 
 // ControlContext sets d's socket options (SO_REUSEADDR,
@@ -324,24 +327,25 @@ func (d *Dialer) control(bind bool) controlFunc {
 	}
 }
 
-// failed classifies the error of a single-address dial, counts exhaustion and
-// reports it to OnExhausted.
-func (d *Dialer) failed(err error) error {
+// classify turns the error of one dial attempt into safedial's: exhaustion
+// is reported to OnExhausted and returned as an *ExhaustedError inside the
+// *net.OpError (and as ee), a source that is not local as a sourceError.
+// Other errors come back unchanged.
+func (d *Dialer) classify(err error) (ee *ExhaustedError, _ error) {
 	op, ok := err.(*net.OpError)
 	if !ok {
-		return err
+		return nil, err
 	}
-	if ee := exhausted(op, d.PortRange); ee != nil {
-		d.counters.exhausted.Add(1)
+	if ee = exhausted(op, d.PortRange); ee != nil {
 		if d.OnExhausted != nil {
 			d.OnExhausted(ee)
 		}
-		return withErr(op, ee)
+		return ee, withErr(op, ee)
 	}
 	if se := notLocal(op); se != nil {
-		return withErr(op, se)
+		return nil, withErr(op, se)
 	}
-	return err
+	return nil, err
 }
 
 // notLocal returns the sourceError for a bind that failed with

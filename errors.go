@@ -141,31 +141,14 @@ func (e *sourceError) Error() string {
 func (e *sourceError) Unwrap() error        { return e.err }
 func (e *sourceError) Is(target error) bool { return target == ErrSourceNotLocal }
 
-// configError is a configuration error; it matches ErrInvalidConfig and any
-// errors it wraps.
-type configError struct {
-	msg  string
-	errs []error
-}
+// configError is a configuration error; it matches ErrInvalidConfig.
+type configError struct{ msg string }
 
-func (e *configError) Error() string   { return "safedial: " + e.msg }
-func (e *configError) Unwrap() []error { return append([]error{ErrInvalidConfig}, e.errs...) }
+func (e *configError) Error() string { return "safedial: " + e.msg }
+func (e *configError) Unwrap() error { return ErrInvalidConfig }
 
 func errConfig(format string, args ...any) error {
-	err := fmt.Errorf(format, args...)
-	return &configError{msg: err.Error(), errs: unwrapAll(err)}
-}
-
-func unwrapAll(err error) []error {
-	switch u := err.(type) {
-	case interface{ Unwrap() []error }:
-		return u.Unwrap()
-	case interface{ Unwrap() error }:
-		if e := u.Unwrap(); e != nil {
-			return []error{e}
-		}
-	}
-	return nil
+	return &configError{msg: fmt.Sprintf(format, args...)}
 }
 
 // Classify applies safedial's exhaustion rules to an error from any dialer:

@@ -94,9 +94,6 @@ func (d *Dialer) dialPool(ctx context.Context, network, address string, raddr ne
 	if d.Base.LocalAddr != nil {
 		return nil, fail(nil, errConfig("Sources and Base.LocalAddr are both set: use one of them"))
 	}
-	if err := d.PortRange.validate(); err != nil {
-		return nil, fail(nil, err)
-	}
 	p := d.sourcePool()
 	if p.err != nil {
 		return nil, fail(nil, p.err)
@@ -126,19 +123,7 @@ func (d *Dialer) dialPool(ctx context.Context, network, address string, raddr ne
 			break
 		}
 	}
-	if isExhausted(first) {
-		d.counters.exhausted.Add(1)
-	}
 	return nil, first
-}
-
-func isExhausted(err error) bool {
-	op, ok := err.(*net.OpError)
-	if !ok {
-		return false
-	}
-	_, ok = op.Err.(*ExhaustedError)
-	return ok
 }
 
 // destinations resolves the destination to the addresses the pool has a
@@ -236,13 +221,12 @@ func opAddr(network string, ap netip.AddrPort) net.Addr {
 func (d *Dialer) dialFrom(ctx context.Context, network string, tcp bool, deadline time.Time, p *pool, dst netip.AddrPort) (net.Conn, error) {
 	srcs, cursor := p.family(dst.Addr())
 	start := int((cursor.Add(1) - 1) % uint32(len(srcs))) // unsigned: no negative index on 32-bit systems
-	nd := d.Base
+	nd := d.base(true)
 	nd.Timeout, nd.Deadline = 0, deadline
-	nd.ControlContext = d.control(true)
 
 	var (
 		tried []netip.Addr
-		last  *net.OpError
+		last  error
 		lastE *ExhaustedError
 	)
 	for i := range srcs {
@@ -265,25 +249,15 @@ func (d *Dialer) dialFrom(ctx context.Context, network string, tcp bool, deadlin
 			s.succeeded.Add(1)
 			return c, nil
 		}
-		op, ok := err.(*net.OpError)
-		if !ok {
-			return nil, err
-		}
-		ee := exhausted(op, d.PortRange)
+		ee, err := d.classify(err)
 		if ee == nil {
-			if se := notLocal(op); se != nil {
-				return nil, withErr(op, se)
-			}
 			return nil, err // not a matter of ports: another source would not help
 		}
 		s.exhausted.Add(1)
-		if d.OnExhausted != nil {
-			d.OnExhausted(ee)
-		}
 		tried = append(tried, s.addr)
-		last, lastE = op, ee
+		last, lastE = err, ee
 	}
 	final := *lastE
 	final.Tried = tried
-	return nil, withErr(last, &final)
+	return nil, withErr(last.(*net.OpError), &final)
 }
