@@ -393,12 +393,7 @@ func TestIPv6(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			inNamespace(t, 40000, 40099, func(t *testing.T) {
-				// Probe on a port outside the range, so the range stays whole.
-				ln, err := net.Listen("tcp6", "[::1]:9000")
-				if err != nil {
-					t.Skipf("IPv6 loopback unavailable in the namespace: %v", err)
-				}
-				ln.Close()
+				needIPv6(t)
 				n, err := fill(t, tc.dial, "tcp", servers(t, "tcp", []string{"::1"}, ports), 700)
 				if n != tc.n {
 					t.Errorf("connections = %d, want %d", n, tc.n)

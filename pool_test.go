@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,20 +31,9 @@ func TestPoolCapacity(t *testing.T) {
 		d := &safedial.Dialer{Sources: srcs, OnExhausted: func(e *safedial.ExhaustedError) {
 			events = append(events, e.Source.Addr().String())
 		}}
+		conns, err := fillConns(t, d.DialContext, "tcp", dsts, 400)
 		perSource := map[netip.Addr]int{}
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		var err error
-		for i := 0; ; i++ {
-			var c net.Conn
-			if c, err = d.Dial("tcp", dsts[i%len(dsts)]); err != nil {
-				break
-			}
-			conns = append(conns, c)
+		for _, c := range conns {
 			perSource[localAddr(c).Addr()]++
 		}
 		t.Logf("pool capacity: %d connections, per source %v, then: %v", len(conns), perSource, err)
@@ -64,7 +54,7 @@ func TestPoolCapacity(t *testing.T) {
 				t.Errorf("Tried (-want +got):\n%s", diff)
 			}
 			for _, s := range srcs {
-				if !contains(err.Error(), s.String()) {
+				if !strings.Contains(err.Error(), s.String()) {
 					t.Errorf("message %q does not name source %v", err, s)
 				}
 			}
@@ -98,19 +88,8 @@ func TestPoolFailover(t *testing.T) {
 
 		var events atomic.Int64
 		d := &safedial.Dialer{Sources: []netip.Addr{a, b}, OnExhausted: func(*safedial.ExhaustedError) { events.Add(1) }}
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		var err error
-		for {
-			var c net.Conn
-			if c, err = d.Dial("tcp", dst); err != nil {
-				break
-			}
-			conns = append(conns, c)
+		conns, err := fillConns(t, d.DialContext, "tcp", []string{dst}, 100)
+		for _, c := range conns {
 			if got := localAddr(c).Addr(); got != b {
 				t.Errorf("connection from %v, want %v (the only source with ports left)", got, b)
 			}
@@ -136,11 +115,7 @@ func TestPoolFailover(t *testing.T) {
 // name is resolved with Base.Resolver and tried in its order.
 func TestPoolFamilies(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
-		if ln, err := net.Listen("tcp6", "[::1]:9000"); err != nil {
-			t.Skipf("IPv6 loopback unavailable in the namespace: %v", err)
-		} else {
-			ln.Close()
-		}
+		needIPv6(t)
 		v4 := servers(t, "tcp", []string{"127.0.0.2"}, []int{8080})[0]
 		v6 := servers(t, "tcp", []string{"::1"}, []int{8080})[0]
 		res := fakeResolver(map[string][]netip.Addr{"both.test.": mustAddrs("127.0.0.2", "::1")})
@@ -236,7 +211,7 @@ func TestPoolNotLocal(t *testing.T) {
 				if !errors.Is(err, safedial.ErrSourceNotLocal) || errors.Is(err, safedial.ErrEphemeralExhausted) {
 					t.Fatalf("err = %v, want ErrSourceNotLocal and not exhaustion", err)
 				}
-				if !contains(err.Error(), "source address 192.0.2.1 is not an address of this host") {
+				if !strings.Contains(err.Error(), "source address 192.0.2.1 is not an address of this host") {
 					t.Errorf("message %q does not name the source", err)
 				}
 				if st := d.Stats(); st.Exhausted != 0 || st.Succeeded != 0 || st.Dials != 1 {
@@ -256,14 +231,8 @@ func TestPortRange(t *testing.T) {
 		seen := map[uint16]int{}
 		for i, r := range ranges {
 			d := &safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0")}, PortRange: r}
-			var conns []net.Conn
-			var err error
-			for {
-				var c net.Conn
-				if c, err = d.Dial("tcp", dst); err != nil {
-					break
-				}
-				conns = append(conns, c)
+			conns, err := fillConns(t, d.DialContext, "tcp", []string{dst}, 100)
+			for _, c := range conns {
 				p := localAddr(c).Port()
 				if p < r.Lo || p > r.Hi {
 					t.Errorf("dialer %d: local port %d outside %v", i, p, r)
@@ -273,18 +242,13 @@ func TestPortRange(t *testing.T) {
 				}
 				seen[p] = i
 			}
-			defer func() {
-				for _, c := range conns {
-					c.Close()
-				}
-			}()
 			if len(conns) != 10 {
 				t.Errorf("dialer %d (%v): %d connections, want 10", i, r, len(conns))
 			}
 			var ee *safedial.ExhaustedError
 			if !errors.As(err, &ee) || ee.Op != "connect" || ee.Range != r || !ee.PerSocket {
 				t.Errorf("11th dial: %v, want exhaustion of the per-socket range %v", err, r)
-			} else if !contains(err.Error(), "per-socket port range "+r.String()+" is full") {
+			} else if !strings.Contains(err.Error(), "per-socket port range "+r.String()+" is full") {
 				t.Errorf("message %q does not name the per-socket range", err)
 			}
 		}
@@ -367,7 +331,7 @@ func TestPoolBindExhaustion(t *testing.T) {
 		if diff := cmp.Diff(exhaustedChain("tcp", "bind", "EADDRINUSE"), chain(err)); diff != "" {
 			t.Errorf("error chain (-want +got):\n%s", diff)
 		}
-		if want := "every port of the local port range 40000-40023 is bound on every source tried (127.0.0.1, 127.0.0.2)"; err == nil || !contains(err.Error(), want) {
+		if want := "every port of the local port range 40000-40023 is bound on every source tried (127.0.0.1, 127.0.0.2)"; err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("message %v lacks %q", err, want)
 		}
 	})

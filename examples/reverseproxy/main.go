@@ -51,10 +51,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	p, err := newProxy(cfg, log.Default())
-	if err != nil {
-		log.Fatal(err)
-	}
+	p := newProxy(cfg, log.Default())
 	log.Printf("proxying %s to %v with %s", *listen, cfg.Upstreams, cfg.Dialer)
 	log.Fatal(http.ListenAndServe(*listen, p))
 }
@@ -115,10 +112,9 @@ var (
 	publishOnce sync.Once
 )
 
-func newProxy(cfg config, logger *log.Logger) (*proxy, error) {
+func newProxy(cfg config, logger *log.Logger) *proxy {
 	p := &proxy{}
 	tr := &http.Transport{
-		Proxy:               nil,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}
@@ -173,7 +169,7 @@ func newProxy(cfg config, logger *log.Logger) (*proxy, error) {
 	mux.Handle("/", rp)
 	mux.Handle("/debug/vars", expvar.Handler())
 	p.Handler = mux
-	return p, nil
+	return p
 }
 
 // burstLogger logs the first exhaustion of a burst and counts the rest; a

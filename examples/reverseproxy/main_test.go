@@ -54,10 +54,7 @@ func loadTest(t *testing.T, dialer string, n int) (reached int, got outcome, bod
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
-	p, err = newProxy(cfg, log.New(&logs, "", 0))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p = newProxy(cfg, log.New(&logs, "", 0))
 	ln, err := net.Listen("tcp", "127.0.0.1:8080")
 	if err != nil {
 		t.Fatal(err)
