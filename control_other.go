@@ -9,6 +9,8 @@ const (
 	reuseAddrSupported  = false
 	bindNoPortSupported = false
 	portRangeSupported  = false
+	alwaysBinds         = false
+	bindNoPortName      = "IP_BIND_ADDRESS_NO_PORT"
 )
 
 func setOptions(uintptr, bool, options) error { return nil }

@@ -4,7 +4,6 @@ package safedial
 
 import (
 	"errors"
-	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,11 +15,15 @@ const (
 	reuseAddrSupported  = true
 	bindNoPortSupported = false
 	portRangeSupported  = false
+	alwaysBinds         = false
+	bindNoPortName      = "IP_BIND_ADDRESS_NO_PORT"
 )
 
 func setOptions(fd uintptr, tcp bool, o options) error {
-	if o.reuseAddr && tcp {
-		return os.NewSyscallError("setsockopt", unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1))
+	if o.reuseAddr && tcp && !reuseAddrOpt.refused() {
+		if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			reuseAddrOpt.refuse(err)
+		}
 	}
 	return nil
 }

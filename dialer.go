@@ -2,13 +2,10 @@ package safedial
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 )
@@ -22,85 +19,113 @@ import (
 // safe for concurrent use by multiple goroutines. Its fields may be changed
 // between dials but not during them, as with net.Dialer. A Dialer holds
 // statistics, so it must not be copied after first use; share a pointer.
+//
+// Every dial is made by a copy of Base (a net.Dialer): resolution, Happy
+// Eyeballs, partial deadlines per address, cancellation, httptrace hooks and
+// error shapes are net.Dialer's own. safedial works inside net.Dialer's
+// Control hook, which runs once per connection attempt.
 type Dialer struct {
 	// Base holds the usual dialing settings (Timeout, Deadline, LocalAddr,
-	// KeepAlive, Resolver, Control, ControlContext, ...) with the meaning
-	// they have in net.Dialer. Each dial works on a copy: Base is never
-	// modified. A Base.ControlContext, or Base.Control when ControlContext
-	// is nil, runs after safedial has set its options, with the same
-	// arguments, and its error is returned unchanged inside the
-	// *net.OpError.
+	// FallbackDelay, KeepAlive, Resolver, Control, ControlContext, ...) with
+	// the meaning they have in net.Dialer. Each dial works on a copy: Base
+	// is never modified. A Base.ControlContext, or Base.Control when
+	// ControlContext is nil, runs after safedial has set its options and
+	// before the socket is bound or connected, and its error is returned
+	// unchanged inside the *net.OpError.
 	Base net.Dialer
 
 	// DisableReuseAddr turns off SO_REUSEADDR on TCP sockets that bind a
-	// source address. SO_REUSEADDR lets an explicit-port bind reuse a port
-	// whose earlier connection is in TIME_WAIT.
+	// source address.
+	//
+	// SO_REUSEADDR adds capacity only where a port is chosen at bind time:
+	// binds to an explicit local port (which may then reuse a port whose
+	// earlier connection is in TIME_WAIT), dials with DisableBindNoPort,
+	// and systems without IP_BIND_ADDRESS_NO_PORT. With
+	// IP_BIND_ADDRESS_NO_PORT (the Linux default) it changes nothing. Its
+	// cost: while the connection lives, any local socket that also sets
+	// SO_REUSEADDR (of any user) may bind, and listen on, the same source
+	// address and port; the connection itself and its 4-tuple cannot be
+	// taken. Set DisableReuseAddr where that matters more than the
+	// capacity above.
 	DisableReuseAddr bool
 
-	// DisableBindNoPort turns off IP_BIND_ADDRESS_NO_PORT (Linux) on
-	// sockets that bind a source address. Without it, bind(ip:0) must pick
-	// the port before the destination is known, and the host is capped at
-	// one connection per port of the range.
+	// DisableBindNoPort turns off IP_BIND_ADDRESS_NO_PORT (Linux), and
+	// SO_REUSE_UNICASTPORT (Windows), on sockets that bind a source
+	// address. Without it, bind(ip:0) must pick the port before the
+	// destination is known, and the host is capped at one connection per
+	// port of the range.
 	DisableBindNoPort bool
 
-	// Sources, when not empty, is a pool of source addresses: each dial
-	// binds one of them (port 0, with the protections above), chosen in
-	// turn among those of the destination's address family. A host name
-	// is resolved with Base.Resolver; its addresses that have a source of
-	// their family are tried one after another in the resolver's order
-	// (without Happy Eyeballs racing), sharing Base.Timeout. When a source
-	// has no port left toward the destination, the dial fails over to the
-	// next source of that family; only when all are exhausted does it
-	// return an error matching ErrEphemeralExhausted, naming every source
-	// tried. A source that is not an address of this host fails the dial
-	// that reaches it with an error matching ErrSourceNotLocal, naming it;
-	// failover never continues past it, so a misconfiguration shows instead
-	// of silently shrinking the pool. Sources and Base.LocalAddr are
-	// mutually exclusive. Sources apply to the tcp and udp networks.
+	// Sources, when not empty, is a pool of source addresses. In every
+	// connection attempt net.Dialer makes (each resolved address, each
+	// Happy Eyeballs racer), safedial's hook binds one source of the
+	// attempt's address family (port 0, with the protections above),
+	// taking them in turn. When a source has no port left toward the
+	// destination, the attempt fails over to the next source of that
+	// family; only when all are exhausted does the attempt fail with an
+	// error matching ErrEphemeralExhausted, naming every source tried. A
+	// source found full toward a destination is remembered as full for
+	// half a second, so later dials skip it without a system call; when
+	// every source is known full, a dial fails at once.
+	//
+	// Every source must be a unicast address of this host. An unspecified,
+	// multicast or limited-broadcast address, or an IPv6 link-local address
+	// without a zone (fe80::1%eth0: the zone is the interface's name or
+	// index) or with an unknown one, is a configuration error
+	// (ErrInvalidConfig) before any socket is made; an address the kernel
+	// does not keep as the connection's source (a subnet broadcast) fails
+	// the dial with ErrInvalidConfig; an address that is not on this host
+	// fails the dial that reaches it with ErrSourceNotLocal, naming it, and
+	// failover does not continue past it, so a misconfiguration shows
+	// instead of silently shrinking the pool.
+	//
+	// Sources and Base.LocalAddr are mutually exclusive. Sources apply to
+	// the tcp and udp networks; with Sources, the unix and ip networks are
+	// a configuration error instead of an unpinned dial. To change Sources
+	// while Stats may be read concurrently, use SetSources.
 	Sources []netip.Addr
 
 	// PortRange, when not zero, restricts the local ports of every socket
 	// this Dialer makes to Lo..Hi (inclusive), with IP_LOCAL_PORT_RANGE
-	// (Linux 6.3 and later). The kernel intersects it with the namespace's
-	// net.ipv4.ip_local_port_range. Where it is not available the dial
-	// fails with an error matching errors.ErrUnsupported: it is never
-	// silently ignored, since processes relying on disjoint ranges would
-	// then collide.
+	// (Linux 6.3 and later). It is never silently ignored, since processes
+	// relying on disjoint ranges would then collide: where the system does
+	// not have or refuses the option the dial fails with an error matching
+	// errors.ErrUnsupported, and a range that does not intersect the
+	// namespace's net.ipv4.ip_local_port_range (where the kernel would
+	// fall back to the whole namespace range) fails with ErrInvalidConfig.
+	// No connection with a local port outside PortRange is ever returned.
 	PortRange PortRange
 
 	// OnExhausted, when not nil, is called on the dialing goroutine for
-	// every exhaustion event, including each failover step inside a pool,
-	// before the dial returns. It must not block for long.
+	// every exhaustion the kernel reported during the dial, including each
+	// failover step inside a pool, before the dial returns. It must not
+	// block for long.
 	OnExhausted func(*ExhaustedError)
+
+	// OnRefused, when not nil, is called once per option for this Dialer,
+	// the first time a dial goes on without an optional socket option
+	// because the system refused it (see [RefusedError]). It runs on the
+	// dialing goroutine (inside the Control hook for code that uses
+	// [Dialer.ControlContext] directly), and must not block for long.
+	OnRefused func(*RefusedError)
 
 	counters counters
 	pool     atomic.Pointer[pool]
+	reported atomic.Uint32 // options whose refusal OnRefused has seen
 }
 
 // PortRange is an inclusive range of local ports. The zero value means the
 // namespace's net.ipv4.ip_local_port_range.
 type PortRange struct {
-	Lo, Hi uint16
+	// Lo is the lowest port of the range; 0 only in the zero PortRange.
+	Lo uint16
+	// Hi is the highest port of the range, at least Lo; 0 only in the zero
+	// PortRange.
+	Hi uint16
 }
 
 // String formats r as "Lo-Hi".
 func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Lo, r.Hi) }
-
-// validate reports a configuration error for an inverted or half-zero range,
-// and an error matching errors.ErrUnsupported where ranges are not available.
-func (r PortRange) validate() error {
-	switch {
-	case r == PortRange{}:
-		return nil
-	case r.Lo == 0 || r.Hi == 0:
-		return errConfig("PortRange %v: set both Lo and Hi, or neither for the system range", r)
-	case r.Lo > r.Hi:
-		return errConfig("PortRange %v is inverted: Lo must not exceed Hi", r)
-	case !portRangeSupported:
-		return &unsupportedError{what: "PortRange needs per-socket port ranges (IP_LOCAL_PORT_RANGE), which only Linux 6.3 and later have"}
-	}
-	return nil
-}
 
 // Dial connects to the address on the named network, like
 // [net.Dialer.Dial].
@@ -118,68 +143,137 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // [ErrEphemeralExhausted] and wrap an [*ExhaustedError]; a source that is not
 // local matches [ErrSourceNotLocal]; configuration errors match
 // [ErrInvalidConfig].
-func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	c, err := d.dialContext(ctx, network, address)
-	d.count(err)
-	return c, err
-}
-
-func (d *Dialer) dialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	if err := d.PortRange.validate(); err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-	}
-	if len(d.Sources) > 0 {
-		return d.dialPool(ctx, network, address, netip.AddrPort{})
-	}
-	nd := d.base(d.Base.LocalAddr != nil)
-	c, err := nd.DialContext(ctx, network, address)
-	if err != nil {
-		_, err = d.classify(err)
-		return nil, err
-	}
-	return c, nil
+func (d *Dialer) DialContext(ctx context.Context, network, address string) (c net.Conn, err error) {
+	return d.finish(d.dial(ctx, network, address))
 }
 
 // DialTCP connects to raddr from laddr on a TCP network, like
 // [net.Dialer.DialTCP]. A zero laddr means no local address: unlike
 // net.Dialer.DialTCP, which then binds the wildcard address, the socket is not
 // bound before connect, so the kernel picks the source port knowing the
-// destination. With Sources, laddr must be zero.
+// destination (or binds a source of the pool). With Sources, laddr must be
+// zero. A zero raddr is an error ("missing address"), where net.Dialer.DialTCP
+// would dial the wildcard address.
 func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
-	c, err := d.dialTCP(ctx, network, laddr, raddr)
-	d.count(err)
+	c, err := d.finish(d.dialTCP(ctx, network, laddr, raddr))
 	if err != nil {
 		return nil, err
 	}
 	return c.(*net.TCPConn), nil
 }
 
-func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (net.Conn, error) {
-	switch network {
-	case "tcp", "tcp4", "tcp6":
-	default:
-		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+// outcome is what one dial leaves for finish: the connection or error, and
+// the events to report on the dialing goroutine.
+type outcome struct {
+	c       net.Conn
+	err     error
+	events  []*ExhaustedError // exhaustion reported by the kernel, in order
+	refused uint32            // optional options this dial went without
+}
+
+// finish reports o's events, counts the call once and returns its result. A
+// callback that panics still leaves the call counted (as failed) and the
+// connection closed.
+func (d *Dialer) finish(o outcome) (c net.Conn, err error) {
+	done := false
+	defer func() {
+		if !done {
+			d.counters.failed.Add(1)
+			if o.c != nil {
+				o.c.Close()
+			}
+		}
+	}()
+	if o.refused != 0 {
+		d.counters.refused.Add(1)
+		d.reportRefused(o.refused)
+	}
+	if d.OnExhausted != nil {
+		for _, e := range o.events {
+			d.OnExhausted(e)
+		}
+	}
+	done = true
+	d.count(o.err)
+	return o.c, o.err
+}
+
+func (d *Dialer) dial(ctx context.Context, network, address string) outcome {
+	if err := d.PortRange.check(); err != nil {
+		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
+	}
+	if len(d.Sources) > 0 {
+		return d.dialPool(ctx, network, address)
+	}
+	if d.pool.Load() != nil {
+		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
+	}
+	bind := d.Base.LocalAddr != nil
+	nd := d.Base
+	nd.ControlContext = d.control(bind)
+	c, err := nd.DialContext(ctx, network, address)
+	return d.result(c, err, d.options(bind), network)
+}
+
+// result turns what net.Dialer returned into an outcome: the error
+// classified, the connection checked against PortRange, and the options the
+// system refused.
+func (d *Dialer) result(c net.Conn, err error, o options, network string) outcome {
+	out := outcome{c: c, refused: o.refusedNow(network)}
+	if err != nil {
+		ee, err := d.classify(err, out.refused)
+		if ee != nil {
+			out.events = []*ExhaustedError{ee}
+		}
+		out.err = err
+		return out
+	}
+	if err := d.PortRange.holds(c); err != nil {
+		c.Close()
+		out.c, out.err = nil, &net.OpError{Op: "dial", Net: network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return out
+}
+
+func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) outcome {
+	fail := func(err error) outcome {
+		return outcome{err: &net.OpError{Op: "dial", Net: network, Source: opAddr(network, laddr), Addr: opAddr(network, raddr), Err: err}}
 	}
 	switch {
-	case !raddr.IsValid():
-		return nil, &net.OpError{Op: "dial", Net: network, Source: opAddr(network, laddr), Err: &net.AddrError{Err: "missing address"}}
-	case !laddr.IsValid():
-		// No local address: connect without binding (or from the pool).
-		return d.dialContext(ctx, network, raddr.String())
+	case !raddr.IsValid() && (network == "tcp" || network == "tcp4" || network == "tcp6"):
+		return fail(&net.AddrError{Err: "missing address"})
+	case !laddr.IsValid() && !familyMismatch(network, raddr.Addr()):
+		// No local address: connect without binding, or from the pool.
+		return d.dial(ctx, network, raddr.String())
 	case len(d.Sources) > 0:
-		return nil, &net.OpError{Op: "dial", Net: network, Source: opAddr(network, laddr), Addr: opAddr(network, raddr),
-			Err: errConfig("Sources and a local address are both set: use one of them")}
+		return fail(errConfig("Sources and a local address are both set: use one of them"))
 	}
-	if err := d.PortRange.validate(); err != nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	// A local address, or an input net.Dialer.DialTCP rejects with its own
+	// error (an unknown network, an address of the other family): let it.
+	if err := d.PortRange.check(); err != nil {
+		return fail(err)
 	}
-	nd := d.base(true)
+	nd := d.Base
+	nd.ControlContext = d.control(true)
 	c, err := nd.DialTCP(ctx, network, laddr, raddr)
 	if err != nil {
-		_, err = d.classify(err)
-		return nil, err
+		return d.result(nil, err, d.options(true), network)
 	}
-	return c, nil
+	return d.result(c, nil, d.options(true), network)
+}
+
+// familyMismatch reports a destination of the other family than a tcp4 or
+// tcp6 network names.
+func familyMismatch(network string, a netip.Addr) bool {
+	switch network {
+	case "tcp4":
+		return a.Is6() && !a.Is4In6()
+	case "tcp6":
+		return a.Is4()
+	case "tcp":
+		return false
+	}
+	return true // not a TCP network: net.Dialer.DialTCP says so
 }
 
 // count records the outcome of one call: one atomic add on success.
@@ -196,14 +290,6 @@ func (d *Dialer) count(err error) {
 	}
 }
 
-// base returns the net.Dialer for one dial: a copy of Base with safedial's
-// hook; bind tells whether the dial binds a source address.
-func (d *Dialer) base(bind bool) net.Dialer {
-	nd := d.Base
-	nd.ControlContext = d.control(bind)
-	return nd
-}
-
 // ControlContext sets d's socket options (SO_REUSEADDR,
 // IP_BIND_ADDRESS_NO_PORT and PortRange, as the platform and d's fields
 // allow) on the socket c, for code that must keep its own net.Dialer:
@@ -211,170 +297,33 @@ func (d *Dialer) base(bind bool) net.Dialer {
 //	nd := &net.Dialer{LocalAddr: src, ControlContext: sd.ControlContext}
 //
 // It cannot know whether the dial will bind, so it sets the options always.
-// It does not run d.Base's hooks; to combine it with a hook of your own, call
-// it first from that hook. It leaves sockets of networks other than tcp and
-// udp untouched. Errors from it are not classified: use [Classify] on the
-// dial's error.
+// The optional ones are best-effort, as in a Dialer's own dials: a refusal is
+// counted in [Stats.Refused] and reported to OnRefused, and the socket is
+// used without them. PortRange is strict. It does not run d.Base's hooks; to
+// combine it with a hook of your own, call it first from that hook. It leaves
+// sockets of networks other than tcp and udp untouched. Errors from it are
+// not classified: use [Classify] on the dial's error.
 func (d *Dialer) ControlContext(ctx context.Context, network, address string, c syscall.RawConn) error {
-	if err := d.PortRange.validate(); err != nil {
+	if err := d.PortRange.check(); err != nil {
 		return err
 	}
-	return d.options(true).apply(network, c)
-}
-
-// options is the set of socket options one dial sets.
-type options struct {
-	reuseAddr  bool   // SO_REUSEADDR, TCP only
-	bindNoPort bool   // IP_BIND_ADDRESS_NO_PORT
-	portRange  uint32 // IP_LOCAL_PORT_RANGE: Hi<<16 | Lo; 0 for none
-}
-
-// options returns what a dial sets; bind tells whether it binds a source
-// address, without which SO_REUSEADDR and IP_BIND_ADDRESS_NO_PORT do nothing
-// and are skipped.
-func (d *Dialer) options(bind bool) options {
-	var o options
-	if bind {
-		o.reuseAddr = reuseAddrSupported && !d.DisableReuseAddr
-		o.bindNoPort = bindNoPortSupported && !d.DisableBindNoPort
+	o := d.options(true)
+	if err := o.apply(network, c); err != nil {
+		return err
 	}
-	o.portRange = uint32(d.PortRange.Hi)<<16 | uint32(d.PortRange.Lo)
-	return o
-}
-
-// apply sets o on c, for tcp and udp networks only.
-func (o options) apply(network string, c syscall.RawConn) error {
-	tcp := strings.HasPrefix(network, "tcp")
-	if !tcp && !strings.HasPrefix(network, "udp") {
-		return nil
-	}
-	// RawConn.Control takes a func that escapes; a pooled setter with its
-	// method value made once keeps the dial path free of allocations.
-	s := setters.Get().(*setter)
-	s.o, s.tcp = o, tcp
-	cerr := c.Control(s.fn)
-	err := s.err
-	s.err = nil
-	setters.Put(s)
-	if cerr != nil {
-		return cerr
-	}
-	return err
-}
-
-type setter struct {
-	o   options
-	tcp bool
-	err error
-	fn  func(fd uintptr) // s.set, bound once
-}
-
-func (s *setter) set(fd uintptr) { s.err = setOptions(fd, s.tcp, s.o) }
-
-var setters = sync.Pool{New: func() any {
-	s := new(setter)
-	s.fn = s.set
-	return s
-}}
-
-type controlFunc = func(ctx context.Context, network, address string, c syscall.RawConn) error
-
-// fixedHooks are the hooks for dials that set only boolean options and have
-// no user hook: the common case costs no allocation.
-var fixedHooks = func() (h [4]controlFunc) {
-	for i := range h {
-		o := options{reuseAddr: i&1 != 0, bindNoPort: i&2 != 0}
-		h[i] = func(_ context.Context, network, _ string, c syscall.RawConn) error {
-			return o.apply(network, c)
-		}
-	}
-	return h
-}()
-
-// control returns the ControlContext for one dial: safedial's options, then
-// the user's hook, with net.Dialer's rule that ControlContext wins over
-// Control.
-func (d *Dialer) control(bind bool) controlFunc {
-	user := d.Base.ControlContext
-	if user == nil && d.Base.Control != nil {
-		userCtl := d.Base.Control
-		user = func(_ context.Context, network, address string, c syscall.RawConn) error {
-			return userCtl(network, address, c)
-		}
-	}
-	o := d.options(bind)
-	switch {
-	case o == options{}:
-		return user
-	case user == nil && o.portRange == 0:
-		i := 0
-		if o.reuseAddr {
-			i |= 1
-		}
-		if o.bindNoPort {
-			i |= 2
-		}
-		return fixedHooks[i]
-	}
-	return func(ctx context.Context, network, address string, c syscall.RawConn) error {
-		if err := o.apply(network, c); err != nil {
-			return err
-		}
-		if user != nil {
-			return user(ctx, network, address, c)
-		}
-		return nil
-	}
-}
-
-// classify turns the error of one dial attempt into safedial's: exhaustion
-// is reported to OnExhausted and returned as an *ExhaustedError inside the
-// *net.OpError (and as ee), a source that is not local as a sourceError.
-// Other errors come back unchanged.
-func (d *Dialer) classify(err error) (ee *ExhaustedError, _ error) {
-	op, ok := err.(*net.OpError)
-	if !ok {
-		return nil, err
-	}
-	if ee = exhausted(op, d.PortRange); ee != nil {
-		if d.OnExhausted != nil {
-			d.OnExhausted(ee)
-		}
-		return ee, withErr(op, ee)
-	}
-	if se := notLocal(op); se != nil {
-		return nil, withErr(op, se)
-	}
-	return nil, err
-}
-
-// notLocal returns the sourceError for a bind that failed with
-// EADDRNOTAVAIL, or nil.
-func notLocal(op *net.OpError) *sourceError {
-	sc, ok := op.Err.(*os.SyscallError)
-	if ok && sc.Syscall == "bind" && errors.Is(sc.Err, syscall.EADDRNOTAVAIL) {
-		return &sourceError{src: addrPort(op.Source).Addr(), err: sc}
+	if r := o.refusedNow(network); r != 0 {
+		d.counters.refused.Add(1)
+		d.reportRefused(r)
 	}
 	return nil
 }
 
-// unsupportedError reports a feature this system lacks; it matches
-// errors.ErrUnsupported and wraps the system's answer, if any.
-type unsupportedError struct {
-	what string
-	err  error
-}
-
-func (e *unsupportedError) Error() string {
-	if e.err == nil {
-		return "safedial: " + e.what
+func opAddr(network string, ap netip.AddrPort) net.Addr {
+	switch {
+	case !ap.IsValid():
+		return nil
+	case strings.HasPrefix(network, "udp"):
+		return net.UDPAddrFromAddrPort(ap)
 	}
-	return fmt.Sprintf("safedial: %s (%v)", e.what, e.err)
-}
-
-func (e *unsupportedError) Unwrap() []error {
-	if e.err == nil {
-		return []error{errors.ErrUnsupported}
-	}
-	return []error{errors.ErrUnsupported, e.err}
+	return net.TCPAddrFromAddrPort(ap)
 }

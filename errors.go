@@ -67,6 +67,11 @@ type ExhaustedError struct {
 	Tried []netip.Addr
 	// Err is the underlying error, an [*os.SyscallError].
 	Err error
+	// Refused, when not nil, is the system's refusal of
+	// IP_BIND_ADDRESS_NO_PORT, which explains a bind-time exhaustion: the
+	// dial went on without it, and a bound source is then capped at one
+	// connection per port.
+	Refused *RefusedError
 }
 
 // Error says what happened and what to do about it.
@@ -85,6 +90,14 @@ func (e *ExhaustedError) Error() string {
 	if e.Range != (PortRange{}) {
 		rng += " " + e.Range.String()
 	}
+	sources := func() string {
+		if len(e.Tried) > 1 {
+			return " from every source tried (" + joinAddrs(e.Tried) + ")"
+		} else if e.Source.IsValid() {
+			return " from " + e.Source.Addr().String()
+		}
+		return ""
+	}
 	switch {
 	case e.Op == "bind":
 		fmt.Fprintf(&b, "; every port of the %s is bound", rng)
@@ -94,12 +107,24 @@ func (e *ExhaustedError) Error() string {
 			fmt.Fprintf(&b, " on %s", e.Source.Addr())
 		}
 		b.WriteString(": bind before connect allows one connection per port whatever the destination; dial with safedial's IP_BIND_ADDRESS_NO_PORT (do not set DisableBindNoPort) or do not set a local address")
-	case len(e.Tried) > 1:
-		fmt.Fprintf(&b, "; %s is full for this destination from every source tried (%s): add source addresses or destinations, or reuse connections", rng, joinAddrs(e.Tried))
+	case strings.HasPrefix(e.Net, "udp"):
+		fmt.Fprintf(&b, "; every port of the %s is taken by a UDP socket%s, whatever its destination: a connected UDP socket holds its port for every destination; close idle sockets, add source addresses, or widen the range", rng, sources())
 	default:
-		fmt.Fprintf(&b, "; %s is full for this destination: add source addresses or destinations, reuse connections, or widen the range", rng)
+		fmt.Fprintf(&b, "; %s is full for this destination%s: add source addresses or destinations, reuse connections, or widen the range", rng, sources())
+	}
+	if e.Refused != nil {
+		b.WriteString("; ")
+		b.WriteString(e.Refused.Error())
 	}
 	return b.String()
+}
+
+// noteRefused records in e the refusal of IP_BIND_ADDRESS_NO_PORT, when the
+// dial went without it and that explains a bind-time exhaustion.
+func (e *ExhaustedError) noteRefused(refused uint32) {
+	if e.Op == "bind" && refused&bindNoPortOpt.bit != 0 {
+		e.Refused = bindNoPortOpt.first.Load()
+	}
 }
 
 // Unwrap returns the underlying system call error.
@@ -239,7 +264,7 @@ func exhausted(op *net.OpError, pr PortRange) *ExhaustedError {
 	if pr != (PortRange{}) {
 		ee.Range, ee.PerSocket = pr, true
 	} else {
-		ee.Range, _ = localPortRange()
+		ee.Range, _ = namespaceRange()
 	}
 	return ee
 }
@@ -261,4 +286,78 @@ func addrPort(a net.Addr) netip.AddrPort {
 	// net.ParseIP gives 16-byte IPv4 addresses, which convert to IPv4-mapped
 	// IPv6; report them as the IPv4 addresses they are.
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// RefusedError reports that the system refused an optional socket option
+// (IP_BIND_ADDRESS_NO_PORT or SO_REUSEADDR): kernels before 4.2, sandboxes
+// and seccomp profiles do. Those options only improve things, so a dial does
+// not fail for them: it goes on as net.Dialer's would. A Dialer reports the
+// first refusal of each option to its OnRefused hook, counts the dials made
+// without an option in [Stats].Refused, and names the refusal in an
+// exhaustion it explains.
+type RefusedError struct {
+	// Option is the option's name, such as "IP_BIND_ADDRESS_NO_PORT".
+	Option string
+	// Consequence says what dials lose without the option.
+	Consequence string
+	// Err is the setsockopt error, an [*os.SyscallError].
+	Err error
+}
+
+// Error says which option was refused, why, and what that costs.
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("%s was refused by this system (%v): %s", e.Option, e.Err, e.Consequence)
+}
+
+// Unwrap returns the setsockopt error.
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// classify turns the error of one dial into safedial's: exhaustion is
+// returned as an *ExhaustedError inside the *net.OpError (and as ee), a
+// source that is not local as a sourceError. Other errors come back
+// unchanged. refused holds the optional options the dial went without.
+func (d *Dialer) classify(err error, refused uint32) (ee *ExhaustedError, _ error) {
+	op, ok := err.(*net.OpError)
+	if !ok {
+		return nil, err
+	}
+	if ee = exhausted(op, d.PortRange); ee != nil {
+		ee.noteRefused(refused)
+		return ee, withErr(op, ee)
+	}
+	if se := notLocal(op); se != nil {
+		return nil, withErr(op, se)
+	}
+	return nil, err
+}
+
+// notLocal returns the sourceError for a bind that failed with
+// EADDRNOTAVAIL, or nil.
+func notLocal(op *net.OpError) *sourceError {
+	sc, ok := op.Err.(*os.SyscallError)
+	if ok && sc.Syscall == "bind" && errors.Is(sc.Err, syscall.EADDRNOTAVAIL) {
+		return &sourceError{src: addrPort(op.Source).Addr(), err: sc}
+	}
+	return nil
+}
+
+// unsupportedError reports a feature this system lacks or refuses; it
+// matches errors.ErrUnsupported and wraps the system's answer, if any.
+type unsupportedError struct {
+	what string
+	err  error
+}
+
+func (e *unsupportedError) Error() string {
+	if e.err == nil {
+		return "safedial: " + e.what
+	}
+	return fmt.Sprintf("safedial: %s (%v)", e.what, e.err)
+}
+
+func (e *unsupportedError) Unwrap() []error {
+	if e.err == nil {
+		return []error{errors.ErrUnsupported}
+	}
+	return []error{errors.ErrUnsupported, e.err}
 }

@@ -172,5 +172,5 @@ func ExampleDialer_Stats() {
 		c.Close()
 	}
 	fmt.Println(expvar.Get("safedial"))
-	// Output: {"dials":1,"succeeded":1,"exhausted":0,"failovers":0}
+	// Output: {"dials":1,"succeeded":1,"exhausted":0,"failovers":0,"refused":0}
 }

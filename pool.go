@@ -2,40 +2,48 @@ package safedial
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
 // pool is the state a Dialer derives from its Sources: the addresses split by
-// family, the round-robin cursors and the per-source counters. It is built on
-// the first dial with a given Sources and replaced when Sources changes.
+// family, the round-robin cursors, the per-source counters and the memory of
+// sources found full. It is built on the first dial with a given Sources (or
+// by SetSources) and replaced when Sources changes.
 type pool struct {
 	addrs        []netip.Addr // Sources as configured, to detect a change
 	srcs         []source
 	v4, v6       []*source
 	next4, next6 atomic.Uint32
 	err          error // configuration error in Sources
+	full         fullMemory
 }
 
 type source struct {
-	addr netip.Addr
-	udp  *net.UDPAddr // LocalAddr for udp dials; TCP dials pass addr directly
+	addr   netip.Addr // as configured (unmapped), zone included
+	zone   uint32     // interface index of a link-local IPv6 address
+	pinned atomic.Bool
 	sourceCounters
 }
 
 func newPool(addrs []netip.Addr) *pool {
-	p := &pool{addrs: append([]netip.Addr(nil), addrs...), srcs: make([]source, len(addrs))}
+	p := &pool{addrs: slices.Clone(addrs), srcs: make([]source, len(addrs))}
 	for i, a := range addrs {
-		if !a.IsValid() {
-			p.err = errConfig("Sources[%d] is the zero netip.Addr: every source must be an IP address of this host", i)
+		addr, zone, err := checkSource(i, a)
+		if err != nil {
+			p.err = err
 			return p
 		}
-		a = a.Unmap()
-		p.srcs[i] = source{addr: a, udp: net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0))}
+		p.srcs[i].addr, p.srcs[i].zone = addr, zone
 	}
 	for i := range p.srcs {
 		if s := &p.srcs[i]; s.addr.Is4() {
@@ -47,24 +55,60 @@ func newPool(addrs []netip.Addr) *pool {
 	return p
 }
 
-func (p *pool) matches(addrs []netip.Addr) bool {
-	if len(addrs) != len(p.addrs) {
-		return false
+// checkSource checks that a (Sources[i]) can be a unicast source address of
+// this host, as far as that is known without a socket, and returns it
+// unmapped, with the interface index of its zone.
+func checkSource(i int, a netip.Addr) (netip.Addr, uint32, error) {
+	bad := func(why string) (netip.Addr, uint32, error) {
+		return a, 0, errConfig("Sources[%d] %v %s", i, a, why)
 	}
-	for i := range addrs {
-		if addrs[i] != p.addrs[i] {
-			return false
-		}
+	if !a.IsValid() {
+		return a, 0, errConfig("Sources[%d] is the zero netip.Addr: every source must be an IP address of this host", i)
 	}
-	return true
+	a = a.Unmap()
+	switch {
+	case a.IsUnspecified():
+		return bad("is the unspecified address: the kernel would pick the source from the route, pinning nothing; use a unicast address of this host")
+	case a.IsMulticast():
+		return bad("is a multicast address, which cannot be a connection's source; use a unicast address of this host")
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return bad("is the limited broadcast address, which cannot be a connection's source; use a unicast address of this host")
+	case a.Is6() && a.IsLinkLocalUnicast() && a.Zone() == "":
+		return bad("is an IPv6 link-local address without a zone: name the interface, as in fe80::1%eth0")
+	}
+	z := a.Zone()
+	if z == "" {
+		return a, 0, nil
+	}
+	if n, err := strconv.ParseUint(z, 10, 32); err == nil {
+		return a, uint32(n), nil
+	}
+	ifi, err := net.InterfaceByName(z)
+	if err != nil {
+		return bad("has zone " + strconv.Quote(z) + ", which is not an interface of this host (" + err.Error() + ")")
+	}
+	return a, uint32(ifi.Index), nil
 }
 
-// family returns the sources for dst's family and the cursor to start from.
-func (p *pool) family(dst netip.Addr) ([]*source, *atomic.Uint32) {
-	if dst.Is4() {
-		return p.v4, &p.next4
+func (p *pool) matches(addrs []netip.Addr) bool { return slices.Equal(addrs, p.addrs) }
+
+// family returns the sources for a hook's network (tcp4, udp6, ...) and the
+// cursor to start from.
+func (p *pool) family(network string) ([]*source, *atomic.Uint32) {
+	if strings.HasSuffix(network, "6") {
+		return p.v6, &p.next6
 	}
-	return p.v6, &p.next6
+	return p.v4, &p.next4
+}
+
+// byAddr returns the source a connection's local address belongs to.
+func (p *pool) byAddr(a netip.Addr) *source {
+	for i := range p.srcs {
+		if s := &p.srcs[i]; s.addr.WithZone("") == a.WithZone("") {
+			return s
+		}
+	}
+	return nil
 }
 
 // sourcePool returns the pool for the current Sources.
@@ -80,184 +124,362 @@ func (d *Dialer) sourcePool() *pool {
 	}
 }
 
-// dialPool dials address (or raddr, when valid) from the pool of Sources.
-func (d *Dialer) dialPool(ctx context.Context, network, address string, raddr netip.AddrPort) (net.Conn, error) {
-	fail := func(dst net.Addr, err error) error {
-		return &net.OpError{Op: "dial", Net: network, Addr: dst, Err: err}
+// SetSources checks srcs and makes them the pool of d, as assigning
+// d.Sources does, but at once: Stats describes the new pool from now on, and
+// a configuration error is returned here rather than from the next dial.
+// Like any change of d's fields, it must not run during a dial.
+func (d *Dialer) SetSources(srcs []netip.Addr) error {
+	p := newPool(srcs)
+	if p.err != nil {
+		return p.err
 	}
-	tcp := strings.HasPrefix(network, "tcp")
-	switch network {
-	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
-	default:
-		return nil, fail(nil, errConfig("Sources apply to the tcp and udp networks, not %q", network))
+	d.Sources = p.addrs
+	if len(srcs) == 0 {
+		p = nil
 	}
-	if d.Base.LocalAddr != nil {
-		return nil, fail(nil, errConfig("Sources and Base.LocalAddr are both set: use one of them"))
+	d.pool.Store(p)
+	return nil
+}
+
+// dialPool dials address with the pool of Sources: net.Dialer dials, and the
+// pool's hook binds a source in each attempt.
+func (d *Dialer) dialPool(ctx context.Context, network, address string) outcome {
+	fail := func(err error) outcome {
+		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
+	}
+	switch {
+	case strings.HasPrefix(network, "unix"), strings.HasPrefix(network, "ip"):
+		// Deliberately not net.Dialer's behaviour: a dial that cannot be
+		// pinned must not pass for a pinned one.
+		return fail(errConfig("Sources apply to the tcp and udp networks, not %q", network))
+	case d.Base.LocalAddr != nil:
+		return fail(errConfig("Sources and Base.LocalAddr are both set: use one of them"))
 	}
 	p := d.sourcePool()
 	if p.err != nil {
-		return nil, fail(nil, p.err)
+		return fail(p.err)
 	}
-
-	deadline := d.Base.Deadline
-	if d.Base.Timeout > 0 {
-		if t := time.Now().Add(d.Base.Timeout); deadline.IsZero() || t.Before(deadline) {
-			deadline = t
-		}
+	if !poolInHook {
+		return d.dialPoolBefore(ctx, network, address, p)
 	}
-	dests, err := d.destinations(ctx, network, address, raddr, p)
+	pd := &poolDial{d: d, p: p, o: d.options(true), user: d.userHook()}
+	nd := d.Base
+	nd.ControlContext = pd.control
+	c, err := nd.DialContext(ctx, network, address)
+	pd.mu.Lock()
+	pd.done = true
+	out := outcome{c: c, events: pd.events, refused: pd.o.refusedNow(network)}
+	pd.mu.Unlock()
 	if err != nil {
-		return nil, err
+		out.err = pd.finalError(err, out.refused)
+		return out
 	}
-
-	var first error
-	for _, dst := range dests {
-		c, err := d.dialFrom(ctx, network, tcp, deadline, p, dst)
-		if err == nil {
-			return c, nil
-		}
-		if first == nil {
-			first = err
-		}
-		if ctx.Err() != nil || (!deadline.IsZero() && !time.Now().Before(deadline)) {
-			break
-		}
+	if s := p.byAddr(addrPort(c.LocalAddr()).Addr()); s != nil {
+		s.succeeded.Add(1)
 	}
-	return nil, first
+	if err := d.PortRange.holds(c); err != nil {
+		c.Close()
+		out.c, out.err = nil, &net.OpError{Op: "dial", Net: network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return out
 }
 
-// destinations resolves the destination to the addresses the pool has a
-// source for, in the resolver's order.
-func (d *Dialer) destinations(ctx context.Context, network, address string, raddr netip.AddrPort, p *pool) ([]netip.AddrPort, error) {
-	fail := func(err error) error {
-		return &net.OpError{Op: "dial", Net: network, Addr: opAddr(network, raddr), Err: err}
+// poolDial is one dial through the pool; its control method is the
+// net.Dialer hook, called once per connection attempt, possibly from
+// net.Dialer's Happy Eyeballs goroutines and possibly (for a racer that
+// lost) after the dial has returned.
+type poolDial struct {
+	d    *Dialer
+	p    *pool
+	o    options
+	user controlFunc
+
+	mu     sync.Mutex
+	done   bool
+	events []*ExhaustedError
+}
+
+func (pd *poolDial) event(ee *ExhaustedError) {
+	pd.mu.Lock()
+	if !pd.done {
+		pd.events = append(pd.events, ee)
+	}
+	pd.mu.Unlock()
+}
+
+// control binds a source of the attempt's family to the socket net.Dialer
+// made, after safedial's options and the user's hook, and starts the connect
+// itself (non-blocking), so that a source with no port left is found here
+// and the attempt fails over to the next source on a fresh socket, which then
+// takes the place of net.Dialer's. net.Dialer's own connect then waits for
+// the connection, with its deadlines, as it would have.
+func (pd *poolDial) control(ctx context.Context, network, address string, c syscall.RawConn) error {
+	srcs, cursor := pd.p.family(network)
+	dst := destination(network, address)
+	if len(srcs) == 0 {
+		fam := "IPv4"
+		if strings.HasSuffix(network, "6") {
+			fam = "IPv6"
+		}
+		return errConfig("no source address of the destination's family for %s (%s): Sources holds %s; add an %s source",
+			address, fam, joinAddrs(pd.p.addrs), fam)
+	}
+	var orig int
+	if err := c.Control(func(fd uintptr) { orig = int(fd) }); err != nil {
+		return err
 	}
 	var (
-		ips  []netip.Addr
-		port uint16
+		start = cursor.Add(1) - 1
+		tried []netip.Addr
+		last  *ExhaustedError
+		fd    = orig
 	)
-	if raddr.IsValid() {
-		ips, port = []netip.Addr{raddr.Addr()}, raddr.Port()
-	} else {
-		host, service, err := net.SplitHostPort(address)
-		if err != nil {
-			return nil, fail(err)
+	for i := range uint32(len(srcs)) {
+		s := srcs[(start+i)%uint32(len(srcs))]
+		if i > 0 {
+			pd.d.counters.failovers.Add(1)
 		}
-		r := d.Base.Resolver
-		if r == nil {
-			r = net.DefaultResolver
-		}
-		if n, err := strconv.ParseUint(service, 10, 16); err == nil {
-			port = uint16(n)
-		} else if n, err := r.LookupPort(ctx, network, service); err == nil {
-			port = uint16(n)
-		} else {
-			return nil, fail(err)
-		}
-		if ip, err := netip.ParseAddr(host); err == nil {
-			ips = []netip.Addr{ip}
-		} else if ips, err = r.LookupNetIP(ctx, ipNetwork(network), host); err != nil {
-			return nil, fail(err)
-		}
-	}
-
-	dests := make([]netip.AddrPort, 0, len(ips))
-	var have4, have6 bool
-	for _, ip := range ips {
-		ip = ip.Unmap()
-		have4, have6 = have4 || ip.Is4(), have6 || ip.Is6()
-		if ip.Is4() && strings.HasSuffix(network, "6") || ip.Is6() && strings.HasSuffix(network, "4") {
+		if e, ok := pd.p.full.lookup(s, dst); ok {
+			s.skipped.Add(1)
+			tried = append(tried, s.addr)
+			last = &ExhaustedError{Op: e.syscall, Net: network, Source: netip.AddrPortFrom(s.addr, 0), Dest: dst,
+				Err: os.NewSyscallError(e.syscall, e.errno)}
 			continue
 		}
-		if srcs, _ := p.family(ip); len(srcs) > 0 {
-			dests = append(dests, netip.AddrPortFrom(ip, port))
+		if fd < 0 {
+			var err error
+			if fd, err = socketLike(orig); err != nil {
+				return err
+			}
+		}
+		err := pd.attempt(ctx, network, address, c, fd, orig, s, dst)
+		if err == nil {
+			return nil
+		}
+		if fd != orig {
+			closeFD(fd)
+		}
+		fd = -1 // the socket is bound: the next source needs a fresh one
+		var ee *ExhaustedError
+		if !errors.As(err, &ee) {
+			return err
+		}
+		s.exhausted.Add(1)
+		pd.p.full.mark(s, dst, ee.Op, ee.Err)
+		pd.event(ee)
+		tried = append(tried, s.addr)
+		last = ee
+	}
+	final := *last
+	final.Tried = tried
+	return &final
+}
+
+// attempt sets up socket fd (net.Dialer's own, orig, or a fresh one) and
+// binds and connects it from s. On success a fresh socket has taken orig's
+// place.
+func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, fd, orig int, s *source, dst netip.AddrPort) error {
+	raw := c
+	if fd != orig {
+		raw = fdConn(fd)
+	}
+	if err := pd.o.apply(network, raw); err != nil {
+		return err
+	}
+	if pd.user != nil {
+		if err := pd.user(ctx, network, address, raw); err != nil {
+			return err
 		}
 	}
-	if len(dests) == 0 {
-		fam := "IPv4"
-		if have6 && !have4 {
-			fam = "IPv6"
-		} else if have4 && have6 {
-			fam = "IPv4 or IPv6"
+	s.dials.Add(1)
+	call, err := bindConnect(fd, s, dst)
+	if err != nil {
+		op := &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(s.addr, 0)), Addr: opAddr(network, dst),
+			Err: os.NewSyscallError(call, err)}
+		if ee := exhausted(op, pd.d.PortRange); ee != nil {
+			return ee
 		}
-		if len(ips) == 1 {
-			raddr = netip.AddrPortFrom(ips[0].Unmap(), port)
+		if se := notLocal(op); se != nil {
+			return se
 		}
-		return nil, fail(errConfig("no source address of the destination's family for %s %s: Sources holds %s; add a source of that family",
-			network, describe(address, raddr, fam), joinAddrs(p.addrs)))
+		return op.Err
 	}
-	return dests, nil
+	if !s.pinned.Load() {
+		if got := boundAddr(fd); got != s.addr.WithZone("") {
+			return errConfig("source %v does not pin the connection: the kernel chose %v as its source (%v is not a unicast address of this host: a broadcast address?); use a unicast address of this host", s.addr, got, s.addr)
+		}
+		s.pinned.Store(true)
+	}
+	if fd != orig {
+		return replaceFD(fd, orig)
+	}
+	return nil
 }
 
-func describe(address string, raddr netip.AddrPort, fam string) string {
-	if raddr.IsValid() {
-		return raddr.String() + " (" + fam + ")"
+// finalError completes the error net.Dialer returned for a pool dial: the
+// source goes into the *net.OpError (net.Dialer saw no LocalAddr), and an
+// exhaustion says why when an option was refused.
+func (pd *poolDial) finalError(err error, refused uint32) error {
+	op, ok := err.(*net.OpError)
+	if !ok {
+		return err
 	}
-	return address + " (" + fam + ")"
+	switch e := op.Err.(type) {
+	case *ExhaustedError:
+		e.Net = op.Net
+		e.noteRefused(refused)
+		op = withErr(op, e)
+		op.Source = opAddr(op.Net, e.Source)
+	case *sourceError:
+		op = withErr(op, e)
+		op.Source = opAddr(op.Net, netip.AddrPortFrom(e.src, 0))
+	}
+	return op
 }
 
-func ipNetwork(network string) string {
-	switch {
-	case strings.HasSuffix(network, "4"):
-		return "ip4"
-	case strings.HasSuffix(network, "6"):
-		return "ip6"
+// destination parses the address net.Dialer passes its hook; an empty host
+// (a dial to ":port") is the unspecified address of the attempt's family,
+// which the kernel connects to this host.
+func destination(network, address string) netip.AddrPort {
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
-	return "ip"
+	_, port, _ := net.SplitHostPort(address)
+	n, _ := strconv.ParseUint(port, 10, 16)
+	if strings.HasSuffix(network, "6") {
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(n))
+	}
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(n))
 }
 
-func opAddr(network string, ap netip.AddrPort) net.Addr {
-	switch {
-	case !ap.IsValid():
-		return nil
-	case strings.HasPrefix(network, "udp"):
-		return net.UDPAddrFromAddrPort(ap)
-	}
-	return net.TCPAddrFromAddrPort(ap)
+// fdConn is a syscall.RawConn for a socket the pool made for failover.
+type fdConn int
+
+func (c fdConn) Control(f func(fd uintptr)) error { f(uintptr(c)); return nil }
+func (fdConn) Read(func(fd uintptr) bool) error   { return errors.ErrUnsupported }
+func (fdConn) Write(func(fd uintptr) bool) error  { return errors.ErrUnsupported }
+
+// fullTTL is how long a source found full toward a destination is skipped.
+const fullTTL = 500 * time.Millisecond
+
+// fullSlots bounds the memory of a pool, however many destinations it dials.
+const fullSlots = 64
+
+// fullMemory remembers (source, destination) pairs found full. The fast path,
+// with nothing remembered or everything expired, is one atomic load.
+type fullMemory struct {
+	until atomic.Int64 // the latest expiry of any entry; 0 when none
+	mu    sync.Mutex
+	slots [fullSlots]fullEntry
 }
 
-// dialFrom dials dst from the sources of its family, starting at the next in
-// turn and failing over to the others while they are exhausted.
-func (d *Dialer) dialFrom(ctx context.Context, network string, tcp bool, deadline time.Time, p *pool, dst netip.AddrPort) (net.Conn, error) {
-	srcs, cursor := p.family(dst.Addr())
-	start := int((cursor.Add(1) - 1) % uint32(len(srcs))) // unsigned: no negative index on 32-bit systems
-	nd := d.base(true)
-	nd.Timeout, nd.Deadline = 0, deadline
+type fullEntry struct {
+	src     *source
+	dst     netip.AddrPort
+	until   int64
+	syscall string
+	errno   error
+}
 
+func (m *fullMemory) lookup(s *source, dst netip.AddrPort) (fullEntry, bool) {
+	u := m.until.Load()
+	if u == 0 {
+		return fullEntry{}, false
+	}
+	now := nanotime()
+	if now >= u {
+		m.until.CompareAndSwap(u, 0)
+		return fullEntry{}, false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range m.slots {
+		if e.src == s && e.dst == dst && e.until > now {
+			return e, true
+		}
+	}
+	return fullEntry{}, false
+}
+
+// mark remembers that s is full toward dst; err is the *os.SyscallError.
+func (m *fullMemory) mark(s *source, dst netip.AddrPort, call string, err error) {
+	var errno error = syscall.EADDRNOTAVAIL
+	var se *os.SyscallError
+	if errors.As(err, &se) {
+		errno = se.Err
+	}
+	until := nanotime() + int64(fullTTL)
+	m.mu.Lock()
+	victim := 0
+	for i, e := range m.slots {
+		if e.src == s && e.dst == dst {
+			victim = i
+			break
+		}
+		if e.until < m.slots[victim].until {
+			victim = i
+		}
+	}
+	m.slots[victim] = fullEntry{src: s, dst: dst, until: until, syscall: call, errno: errno}
+	m.mu.Unlock()
+	for {
+		u := m.until.Load()
+		if u >= until || m.until.CompareAndSwap(u, until) {
+			return
+		}
+	}
+}
+
+// dialPoolBefore is the pool where the hook cannot bind (Windows, whose
+// ConnectEx path binds after the hook) or has not been verified to (the
+// BSDs): the source is chosen before the dial, by the family the network or
+// an IP literal names (IPv4 for a name, when the pool has IPv4 sources), and
+// an exhausted source is followed by a new dial from the next one.
+func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p *pool) outcome {
+	fam := network
+	if host, _, err := net.SplitHostPort(address); err == nil {
+		if a, err := netip.ParseAddr(host); err == nil && a.Unmap().Is6() {
+			fam += "6"
+		}
+	}
+	if !strings.HasSuffix(fam, "6") && len(p.v4) == 0 {
+		fam += "6"
+	}
+	srcs, cursor := p.family(fam)
+	if len(srcs) == 0 {
+		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: errConfig("no source address of the destination's family for %s: Sources holds %s", address, joinAddrs(p.addrs))}}
+	}
+	start := cursor.Add(1) - 1
 	var (
+		out   outcome
 		tried []netip.Addr
-		last  error
-		lastE *ExhaustedError
 	)
-	for i := range srcs {
-		s := srcs[(start+i)%len(srcs)]
+	for i := range uint32(len(srcs)) {
+		s := srcs[(start+i)%uint32(len(srcs))]
 		if i > 0 {
 			d.counters.failovers.Add(1)
 		}
+		nd := d.Base
+		nd.ControlContext = d.control(true)
+		nd.LocalAddr = opAddr(network, netip.AddrPortFrom(s.addr, 0))
 		s.dials.Add(1)
-		var (
-			c   net.Conn
-			err error
-		)
-		if tcp {
-			c, err = nd.DialTCP(ctx, network, netip.AddrPortFrom(s.addr, 0), dst)
-		} else {
-			nd.LocalAddr = s.udp
-			c, err = nd.DialContext(ctx, network, dst.String())
-		}
-		if err == nil {
+		c, err := nd.DialContext(ctx, network, address)
+		r := d.result(c, err, d.options(true), network)
+		out.refused |= r.refused
+		out.events = append(out.events, r.events...)
+		out.c, out.err = r.c, r.err
+		var ee *ExhaustedError
+		if r.err == nil {
 			s.succeeded.Add(1)
-			return c, nil
-		}
-		ee, err := d.classify(err)
-		if ee == nil {
-			return nil, err // not a matter of ports: another source would not help
+			return out
+		} else if !errors.As(r.err, &ee) {
+			return out
 		}
 		s.exhausted.Add(1)
 		tried = append(tried, s.addr)
-		last, lastE = err, ee
+		if len(tried) > 1 {
+			ee.Tried = tried
+		}
 	}
-	final := *lastE
-	final.Tried = tried
-	return nil, withErr(last.(*net.OpError), &final)
+	return out
 }

@@ -76,9 +76,13 @@ func TestPoolCapacity(t *testing.T) {
 }
 
 // TestPoolFailover: one source is filled first by another dialer; the pool
-// still connects through the other.
+// still connects through the other, and remembers the full source: after the
+// first failover it is skipped without a system call until the memory
+// expires (the clock is stopped, so the counts are exact).
 func TestPoolFailover(t *testing.T) {
 	inNamespace(t, 40000, 40023, func(t *testing.T) {
+		_, restore := safedial.StopClock()
+		defer restore()
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		a, b := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
 		other := &safedial.Dialer{Base: net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))}}
@@ -86,8 +90,10 @@ func TestPoolFailover(t *testing.T) {
 			t.Fatalf("filled %d from %v (%v), want 24", n, a, err)
 		}
 
-		var events atomic.Int64
-		d := &safedial.Dialer{Sources: []netip.Addr{a, b}, OnExhausted: func(*safedial.ExhaustedError) { events.Add(1) }}
+		var events []string
+		d := &safedial.Dialer{Sources: []netip.Addr{a, b}, OnExhausted: func(e *safedial.ExhaustedError) {
+			events = append(events, e.Source.Addr().String())
+		}}
 		conns, err := fillConns(t, d.DialContext, "tcp", []string{dst}, 100)
 		for _, c := range conns {
 			if got := localAddr(c).Addr(); got != b {
@@ -97,16 +103,28 @@ func TestPoolFailover(t *testing.T) {
 		if len(conns) != 24 {
 			t.Errorf("pool connections = %d, want 24", len(conns))
 		}
-		if !errors.Is(err, safedial.ErrEphemeralExhausted) {
-			t.Errorf("25th dial: %v, want exhaustion", err)
+		if diff := cmp.Diff(exhaustedChain("tcp", "connect", "EADDRNOTAVAIL"), chain(err)); diff != "" {
+			t.Errorf("25th dial: error chain (-want +got):\n%s", diff)
 		}
-		// Dials 0, 2, ..., 24 start at the full source a and fail over.
-		st := d.Stats()
-		if st.Dials != 25 || st.Succeeded != 24 || st.Exhausted != 1 || st.Failovers != 13 {
-			t.Errorf("Stats = %+v, want 25 dials, 24 succeeded, 1 exhausted, 13 failovers", st)
+		var ee *safedial.ExhaustedError
+		if errors.As(err, &ee) {
+			// The 25th dial starts at a (known full, skipped), then b.
+			if diff := cmp.Diff([]netip.Addr{a, b}, ee.Tried, netipCmp); diff != "" {
+				t.Errorf("Tried (-want +got):\n%s", diff)
+			}
 		}
-		if got := events.Load(); got != 14 {
-			t.Errorf("OnExhausted called %d times, want 14 (13 failover steps and the last source)", got)
+		// Dials 0, 2, ..., 24 start at a: dial 0 finds it full, the 12
+		// others skip it. The kernel reports exhaustion twice: a in dial 0,
+		// b in dial 24.
+		want := safedial.Stats{Dials: 25, Succeeded: 24, Exhausted: 1, Failovers: 13, Sources: []safedial.SourceStats{
+			{Addr: a, Dials: 1, Exhausted: 1, Skipped: 12},
+			{Addr: b, Dials: 25, Succeeded: 24, Exhausted: 1},
+		}}
+		if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
+			t.Errorf("Stats (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff([]string{a.String(), b.String()}, events); diff != "" {
+			t.Errorf("OnExhausted calls (-want +got):\n%s", diff)
 		}
 	})
 }
@@ -157,7 +175,7 @@ func TestPoolFamilies(t *testing.T) {
 			if !errors.Is(err, safedial.ErrInvalidConfig) || errors.Is(err, safedial.ErrEphemeralExhausted) {
 				t.Fatalf("err = %v, want ErrInvalidConfig, not exhaustion", err)
 			}
-			want := "dial tcp [::1]:8080: safedial: no source address of the destination's family for tcp [::1]:8080 (IPv6): Sources holds 127.0.0.1; add a source of that family"
+			want := "dial tcp [::1]:8080: safedial: no source address of the destination's family for [::1]:8080 (IPv6): Sources holds 127.0.0.1; add an IPv6 source"
 			if err.Error() != want {
 				t.Errorf("message:\n got %q\nwant %q", err, want)
 			}
@@ -303,17 +321,20 @@ func TestPoolConcurrent(t *testing.T) {
 		if len(conns) != 48 || exhausted != 16 || st.Dials != 64 || st.Succeeded != 48 || st.Exhausted != 16 {
 			t.Errorf("%d connected, %d exhausted, Stats %+v; want 48, 16", len(conns), exhausted, st)
 		}
-		// Every exhausted attempt is one OnExhausted call: each failover
-		// step, plus the last source of each failed dial.
-		if got, want := events.Load(), st.Failovers+st.Exhausted; got != want {
-			t.Errorf("OnExhausted called %d times, want Failovers+Exhausted = %d", got, want)
-		}
-		var perSource uint64
+		// Every source passed over (found full by the kernel, or known
+		// full and skipped) is a failover step, or the last source of a
+		// failed dial; each one the kernel found full is one OnExhausted
+		// call.
+		var passedFull, skipped uint64
 		for _, s := range st.Sources {
-			perSource += s.Exhausted
+			passedFull += s.Exhausted
+			skipped += s.Skipped
 		}
-		if perSource != events.Load() {
-			t.Errorf("per-source Exhausted sum %d != OnExhausted calls %d", perSource, events.Load())
+		if got, want := passedFull+skipped, st.Failovers+st.Exhausted; got != want {
+			t.Errorf("sources passed over = %d, want Failovers+Exhausted = %d", got, want)
+		}
+		if passedFull != events.Load() {
+			t.Errorf("per-source Exhausted sum %d != OnExhausted calls %d", passedFull, events.Load())
 		}
 	})
 }

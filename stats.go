@@ -17,16 +17,23 @@ type Stats struct {
 	// Exhausted counts calls that returned an error matching
 	// ErrEphemeralExhausted (after every failover step failed).
 	Exhausted uint64 `json:"exhausted"`
-	// Failovers counts moves from an exhausted source to the next one of a
-	// Sources pool.
+	// Failovers counts moves from an exhausted source, or one known to be
+	// full toward the destination, to the next one of a Sources pool.
 	Failovers uint64 `json:"failovers"`
-	// Sources has one entry per address of Sources, in order, counted since
-	// Sources was last changed; nil without Sources.
+	// Refused counts calls that went on without an optional socket option
+	// (IP_BIND_ADDRESS_NO_PORT, SO_REUSEADDR) because the system refused it
+	// (see RefusedError). Such dials are unprotected: a non-zero count on
+	// a host that binds source addresses deserves attention.
+	Refused uint64 `json:"refused"`
+	// Sources has one entry per address of the pool the next dial uses
+	// (Sources as of the last dial or SetSources), in order, counted since
+	// that pool was made; nil without Sources.
 	Sources []SourceStats `json:"sources,omitempty"`
 }
 
 // SourceStats counts the attempts made from one source address of a pool.
 type SourceStats struct {
+	// Addr is the source address, as in Sources.
 	Addr netip.Addr `json:"addr"`
 	// Dials counts attempts from this source, failover steps included.
 	Dials uint64 `json:"dials"`
@@ -35,6 +42,10 @@ type SourceStats struct {
 	// Exhausted counts attempts that found no free port toward the
 	// destination.
 	Exhausted uint64 `json:"exhausted"`
+	// Skipped counts attempts that passed this source over without a
+	// system call, because it had been found full toward the destination
+	// less than half a second before.
+	Skipped uint64 `json:"skipped"`
 }
 
 // counters sit on cache lines of their own, so that dials updating them
@@ -42,32 +53,34 @@ type SourceStats struct {
 // every dial reads. A successful dial adds to succeeded only; Dials is
 // derived.
 type counters struct {
-	_                                       [64]byte
-	succeeded, failed, exhausted, failovers atomic.Uint64
-	_                                       [64]byte
+	_                                                [64]byte
+	succeeded, failed, exhausted, failovers, refused atomic.Uint64
+	_                                                [64]byte
 }
 
 type sourceCounters struct {
-	dials, succeeded, exhausted atomic.Uint64
+	dials, succeeded, exhausted, skipped atomic.Uint64
 }
 
 // Stats returns a snapshot of d's counters. It is safe to call while dials
-// are in flight.
+// are in flight, and while Sources changes between dials: it reads no field
+// of d, only the counters and the pool the dials built.
 func (d *Dialer) Stats() Stats {
 	// Exhausted first, then failed, so that Succeeded+Exhausted never
 	// exceeds Dials in a snapshot.
 	s := Stats{
 		Exhausted: d.counters.exhausted.Load(),
 		Failovers: d.counters.failovers.Load(),
+		Refused:   d.counters.refused.Load(),
 	}
 	failed := d.counters.failed.Load()
 	s.Succeeded = d.counters.succeeded.Load()
 	s.Dials = s.Succeeded + failed
-	if p := d.pool.Load(); p != nil && p.err == nil && len(d.Sources) > 0 {
+	if p := d.pool.Load(); p != nil && p.err == nil && len(p.srcs) > 0 {
 		s.Sources = make([]SourceStats, len(p.srcs))
 		for i := range p.srcs {
 			src := &p.srcs[i]
-			s.Sources[i] = SourceStats{Addr: src.addr, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load()}
+			s.Sources[i] = SourceStats{Addr: src.addr, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load(), Skipped: src.skipped.Load()}
 			s.Sources[i].Dials = src.dials.Load()
 		}
 	}

@@ -1,0 +1,18 @@
+//go:build !linux
+
+package safedial
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// Elsewhere the pool chooses a source before each dial (dialPoolBefore):
+// the hook never binds, and these are never called.
+const poolInHook = false
+
+func bindConnect(int, *source, netip.AddrPort) (string, error) { return "", errors.ErrUnsupported }
+func socketLike(int) (int, error)                              { return -1, errors.ErrUnsupported }
+func replaceFD(int, int) error                                 { return errors.ErrUnsupported }
+func closeFD(int)                                              {}
+func boundAddr(int) netip.Addr                                 { return netip.Addr{} }
