@@ -1,0 +1,280 @@
+//go:build linux
+
+package safedial_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/safedial/safedial"
+)
+
+// TestSourcesNotUnicast: a source that cannot pin a connection is a
+// configuration error, before any socket where that can be known, and after
+// the bind (the kernel's choice read back) where it cannot.
+func TestSourcesNotUnicast(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		dst4 := servers(t, "tcp", []string{"127.0.0.2"}, []int{8080})[0]
+		dst6 := servers(t, "tcp", []string{"::1"}, []int{8080})[0]
+		for _, tc := range []struct {
+			src      string
+			dst      string
+			socket   bool // the error can only come after a socket was made
+			contains string
+		}{
+			{"0.0.0.0", dst4, false, "Sources[0] 0.0.0.0 is the unspecified address"},
+			{"::", dst6, false, "Sources[0] :: is the unspecified address"},
+			{"224.0.0.1", dst4, false, "Sources[0] 224.0.0.1 is a multicast address"},
+			{"ff02::1", dst6, false, "Sources[0] ff02::1 is a multicast address"},
+			{"255.255.255.255", dst4, false, "Sources[0] 255.255.255.255 is the limited broadcast address"},
+			{"fe80::1", dst6, false, "Sources[0] fe80::1 is an IPv6 link-local address without a zone"},
+			{"fe80::1%nosuchif", dst6, false, `Sources[0] fe80::1%nosuchif has zone "nosuchif", which is not an interface of this host`},
+			{"127.255.255.255", dst4, true, "source 127.255.255.255 does not pin the connection: the kernel chose 127.0.0.1"},
+		} {
+			t.Run(tc.src, func(t *testing.T) {
+				hookRan := false
+				d := &safedial.Dialer{Sources: []netip.Addr{netip.MustParseAddr(tc.src)}, Base: net.Dialer{
+					Control: func(string, string, syscall.RawConn) error { hookRan = true; return nil },
+				}}
+				c, err := d.Dial("tcp", tc.dst)
+				if err == nil {
+					t.Fatalf("connected from %v, want an error", c.LocalAddr())
+				}
+				if !errors.Is(err, safedial.ErrInvalidConfig) || errors.Is(err, safedial.ErrEphemeralExhausted) || errors.Is(err, safedial.ErrSourceNotLocal) {
+					t.Errorf("err = %v, want ErrInvalidConfig only", err)
+				}
+				if !strings.Contains(err.Error(), tc.contains) {
+					t.Errorf("message %q lacks %q", err, tc.contains)
+				}
+				if _, ok := err.(*net.OpError); !ok {
+					t.Errorf("err is %T, want *net.OpError", err)
+				}
+				if hookRan != tc.socket {
+					t.Errorf("a socket was made: %v, want %v", hookRan, tc.socket)
+				}
+				if err := d.SetSources(d.Sources); (err != nil) == tc.socket {
+					t.Errorf("SetSources = %v; want an error exactly where no socket is needed to know", err)
+				}
+			})
+		}
+	})
+}
+
+// TestSourcesLinkLocal: an IPv6 link-local source carries its interface as
+// the zone (fe80::1%lo), and pins the connection to it.
+func TestSourcesLinkLocal(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("iproute2's ip is needed to add a link-local address (CI=true, so this fails instead of skipping): %v", err)
+			}
+			t.Skipf("iproute2's ip is needed to add a link-local address: %v", err)
+		}
+		if out, err := exec.Command(ip, "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("ip addr add: %v: %s", err, out)
+		}
+		dst := servers(t, "tcp", []string{"fe80::1%lo"}, []int{8080})[0]
+		for _, zone := range []string{"lo", "1"} { // lo is interface 1 in a fresh namespace
+			d := &safedial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("fe80::1%" + zone)}}
+			c, err := d.Dial("tcp", dst)
+			if err != nil {
+				t.Fatalf("zone %s: %v", zone, err)
+			}
+			got := localAddr(c)
+			c.Close()
+			if got.Addr().WithZone("") != netip.MustParseAddr("fe80::1") {
+				t.Errorf("zone %s: source %v, want fe80::1", zone, got)
+			}
+		}
+	})
+}
+
+// TestStatsWhileSourcesChange: an expvar-like goroutine reads Stats while
+// Sources changes between dials (run with -race), Stats describes the pool
+// the next dial uses, and a dial whose OnExhausted panics is still counted.
+func TestStatsWhileSourcesChange(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		dst := servers(t, "tcp", []string{"127.0.0.2"}, []int{8080})[0]
+		a, b := mustAddrs("127.0.0.1"), mustAddrs("127.0.0.3")
+		d := &safedial.Dialer{Sources: a}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					_ = d.Stats()
+				}
+			}
+		}()
+		dial := func() {
+			t.Helper()
+			c, err := d.Dial("tcp", dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+		dial()
+		d.Sources = b // a change between dials, as the docs allow
+		dial()
+		if err := d.SetSources(a); err != nil {
+			t.Fatal(err)
+		}
+		close(stop)
+		wg.Wait()
+
+		// SetSources: Stats describes the new pool at once, counted from
+		// zero.
+		want := safedial.Stats{Dials: 2, Succeeded: 2, Sources: []safedial.SourceStats{{Addr: a[0]}}}
+		if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
+			t.Errorf("Stats after SetSources (-want +got):\n%s", diff)
+		}
+		if err := d.SetSources(mustAddrs("0.0.0.0")); !errors.Is(err, safedial.ErrInvalidConfig) {
+			t.Errorf("SetSources(0.0.0.0) = %v, want ErrInvalidConfig", err)
+		}
+		if err := d.SetSources(nil); err != nil || d.Stats().Sources != nil {
+			t.Errorf("SetSources(nil) = %v, Stats().Sources = %v; want no pool", err, d.Stats().Sources)
+		}
+		if err := d.SetSources(a); err != nil {
+			t.Fatal(err)
+		}
+
+		// Fill a's 4 ports toward dst, then panic in OnExhausted: the dial
+		// is counted all the same.
+		for range 3 {
+			dial()
+		}
+		d.OnExhausted = func(*safedial.ExhaustedError) { panic("OnExhausted panics") }
+		func() {
+			defer func() {
+				if r := recover(); r != "OnExhausted panics" {
+					t.Errorf("recovered %v, want the panic of OnExhausted", r)
+				}
+			}()
+			d.Dial("tcp", dst)
+			t.Error("the dial returned; OnExhausted should have panicked")
+		}()
+		if st := d.Stats(); st.Dials != 6 || st.Succeeded != 5 {
+			t.Errorf("Stats = %+v, want 6 dials (the panicking one counted), 5 succeeded", st)
+		}
+	})
+}
+
+// TestPoolMemory: a source found full toward a destination is skipped until
+// the memory expires; when every source is known full a dial fails at once,
+// without a system call, with the usual error; ports freed are used again
+// once the memory expires. The clock is stopped and moved by hand.
+func TestPoolMemory(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		advance, restore := safedial.StopClock()
+		defer restore()
+		dsts := servers(t, "tcp", []string{"127.0.1.1", "127.0.1.2"}, []int{8080})
+		srcs := mustAddrs("127.0.0.1", "127.0.0.2")
+		d := &safedial.Dialer{Sources: srcs}
+		// 2 sources x 4 ports toward dsts[0]: 8 connections.
+		conns, err := fillConns(t, d.DialContext, "tcp", dsts[:1], 100)
+		if len(conns) != 8 || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+			t.Fatalf("%d connections, then %v; want 8, then exhaustion", len(conns), err)
+		}
+		before := d.Stats()
+		// Known full: the next dials fail at once, with the same shape, and
+		// make no attempt.
+		for range 3 {
+			_, err = d.Dial("tcp", dsts[0])
+			if diff := cmp.Diff(exhaustedChain("tcp", "connect", "EADDRNOTAVAIL"), chain(err)); diff != "" {
+				t.Errorf("known full: error chain (-want +got):\n%s", diff)
+			}
+			var ee *safedial.ExhaustedError
+			if !errors.As(err, &ee) || len(ee.Tried) != 2 || ee.Source.Addr() != ee.Tried[1] {
+				t.Errorf("known full: %v, want both sources tried", err)
+			}
+		}
+		after := d.Stats()
+		for i := range srcs {
+			if got := after.Sources[i].Dials - before.Sources[i].Dials; got != 0 {
+				t.Errorf("source %v: %d attempts while known full, want 0", srcs[i], got)
+			}
+			if got := after.Sources[i].Skipped - before.Sources[i].Skipped; got != 3 {
+				t.Errorf("source %v: skipped %d times, want 3", srcs[i], got)
+			}
+		}
+		// Another destination is not affected.
+		c, err := d.Dial("tcp", dsts[1])
+		if err != nil {
+			t.Fatalf("other destination: %v", err)
+		}
+		c.Close()
+
+		// Free two ports (an abortive close leaves no TIME_WAIT); the
+		// memory still holds until it expires.
+		for _, c := range conns[:2] {
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+		if _, err := d.Dial("tcp", dsts[0]); !errors.Is(err, safedial.ErrEphemeralExhausted) {
+			t.Errorf("before expiry: %v, want exhaustion from memory", err)
+		}
+		advance(safedial.FullTTL)
+		for i := range 2 {
+			c, err := d.Dial("tcp", dsts[0])
+			if err != nil {
+				t.Fatalf("after expiry, dial %d: %v", i, err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	})
+}
+
+// TestPoolMemoryBounded: a pool dialing far more destinations than its memory
+// holds stays correct: every exhaustion is still found (by the kernel when
+// the memory has forgotten it), and nothing grows.
+func TestPoolMemoryBounded(t *testing.T) {
+	inNamespace(t, 40000, 40001, func(t *testing.T) {
+		_, restore := safedial.StopClock()
+		defer restore()
+		var hosts []string
+		for i := range 100 {
+			hosts = append(hosts, netip.AddrFrom4([4]byte{127, 0, 2, byte(i + 1)}).String())
+		}
+		dsts := servers(t, "tcp", hosts, []int{8080})
+		d := &safedial.Dialer{Sources: mustAddrs("127.0.0.1")}
+		// 2 ports x 100 destinations, then one exhausted dial each, twice.
+		for round := range 4 {
+			for _, dst := range dsts {
+				c, err := d.DialContext(context.Background(), "tcp", dst)
+				switch {
+				case round < 2 && err != nil:
+					t.Fatalf("round %d, %s: %v", round, dst, err)
+				case round < 2:
+					t.Cleanup(func() { c.Close() })
+				case !errors.Is(err, safedial.ErrEphemeralExhausted):
+					t.Fatalf("round %d, %s: %v, want exhaustion", round, dst, err)
+				}
+			}
+		}
+		st := d.Stats()
+		s := st.Sources[0]
+		// The first exhausted round asks the kernel for every destination;
+		// in the second, the memory (64 entries) answers for at most 64.
+		if s.Exhausted+s.Skipped != 200 || s.Skipped > 64 || s.Skipped == 0 {
+			t.Errorf("exhausted %d + skipped %d, want 200 with 1..64 skipped", s.Exhausted, s.Skipped)
+		}
+	})
+}
