@@ -143,7 +143,9 @@ func TestRefusedBindNoPort(t *testing.T) {
 				{"udp Base.LocalAddr", func() (net.Conn, error) {
 					return (&safedial.Dialer{Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}).Dial("udp", "127.0.0.2:9999")
 				}},
-				{"udp Sources", func() (net.Conn, error) { return (&safedial.Dialer{Sources: mustAddrs("127.0.0.1")}).Dial("udp", "127.0.0.2:9999") }},
+				{"udp Sources", func() (net.Conn, error) {
+					return (&safedial.Dialer{Sources: mustAddrs("127.0.0.1")}).Dial("udp", "127.0.0.2:9999")
+				}},
 				{"exported ControlContext, no local address", func() (net.Conn, error) {
 					return (&net.Dialer{ControlContext: sd.ControlContext}).Dial("tcp", dst)
 				}},
