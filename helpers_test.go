@@ -15,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/safedial/safedial"
@@ -224,14 +225,20 @@ func mustAddrs(ss ...string) []netip.Addr {
 // net.Pipe (DNS over a stream), so that tests control what a host name
 // resolves to without any server or /etc/hosts entry.
 func fakeResolver(names map[string][]netip.Addr) *net.Resolver {
+	return slowResolver(names, 0)
+}
+
+// slowResolver is fakeResolver answering each query after delay, as a slow
+// DNS server does.
+func slowResolver(names map[string][]netip.Addr, delay time.Duration) *net.Resolver {
 	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
 		client, server := net.Pipe()
-		go serveDNS(server, names)
+		go serveDNS(server, names, delay)
 		return client, nil
 	}}
 }
 
-func serveDNS(c net.Conn, names map[string][]netip.Addr) {
+func serveDNS(c net.Conn, names map[string][]netip.Addr, delay time.Duration) {
 	defer c.Close()
 	for {
 		var n [2]byte
@@ -259,6 +266,7 @@ func serveDNS(c net.Conn, names map[string][]netip.Addr) {
 				answers = append(answers, append(rr, ip...))
 			}
 		}
+		time.Sleep(delay) // the server's latency, not synchronisation
 		resp := append([]byte{q[0], q[1], 0x81, 0x80, 0, 1, 0, byte(len(answers)), 0, 0, 0, 0}, q[12:qend]...)
 		for _, rr := range answers {
 			resp = append(resp, rr...)
