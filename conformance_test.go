@@ -121,7 +121,6 @@ func TestConformance(t *testing.T) {
 			"slow.test.": mustAddrs("127.0.0.1"),
 		}
 		res := fakeResolver(names)
-		slow := slowResolver(names, 2*time.Second)
 		for _, name := range []string{"pd.test", "he.test", "rw.test"} {
 			order, err := res.LookupNetIP(context.Background(), "ip", name)
 			if err != nil || order[0] != names[name+"."][0] {
@@ -129,7 +128,9 @@ func TestConformance(t *testing.T) {
 			}
 		}
 		timeout := func(d time.Duration) func(*net.Dialer) { return func(nd *net.Dialer) { nd.Timeout = d } }
-		deadline := func(d time.Duration) func(*net.Dialer) { return func(nd *net.Dialer) { nd.Deadline = time.Now().Add(d) } }
+		deadline := func(d time.Duration) func(*net.Dialer) {
+			return func(nd *net.Dialer) { nd.Deadline = time.Now().Add(d) }
+		}
 		ctxTimeout := func(d time.Duration) func() (context.Context, context.CancelFunc) {
 			return func() (context.Context, context.CancelFunc) { return context.WithTimeout(context.Background(), d) }
 		}
@@ -149,7 +150,10 @@ func TestConformance(t *testing.T) {
 			return func(nd *net.Dialer) { nd.FallbackDelay = d; more(nd) }
 		}
 		withSlowDNS := func(more func(*net.Dialer)) func(*net.Dialer) {
-			return func(nd *net.Dialer) { nd.Resolver = slow; more(nd) }
+			// A resolver of its own for each dial: a Resolver merges
+			// concurrent lookups of one name, which would let one dial
+			// ride on another's.
+			return func(nd *net.Dialer) { nd.Resolver = slowResolver(names, 2*time.Second); more(nd) }
 		}
 		none := func(*net.Dialer) {}
 		scenarios := []scenario{

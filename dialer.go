@@ -143,7 +143,21 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // [ErrEphemeralExhausted] and wrap an [*ExhaustedError]; a source that is not
 // local matches [ErrSourceNotLocal]; configuration errors match
 // [ErrInvalidConfig].
-func (d *Dialer) DialContext(ctx context.Context, network, address string) (c net.Conn, err error) {
+func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if len(d.Sources) == 0 && d.PortRange == (PortRange{}) && d.pool.Load() == nil {
+		// The common case, kept short (it measurably matters): nothing to
+		// check before the dial and, on success with no option refused,
+		// nothing to report. dial is the general path.
+		bind := d.Base.LocalAddr != nil
+		nd := d.Base
+		nd.ControlContext = d.control(bind)
+		c, err := nd.DialContext(ctx, network, address)
+		if err == nil && (!bind || refusedAny.Load() == 0) {
+			d.counters.succeeded.Add(1)
+			return c, nil
+		}
+		return d.finish(d.result(c, err, d.options(bind), network))
+	}
 	return d.finish(d.dial(ctx, network, address))
 }
 
@@ -171,10 +185,18 @@ type outcome struct {
 	refused uint32            // optional options this dial went without
 }
 
-// finish reports o's events, counts the call once and returns its result. A
-// callback that panics still leaves the call counted (as failed) and the
-// connection closed.
-func (d *Dialer) finish(o outcome) (c net.Conn, err error) {
+// finish reports o's events, counts the call once and returns its result.
+func (d *Dialer) finish(o outcome) (net.Conn, error) {
+	if o.refused != 0 || len(o.events) > 0 {
+		return d.report(o)
+	}
+	d.count(o.err)
+	return o.c, o.err
+}
+
+// report calls the hooks for o's events; one that panics still leaves the
+// call counted (as failed) and the connection closed.
+func (d *Dialer) report(o outcome) (net.Conn, error) {
 	done := false
 	defer func() {
 		if !done {

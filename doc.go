@@ -27,12 +27,28 @@
 //
 // # Guarantees
 //
+// safedial is never worse than the net.Dialer it replaces:
+//
+//   - Every dial is made by net.Dialer itself, from a copy of Base:
+//     resolution, Happy Eyeballs, partial deadlines per address,
+//     cancellation, httptrace hooks and error shapes are net.Dialer's, with
+//     or without Sources. safedial works in the Control hook net.Dialer
+//     calls once per connection attempt. A conformance test runs the same
+//     scenarios through net.Dialer and safedial side by side.
 //   - The zero Dialer is safe: every protection is on. Options are set only
 //     where they matter (sockets that bind a source address), so a dial
 //     without a source address costs what net.Dialer's does.
+//   - Options that only improve things (SO_REUSEADDR,
+//     IP_BIND_ADDRESS_NO_PORT, Windows' SO_REUSE_UNICASTPORT) are
+//     best-effort: where the system refuses one, the dial goes on as
+//     net.Dialer's would, and the refusal is counted ([Stats].Refused),
+//     reported once ([Dialer].OnRefused, [RefusedError]) and named in an
+//     exhaustion it explains. What the user asked for explicitly (PortRange)
+//     fails loudly where it cannot be honoured.
 //   - Base keeps net.Dialer's meaning for every field, and is never
 //     modified. The user's Control or ControlContext hook runs after
-//     safedial's options, exactly as net.Dialer would run it.
+//     safedial's options and before the socket is bound or connected,
+//     exactly as net.Dialer would run it.
 //   - Errors stay *net.OpError on the outside. Exhaustion matches
 //     [ErrEphemeralExhausted] and wraps an [*ExhaustedError] that names the
 //     source, the destination and the port range, and says what to do; the
@@ -42,33 +58,50 @@
 //     [ErrInvalidConfig]; neither is ever reported as exhaustion.
 //   - SO_REUSEPORT is never set. SO_REUSEADDR is never set on UDP sockets
 //     (it would let another socket share the port) nor on Windows (where it
-//     lets another process take the port).
+//     lets another process take the port). On a bound TCP socket,
+//     SO_REUSEADDR lets another local socket that also sets it bind (and
+//     listen on) the same address and port while the connection lives;
+//     the connection and its 4-tuple cannot be taken. DisableReuseAddr
+//     turns it off.
 //   - No file descriptor or goroutine outlives a failed dial.
+//
+// The differences from net.Dialer are intended and tested: with Sources,
+// the unix and ip networks are a configuration error rather than an
+// unpinned dial; DialTCP with a zero local address does not bind the
+// wildcard address, and a zero remote address is "missing address".
 //
 // [Classify] applies the same exhaustion rules to errors from any dialer.
 //
 // # Scaling further
 //
 // One source address holds at most (ports in range) x (destinations)
-// connections. [Dialer.Sources] adds source addresses: dials are spread over
-// them in turn and fail over to the next one when a source is exhausted
-// toward the destination, so capacity grows linearly with the number of
-// sources. [Dialer.PortRange] gives each socket its own slice of the
-// ephemeral range (Linux 6.3+), so processes or containers sharing one address
-// never compete for the same ports. [Dialer.Stats] and [Dialer.OnExhausted]
-// report what happened.
+// connections. [Dialer.Sources] adds source addresses: connection attempts
+// are spread over them in turn and fail over to the next one when a source
+// is exhausted toward the destination, so capacity grows linearly with the
+// number of sources. A source found full is remembered for half a second
+// (in a bounded table), so a pool with one full source costs about what a
+// healthy one does, and a pool with every source full fails at once instead
+// of scanning the range from each source. [Dialer.PortRange] gives each
+// socket its own slice of the ephemeral range (Linux 6.3+), so processes or
+// containers sharing one address never compete for the same ports.
+// [Dialer.Stats] and [Dialer.OnExhausted] report what happened.
 //
 // # Platforms
 //
 //   - Linux: SO_REUSEADDR (TCP) and IP_BIND_ADDRESS_NO_PORT (TCP and UDP) on
 //     sockets that bind a source address; IP_LOCAL_PORT_RANGE for PortRange
-//     (6.3+). Fully protected.
+//     (6.3+). Fully protected. Pools bind in the Control hook.
 //   - macOS and the BSDs: SO_REUSEADDR (TCP) only. They have no
 //     IP_BIND_ADDRESS_NO_PORT: a bound source address is still capped at one
 //     connection per port. Exhaustion is still classified. PortRange fails
-//     with an error matching errors.ErrUnsupported.
-//   - Windows: no options (SO_REUSEADDR would allow port stealing). Go binds
-//     every outbound socket before ConnectEx there; exhaustion (WSAENOBUFS
-//     from bind, WSAEADDRINUSE from ConnectEx) is still classified. PortRange
-//     fails with an error matching errors.ErrUnsupported.
+//     with an error matching errors.ErrUnsupported. A pool chooses its
+//     source before each dial, by the family the network or an IP literal
+//     names, and fails over by dialing again.
+//   - Windows: Go binds every outbound socket before ConnectEx, so every
+//     socket gets SO_REUSE_UNICASTPORT (best-effort; Windows 10 and Server
+//     2016 or later), which lets the port be chosen at connect time where
+//     the administrator has configured the auto-reuse port range. Never
+//     SO_REUSEADDR (it would allow port stealing). Exhaustion (WSAENOBUFS
+//     from bind, WSAEADDRINUSE from ConnectEx) is classified. PortRange fails
+//     with an error matching errors.ErrUnsupported. Pools as on the BSDs.
 package safedial

@@ -171,7 +171,12 @@ func (o *optional) refuse(err error) {
 	}
 	o.first.CompareAndSwap(nil, &RefusedError{Option: o.name, Consequence: o.cost, Err: os.NewSyscallError("setsockopt", err)})
 	o.until.Store(until)
+	refusedAny.Store(1)
 }
+
+// refusedAny is set once any optional option has been refused: until then a
+// successful dial has nothing to look up.
+var refusedAny atomic.Uint32
 
 // refusedNow returns the optional options of o that the system refuses now,
 // for a dial on network: those this dial went without.

@@ -240,10 +240,10 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			pd.d.counters.failovers.Add(1)
 		}
 		if e, ok := pd.p.full.lookup(s, dst); ok {
+			// The error the kernel gave when it found s full.
 			s.skipped.Add(1)
 			tried = append(tried, s.addr)
-			last = &ExhaustedError{Op: e.syscall, Net: network, Source: netip.AddrPortFrom(s.addr, 0), Dest: dst,
-				Err: os.NewSyscallError(e.syscall, e.errno)}
+			last = exhausted(attemptError(network, s, dst, e.syscall, e.errno), pd.d.PortRange)
 			continue
 		}
 		if fd < 0 {
@@ -294,8 +294,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 	s.dials.Add(1)
 	call, err := bindConnect(fd, s, dst)
 	if err != nil {
-		op := &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(s.addr, 0)), Addr: opAddr(network, dst),
-			Err: os.NewSyscallError(call, err)}
+		op := attemptError(network, s, dst, call, err)
 		if ee := exhausted(op, pd.d.PortRange); ee != nil {
 			return ee
 		}
@@ -314,6 +313,13 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 		return replaceFD(fd, orig)
 	}
 	return nil
+}
+
+// attemptError is the error of one attempt from s, in net.Dialer's shape,
+// for the classification rules.
+func attemptError(network string, s *source, dst netip.AddrPort, call string, err error) *net.OpError {
+	return &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(s.addr, 0)), Addr: opAddr(network, dst),
+		Err: os.NewSyscallError(call, err)}
 }
 
 // finalError completes the error net.Dialer returned for a pool dial: the

@@ -204,6 +204,8 @@ func TestPoolMemory(t *testing.T) {
 			var ee *safedial.ExhaustedError
 			if !errors.As(err, &ee) || len(ee.Tried) != 2 || ee.Source.Addr() != ee.Tried[1] {
 				t.Errorf("known full: %v, want both sources tried", err)
+			} else if ee.Range != (safedial.PortRange{Lo: 40000, Hi: 40003}) || !strings.Contains(err.Error(), "local port range 40000-40003 is full for this destination from every source tried") {
+				t.Errorf("known full: %v, want the range named as the kernel's exhaustion names it", err)
 			}
 		}
 		after := d.Stats()

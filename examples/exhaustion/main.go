@@ -9,6 +9,8 @@
 //	                piles up), and the sustained rate that implies
 //	-mode latency   median and p99 connect latency at 0, 50, 90, 99% of the
 //	                range in use (-svg writes a chart)
+//	-mode pool      the cost of a pool whose sources fill unevenly: one source
+//	                of two full, every source full, ports coming free
 //
 // It needs root, or unprivileged user namespaces, on Linux.
 package main
@@ -44,6 +46,8 @@ type config struct {
 	Sources     int    `json:"sources"`
 	Samples     int    `json:"samples"`
 	LatencyPort int    `json:"latency_ports"`
+	PoolPorts   int    `json:"pool_ports"`
+	Pairs       int    `json:"pairs"`
 }
 
 // result is one row of capacity or churn output.
@@ -83,13 +87,15 @@ func main() {
 	}
 
 	var c config
-	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn or latency")
+	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency or pool")
 	flag.IntVar(&c.Ports, "ports", 100, "size of the namespace's ephemeral port range (from 40000)")
 	flag.IntVar(&c.Hosts, "hosts", 3, "destination addresses (127.0.0.1 up)")
 	flag.IntVar(&c.DestPorts, "dports", 2, "listening ports per destination address")
 	flag.IntVar(&c.Sources, "sources", 4, "source addresses in the pool variant (127.0.1.1 up)")
 	flag.IntVar(&c.Samples, "samples", 1000, "connects measured per fill level (latency)")
 	flag.IntVar(&c.LatencyPort, "latency-ports", 4000, "range size for the latency mode")
+	flag.IntVar(&c.PoolPorts, "pool-ports", 4000, "range size for the pool mode")
+	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
 	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")
 	flag.Parse()
@@ -135,8 +141,17 @@ func run(c config, asJSON bool, svg string, w io.Writer) error {
 			return json.NewEncoder(w).Encode(rows)
 		}
 		printLatency(w, c, rows)
+	case "pool":
+		var f poolFigures
+		if err := inNamespace(c, c.PoolPorts, "pool", &f); err != nil {
+			return err
+		}
+		if asJSON {
+			return json.NewEncoder(w).Encode(f)
+		}
+		printPool(w, c, f)
 	default:
-		return fmt.Errorf("unknown -mode %q: use capacity, churn or latency", c.Mode)
+		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency or pool", c.Mode)
 	}
 	return nil
 }
@@ -249,6 +264,13 @@ func runChild() error {
 		return err
 	}
 	c := sc.Config
+	if c.Mode == "pool" {
+		f, err := poolCost(c)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(f)
+	}
 	var v *variant
 	for _, x := range variants(c) {
 		if x.name == sc.Name {

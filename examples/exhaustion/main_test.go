@@ -88,3 +88,21 @@ func TestNoNamespace(t *testing.T) {
 		t.Errorf("err = %v, want an explanation", err)
 	}
 }
+
+// TestPoolMode: the pool mode runs to the end: with one source of two full,
+// every pool dial succeeds; with both full, every later dial is exhaustion;
+// freed ports are used again. (Its timings are measurements, printed by the
+// program, not asserted.)
+func TestPoolMode(t *testing.T) {
+	var out strings.Builder
+	if err := run(config{Mode: "pool", PoolPorts: 1000, Pairs: 200}, true, "", &out); err != nil {
+		unavailable(t, err)
+	}
+	var f poolFigures
+	if err := json.Unmarshal([]byte(out.String()), &f); err != nil {
+		t.Fatal(err)
+	}
+	if f.Pairs != 200 || f.PoolFailed != 0 || f.LaterExhausted != 100 || !f.Recovered {
+		t.Errorf("figures %+v: want 200 pairs, no failed pool dial, 100 later exhausted dials, recovered", f)
+	}
+}
