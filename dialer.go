@@ -118,10 +118,10 @@ type Dialer struct {
 // namespace's net.ipv4.ip_local_port_range.
 type PortRange struct {
 	// Lo is the lowest port of the range; 0 only in the zero PortRange.
-	Lo uint16
+	Lo uint16 `json:"lo"`
 	// Hi is the highest port of the range, at least Lo; 0 only in the zero
 	// PortRange.
-	Hi uint16
+	Hi uint16 `json:"hi"`
 }
 
 // String formats r as "Lo-Hi".

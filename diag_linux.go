@@ -1,0 +1,292 @@
+package safedial
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sock_diag (linux/sock_diag.h, linux/inet_diag.h). x/sys/unix has the
+// netlink constants and header but not the inet_diag request, message and
+// bytecode, so they are written out here, byte by byte: netlink and
+// inet_diag integers in host order, ports and addresses in network order
+// (big-endian), as the kernel wants them.
+const diagSupported = true
+
+const (
+	inetDiagReqBytecode = 1 // INET_DIAG_REQ_BYTECODE, the request's attribute
+
+	// Bytecode operations (enum in inet_diag.h).
+	bcJmp   = 1 // INET_DIAG_BC_JMP: always jumps by "no"
+	bcSGE   = 2 // INET_DIAG_BC_S_GE: local port >= next op's "no"
+	bcSLE   = 3 // INET_DIAG_BC_S_LE: local port <= next op's "no"
+	bcSCond = 7 // INET_DIAG_BC_S_COND: local address/prefix and port (-1: any)
+	bcDCond = 8 // INET_DIAG_BC_D_COND: remote address/prefix and port
+
+	sizeofReqV2   = 56 // struct inet_diag_req_v2
+	sizeofDiagMsg = 72 // struct inet_diag_msg
+	sizeofBcOp    = 4  // struct inet_diag_bc_op {u8 code; u8 yes; u16 no}
+	sizeofCond    = 8  // struct inet_diag_hostcond {u8 family; u8 prefix_len; int port; addr[]}
+
+	tcpTimeWait = 6  // TCP_TIME_WAIT in inet_diag_msg.idiag_state
+	tcpListen   = 10 // TCP_LISTEN
+	allStates   = 0xFFF
+)
+
+// bytecode builds a filter program. Each op jumps by "yes" when its test
+// holds and by "no" when not; landing exactly at the end accepts, past it
+// (+4) rejects. The kernel's audit follows "yes" jumps and requires every
+// "no" target to be an op reached that way.
+type bytecode struct {
+	ops []bcOp
+}
+
+type bcOp struct {
+	b  []byte
+	no int // bytes to jump when false; 0: reject
+}
+
+// cond adds S_COND or D_COND: address a exactly, and port (-1: any).
+func (b *bytecode) cond(code byte, a netip.Addr, port int32) {
+	addr := a.AsSlice()
+	op := make([]byte, sizeofBcOp+sizeofCond+len(addr))
+	op[0] = code
+	op[sizeofBcOp] = unix.AF_INET
+	if a.Is6() {
+		op[sizeofBcOp] = unix.AF_INET6
+	}
+	op[sizeofBcOp+1] = byte(8 * len(addr))
+	binary.NativeEndian.PutUint32(op[sizeofBcOp+4:], uint32(port))
+	copy(op[sizeofBcOp+sizeofCond:], addr)
+	b.ops = append(b.ops, bcOp{b: op})
+}
+
+// either adds "a or b" for two conditions built by add: a true jumps over
+// b (with a JMP), a false tries b.
+func (b *bytecode) either(add func(*bytecode), other func(*bytecode)) {
+	var x, y bytecode
+	add(&x)
+	other(&y)
+	lenY := 0
+	for _, op := range y.ops {
+		lenY += len(op.b)
+	}
+	first := x.ops[0]
+	first.no = len(first.b) + sizeofBcOp // past the JMP, to b
+	jmp := bcOp{b: []byte{bcJmp, sizeofBcOp, 0, 0}, no: sizeofBcOp + lenY}
+	b.ops = append(b.ops, first, jmp)
+	b.ops = append(b.ops, y.ops...)
+}
+
+// port adds S_GE or S_LE against p.
+func (b *bytecode) port(code byte, p uint16) {
+	op := make([]byte, 2*sizeofBcOp)
+	op[0] = code
+	binary.NativeEndian.PutUint16(op[sizeofBcOp+2:], p)
+	b.ops = append(b.ops, bcOp{b: op})
+}
+
+// bytes lays the program out with its jumps.
+func (b *bytecode) bytes() []byte {
+	total := 0
+	for _, op := range b.ops {
+		total += len(op.b)
+	}
+	out := make([]byte, 0, total)
+	for _, op := range b.ops {
+		no := op.no
+		if no == 0 {
+			no = total - len(out) + 4
+		}
+		if op.b[0] != bcJmp {
+			op.b[1] = byte(len(op.b))
+		}
+		binary.NativeEndian.PutUint16(op.b[2:], uint16(no))
+		out = append(out, op.b...)
+	}
+	return out
+}
+
+// request builds one SOCK_DIAG_BY_FAMILY dump request with bytecode.
+func request(family, proto byte, states uint32, bc []byte) []byte {
+	attrLen := unix.SizeofRtAttr + len(bc)
+	n := unix.SizeofNlMsghdr + sizeofReqV2 + attrLen
+	m := make([]byte, n)
+	binary.NativeEndian.PutUint32(m[0:], uint32(n))
+	binary.NativeEndian.PutUint16(m[4:], unix.SOCK_DIAG_BY_FAMILY)
+	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(m[8:], 1) // sequence number
+	req := m[unix.SizeofNlMsghdr:]
+	req[0], req[1] = family, proto
+	binary.NativeEndian.PutUint32(req[4:], states) // the sockid (req[8:56]) stays zero: the bytecode filters
+	attr := req[sizeofReqV2:]
+	binary.NativeEndian.PutUint16(attr[0:], uint16(attrLen))
+	binary.NativeEndian.PutUint16(attr[2:], inetDiagReqBytecode)
+	copy(attr[unix.SizeofRtAttr:], bc)
+	return m
+}
+
+var diagBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// dump sends req on a fresh NETLINK_SOCK_DIAG socket and calls each with
+// every inet_diag_msg of the answer.
+func dump(ctx context.Context, reqs [][]byte, each func(msg []byte)) error {
+	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return &unsupportedError{what: "sock_diag is not available", err: os.NewSyscallError("socket", err)}
+	}
+	defer unix.Close(s)
+	if dl, ok := ctx.Deadline(); ok {
+		tv := unix.NsecToTimeval(max(time.Until(dl), time.Millisecond).Nanoseconds())
+		if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	bp := diagBufs.Get().(*[]byte)
+	defer diagBufs.Put(bp)
+	buf := *bp
+	for _, req := range reqs {
+		if err := unix.Sendto(s, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return os.NewSyscallError("sendto", err)
+		}
+		if err := answers(ctx, s, buf, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// answers reads one dump's messages until NLMSG_DONE.
+func answers(ctx context.Context, s int, buf []byte, each func(msg []byte)) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, _, err := unix.Recvfrom(s, buf, 0)
+		if err == unix.EINTR {
+			continue
+		} else if err == unix.EAGAIN {
+			return context.DeadlineExceeded
+		} else if err != nil {
+			return os.NewSyscallError("recvfrom", err)
+		}
+		for b := buf[:n]; len(b) >= unix.SizeofNlMsghdr; {
+			l := int(binary.NativeEndian.Uint32(b[0:]))
+			if l < unix.SizeofNlMsghdr || l > len(b) {
+				return os.NewSyscallError("recvfrom", unix.EBADMSG)
+			}
+			switch binary.NativeEndian.Uint16(b[4:]) {
+			case unix.NLMSG_DONE:
+				return nil
+			case unix.NLMSG_ERROR:
+				if l >= unix.SizeofNlMsghdr+4 {
+					if errno := int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:])); errno != 0 {
+						return &unsupportedError{what: "sock_diag refused the request", err: os.NewSyscallError("sock_diag", unix.Errno(-errno))}
+					}
+				}
+			default:
+				if l >= unix.SizeofNlMsghdr+sizeofDiagMsg {
+					each(b[unix.SizeofNlMsghdr:l])
+				}
+			}
+			b = b[min((l+3)&^3, len(b)):]
+		}
+	}
+}
+
+func proto(udp bool) byte {
+	if udp {
+		return unix.IPPROTO_UDP
+	}
+	return unix.IPPROTO_TCP
+}
+
+// families returns the address families to dump for a source of src's
+// family: IPv4 traffic can also live on dual-stack IPv6 sockets, as
+// IPv4-mapped addresses, which IPv4 conditions match.
+func families(v4, v6 bool) []byte {
+	var fs []byte
+	if v4 || v6 {
+		if v4 {
+			fs = append(fs, unix.AF_INET)
+		}
+		fs = append(fs, unix.AF_INET6)
+	}
+	return fs
+}
+
+// diagCount counts the sockets from src to dst (UDP: on src or the wildcard
+// address, any destination) with a local port in r, and those of them in
+// TIME_WAIT.
+func diagCount(ctx context.Context, udp bool, src netip.Addr, dst netip.AddrPort, r PortRange) (inUse, timeWait int, err error) {
+	var b bytecode
+	if udp {
+		b.either(func(b *bytecode) { b.cond(bcSCond, src, -1) }, func(b *bytecode) { b.cond(bcSCond, unspecified(src), -1) })
+	} else {
+		b.cond(bcSCond, src, -1)
+		b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+	}
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	bc := b.bytes()
+	var reqs [][]byte
+	for _, f := range families(src.Is4(), src.Is6()) {
+		reqs = append(reqs, request(f, proto(udp), allStates, bc))
+	}
+	err = dump(ctx, reqs, func(msg []byte) {
+		inUse++
+		if msg[1] == tcpTimeWait {
+			timeWait++
+		}
+	})
+	return inUse, timeWait, err
+}
+
+func unspecified(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
+}
+
+// diagPairs counts every socket with a local port in r, per (source,
+// destination) pair (UDP: per source), listeners left out.
+func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]pairCount, error) {
+	var b bytecode
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	bc := b.bytes()
+	var reqs [][]byte
+	for _, f := range families(v4, v6) {
+		reqs = append(reqs, request(f, proto(udp), allStates&^(1<<tcpListen), bc))
+	}
+	counts := map[pairKey]pairCount{}
+	err := dump(ctx, reqs, func(msg []byte) {
+		id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], ...
+		var src, dst netip.Addr
+		if msg[0] == unix.AF_INET {
+			src, dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
+		} else {
+			src, dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+		}
+		if src.Is4() && !v4 || src.Is6() && !v6 {
+			return
+		}
+		k := pairKey{src: src, dst: netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4]))}
+		if udp {
+			k.dst = netip.AddrPort{}
+		}
+		c := counts[k]
+		c.inUse++
+		if msg[1] == tcpTimeWait {
+			c.timeWait++
+		}
+		counts[k] = c
+	})
+	return counts, err
+}

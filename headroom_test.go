@@ -1,0 +1,293 @@
+//go:build linux
+
+package safedial_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/safedial/safedial"
+)
+
+// closingServer listens on addr and closes each connection once the client
+// has closed it (EOF), so that the client's side ends in TIME_WAIT.
+func closingServer(t *testing.T, addr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(io.Discard, c)
+				c.Close()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// ssAddr writes an address as ss's filters want it: IPv6 in brackets.
+func ssAddr(a netip.Addr) string {
+	if a.Is6() {
+		return "[" + a.String() + "]"
+	}
+	return a.String()
+}
+
+// ssCount runs ss with filter and returns the number of sockets it lists and
+// how many of them are in TIME-WAIT.
+func ssCount(t *testing.T, args ...string) (all, timeWait int) {
+	t.Helper()
+	out, err := exec.Command("ss", append([]string{"-Hn", "state", "all"}, args...)...).Output()
+	if err != nil {
+		t.Fatalf("ss %v: %v", args, err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line == "" {
+			continue
+		}
+		all++
+		if strings.Contains(line, "TIME-WAIT") {
+			timeWait++
+		}
+	}
+	return all, timeWait
+}
+
+func needSS(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("ss"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("iproute2's ss is needed as the reference (CI=true, so this fails instead of skipping): %v", err)
+		}
+		t.Skipf("iproute2's ss is needed as the reference: %v", err)
+	}
+}
+
+// build makes est held connections and tw connections closed by the client
+// (TIME_WAIT on its side) from src to dst, and waits until ss sees them all.
+func build(t *testing.T, network string, src netip.Addr, dst string, est, tw int) {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+	for i := range est + tw {
+		c, err := d.Dial(network, dst)
+		if err != nil {
+			t.Fatalf("dial %d from %v to %s: %v", i, src, dst, err)
+		}
+		if i < est {
+			t.Cleanup(func() { c.Close() })
+		} else {
+			c.Close()
+		}
+	}
+	// The server closes its side when it reads EOF, asynchronously: wait
+	// for the kernel state the test built, as ss (the reference) sees it.
+	for end := time.Now().Add(10 * time.Second); ; {
+		if _, n := ssCount(t, "-t", "src", ssAddr(src), "dst", dst); n >= tw || time.Now().After(end) {
+			return
+		}
+	}
+}
+
+// TestProbeHeadroom builds known numbers of established and TIME_WAIT
+// connections from one source to one destination, plus noise from another
+// source and to another destination port, and checks ProbeHeadroom against
+// the exact numbers and against ss, in IPv4 and IPv6.
+func TestProbeHeadroom(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needSS(t)
+		needIPv6(t)
+		for _, tc := range []struct {
+			network       string
+			src, noiseSrc netip.Addr
+			dstHost       string
+		}{
+			{"tcp4", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.3"), "127.0.0.2"},
+			{"tcp6", netip.MustParseAddr("::1"), netip.Addr{}, "::1"},
+		} {
+			t.Run(tc.network, func(t *testing.T) {
+				dst := closingServer(t, net.JoinHostPort(tc.dstHost, "8080"))
+				other := closingServer(t, net.JoinHostPort(tc.dstHost, "8081"))
+				build(t, tc.network, tc.src, dst, 7, 5)
+				build(t, tc.network, tc.src, other, 3, 2) // another destination port
+				if tc.noiseSrc.IsValid() {
+					build(t, tc.network, tc.noiseSrc, dst, 4, 4) // another source
+				}
+				h, err := safedial.ProbeHeadroom(context.Background(), "tcp", tc.src, netip.MustParseAddrPort(dst))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := safedial.Headroom{Source: tc.src, Dest: netip.MustParseAddrPort(dst), Range: safedial.PortRange{Lo: 40000, Hi: 40099},
+					InUse: 12, TimeWait: 5, Free: 88}
+				if diff := cmp.Diff(want, h, netipCmp); diff != "" {
+					t.Errorf("ProbeHeadroom (-want +got):\n%s", diff)
+				}
+				all, tw := ssCount(t, "-t", "src", ssAddr(tc.src), "dst", dst)
+				if all != h.InUse || tw != h.TimeWait {
+					t.Errorf("ss counts %d sockets, %d in TIME-WAIT; ProbeHeadroom %d, %d", all, tw, h.InUse, h.TimeWait)
+				}
+			})
+		}
+	})
+}
+
+// TestProbeHeadroomUDP: for UDP a port is held for every destination: the
+// probe counts the sockets on the source (or the wildcard), whatever their
+// destination.
+func TestProbeHeadroomUDP(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		src := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+		for i, dst := range []string{"127.0.0.2:53", "127.0.0.3:53", "127.0.0.2:54"} {
+			for range i + 1 {
+				c, err := (&net.Dialer{LocalAddr: src}).Dial("udp", dst)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+			}
+		}
+		wild, err := net.ListenUDP("udp4", &net.UDPAddr{}) // the wildcard, an ephemeral port
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer wild.Close()
+		noise, err := (&net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 5)}}).Dial("udp", "127.0.0.2:53")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer noise.Close()
+		h, err := safedial.ProbeHeadroom(context.Background(), "udp", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddrPort("127.0.0.9:1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.InUse != 7 || h.TimeWait != 0 || h.Free != 93 {
+			t.Errorf("UDP headroom %+v, want 7 in use (6 connected sockets and the wildcard), 93 free", h)
+		}
+	})
+}
+
+// TestProbeHeadroomInput: bad input gets a clear error, never a count.
+func TestProbeHeadroomInput(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
+	d4, d6 := netip.MustParseAddrPort("127.0.0.2:80"), netip.MustParseAddrPort("[::1]:80")
+	for _, tc := range []struct {
+		network string
+		src     netip.Addr
+		dst     netip.AddrPort
+		msg     string
+	}{
+		{"tcp", netip.Addr{}, d4, "the source is the zero netip.Addr"},
+		{"tcp", v4, netip.AddrPort{}, "the destination is the zero netip.AddrPort"},
+		{"tcp", v4, d6, "different address families"},
+		{"tcp", v6, d4, "different address families"},
+		{"tcp4", v6, d6, "network tcp4 does not match"},
+		{"tcp6", v4, d4, "network tcp6 does not match"},
+		{"unix", v4, d4, `unknown network "unix"`},
+		{"", v4, d4, `unknown network ""`},
+	} {
+		h, err := safedial.ProbeHeadroom(context.Background(), tc.network, tc.src, tc.dst)
+		if err == nil || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("ProbeHeadroom(%q, %v, %v) = %+v, %v; want an error saying %q", tc.network, tc.src, tc.dst, h, err, tc.msg)
+		}
+		if h.InUse != 0 || h.Free != 0 {
+			t.Errorf("ProbeHeadroom(%q, %v, %v) counted %+v with an error", tc.network, tc.src, tc.dst, h)
+		}
+	}
+	// IPv4-mapped IPv6 addresses count as IPv4.
+	if err := func() error {
+		_, err := safedial.ProbeHeadroom(context.Background(), "tcp4", netip.MustParseAddr("::ffff:127.0.0.1"), d4)
+		return err
+	}(); err != nil {
+		t.Errorf("IPv4-mapped source: %v", err)
+	}
+}
+
+// TestDialerHeadroom: a Dialer's headroom covers its pool's sources of the
+// destination's family, each resolved address, and its PortRange.
+func TestDialerHeadroom(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		dst := closingServer(t, "127.0.0.2:8080")
+		build(t, "tcp", netip.MustParseAddr("127.0.0.1"), dst, 3, 2)
+		res := fakeResolver(map[string][]netip.Addr{"db.test.": mustAddrs("127.0.0.2", "::1")})
+		d := &safedial.Dialer{Sources: mustAddrs("127.0.0.1", "127.0.0.3", "::1"), Base: net.Dialer{Resolver: res}}
+		hs, err := d.Headroom(context.Background(), "tcp", "db.test:8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := safedial.PortRange{Lo: 40000, Hi: 40099}
+		// In the resolver's order: ::1 first (RFC 6724), then 127.0.0.2.
+		want := []safedial.Headroom{
+			{Source: netip.MustParseAddr("::1"), Dest: netip.MustParseAddrPort("[::1]:8080"), Range: r, Free: 100},
+			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(dst), Range: r, InUse: 5, TimeWait: 2, Free: 95},
+			{Source: netip.MustParseAddr("127.0.0.3"), Dest: netip.MustParseAddrPort(dst), Range: r, Free: 100},
+		}
+		if diff := cmp.Diff(want, hs, netipCmp); diff != "" {
+			t.Errorf("Headroom (-want +got):\n%s", diff)
+		}
+
+		// PortRange is the range; without any source, the kernel's
+		// routing picks 127.0.0.1 toward 127.0.0.2.
+		pr := &safedial.Dialer{PortRange: safedial.PortRange{Lo: 40000, Hi: 40009}}
+		hs, err = pr.Headroom(context.Background(), "tcp4", dst)
+		if err != nil || len(hs) != 1 || hs[0].Source != netip.MustParseAddr("127.0.0.1") || hs[0].Range != pr.PortRange {
+			t.Errorf("Headroom with PortRange = %+v, %v; want one entry from 127.0.0.1 over %v", hs, err, pr.PortRange)
+		}
+
+		// HeadroomFunc probes at most once per interval.
+		f := d.HeadroomFunc("tcp", "db.test:8080", time.Hour)
+		first := f()
+		build(t, "tcp", netip.MustParseAddr("127.0.0.3"), dst, 1, 0)
+		if diff := cmp.Diff(first, f(), netipCmp); diff != "" {
+			t.Errorf("HeadroomFunc probed again within its interval (-first +second):\n%s", diff)
+		}
+		if got := fmt.Sprint((&safedial.Dialer{}).HeadroomFunc("tcp", "nohost", time.Hour)()); !strings.Contains(got, "error") {
+			t.Errorf("HeadroomFunc with a bad address = %v, want an error entry", got)
+		}
+	})
+}
+
+// TestProbeAllHeadroom: every pair with sockets in the range, most used
+// first; listeners left out.
+func TestProbeAllHeadroom(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		a := closingServer(t, "127.0.0.2:8080")
+		b := closingServer(t, "127.0.0.2:8081")
+		build(t, "tcp", netip.MustParseAddr("127.0.0.1"), a, 4, 3)
+		build(t, "tcp", netip.MustParseAddr("127.0.0.1"), b, 2, 0)
+		build(t, "tcp", netip.MustParseAddr("127.0.0.3"), a, 1, 1)
+		hs, err := safedial.ProbeAllHeadroom(context.Background(), "tcp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := safedial.PortRange{Lo: 40000, Hi: 40099}
+		want := []safedial.Headroom{
+			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(a), Range: r, InUse: 7, TimeWait: 3, Free: 93},
+			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(b), Range: r, InUse: 2, Free: 98},
+			{Source: netip.MustParseAddr("127.0.0.3"), Dest: netip.MustParseAddrPort(a), Range: r, InUse: 2, TimeWait: 1, Free: 98},
+		}
+		if diff := cmp.Diff(want, hs, netipCmp); diff != "" {
+			t.Errorf("ProbeAllHeadroom (-want +got):\n%s", diff)
+		}
+		if _, err := safedial.ProbeAllHeadroom(context.Background(), "sctp"); err == nil || errors.Is(err, errors.ErrUnsupported) {
+			t.Errorf("unknown network: %v, want a clear error", err)
+		}
+	})
+}
