@@ -29,6 +29,14 @@ const (
 	bcDCond = 8 // INET_DIAG_BC_D_COND: remote address/prefix and port
 
 	sizeofReqV2   = 56 // struct inet_diag_req_v2
+	sizeofReqV1   = 60 // struct inet_diag_req, of TCPDIAG_GETSOCK
+
+	// TCPDIAG_GETSOCK (linux/inet_diag.h): the first inet_diag request,
+	// still served. Unlike SOCK_DIAG_BY_FAMILY it dumps both address
+	// families in one walk of the kernel's socket hash, which costs about
+	// 2.5 ms here whatever the number of sockets: for TCP, one walk
+	// instead of two.
+	tcpDiagGetSock = 18
 	sizeofDiagMsg = 72 // struct inet_diag_msg
 	sizeofBcOp    = 4  // struct inet_diag_bc_op {u8 code; u8 yes; u16 no}
 	sizeofCond    = 8  // struct inet_diag_hostcond {u8 family; u8 prefix_len; int port; addr[]}
@@ -114,21 +122,36 @@ func (b *bytecode) bytes() []byte {
 
 // request builds one SOCK_DIAG_BY_FAMILY dump request with bytecode.
 func request(family, proto byte, states uint32, bc []byte) []byte {
-	attrLen := unix.SizeofRtAttr + len(bc)
-	n := unix.SizeofNlMsghdr + sizeofReqV2 + attrLen
-	m := make([]byte, n)
-	binary.NativeEndian.PutUint32(m[0:], uint32(n))
-	binary.NativeEndian.PutUint16(m[4:], unix.SOCK_DIAG_BY_FAMILY)
-	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	binary.NativeEndian.PutUint32(m[8:], 1) // sequence number
-	req := m[unix.SizeofNlMsghdr:]
+	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, bc)
 	req[0], req[1] = family, proto
 	binary.NativeEndian.PutUint32(req[4:], states) // the sockid (req[8:56]) stays zero: the bytecode filters
-	attr := req[sizeofReqV2:]
+	return m
+}
+
+// tcpRequest builds one TCPDIAG_GETSOCK dump request (both families) with
+// bytecode.
+func tcpRequest(states uint32, bc []byte) []byte {
+	m, req := message(tcpDiagGetSock, sizeofReqV1, bc)
+	binary.NativeEndian.PutUint32(req[52:], states) // after family, lengths, ext and the sockid
+	return m
+}
+
+// message lays out a netlink dump request: the header, a request body of
+// size bytes (returned for the caller to fill), and the bytecode attribute.
+func message(typ uint16, size int, bc []byte) (m, req []byte) {
+	attrLen := unix.SizeofRtAttr + len(bc)
+	n := unix.SizeofNlMsghdr + size + attrLen
+	m = make([]byte, n)
+	binary.NativeEndian.PutUint32(m[0:], uint32(n))
+	binary.NativeEndian.PutUint16(m[4:], typ)
+	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint32(m[8:], 1) // sequence number
+	req = m[unix.SizeofNlMsghdr:]
+	attr := req[size:]
 	binary.NativeEndian.PutUint16(attr[0:], uint16(attrLen))
 	binary.NativeEndian.PutUint16(attr[2:], inetDiagReqBytecode)
 	copy(attr[unix.SizeofRtAttr:], bc)
-	return m
+	return m, req
 }
 
 var diagBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
@@ -167,7 +190,7 @@ func answers(ctx context.Context, s int, buf []byte, each func(msg []byte)) erro
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, _, err := unix.Recvfrom(s, buf, 0)
+		n, err := unix.Read(s, buf)
 		if err == unix.EINTR {
 			continue
 		} else if err == unix.EAGAIN {
@@ -199,25 +222,20 @@ func answers(ctx context.Context, s int, buf []byte, each func(msg []byte)) erro
 	}
 }
 
-func proto(udp bool) byte {
-	if udp {
-		return unix.IPPROTO_UDP
+// requests returns the dump requests for TCP or UDP sockets of IPv4 (v4),
+// IPv6 (v6) or both. IPv4 traffic can also live on dual-stack IPv6 sockets,
+// as IPv4-mapped addresses, which IPv4 conditions match: IPv4 needs both
+// families. TCP has a request that dumps both in one walk; UDP takes one
+// per family.
+func requests(udp, v4, v6 bool, states uint32, bc []byte) [][]byte {
+	if !udp {
+		return [][]byte{tcpRequest(states, bc)}
 	}
-	return unix.IPPROTO_TCP
-}
-
-// families returns the address families to dump for a source of src's
-// family: IPv4 traffic can also live on dual-stack IPv6 sockets, as
-// IPv4-mapped addresses, which IPv4 conditions match.
-func families(v4, v6 bool) []byte {
-	var fs []byte
-	if v4 || v6 {
-		if v4 {
-			fs = append(fs, unix.AF_INET)
-		}
-		fs = append(fs, unix.AF_INET6)
+	reqs := [][]byte{request(unix.AF_INET6, unix.IPPROTO_UDP, states, bc)}
+	if v4 {
+		reqs = append(reqs, request(unix.AF_INET, unix.IPPROTO_UDP, states, bc))
 	}
-	return fs
+	return reqs
 }
 
 // diagCount counts the sockets from src to dst (UDP: on src or the wildcard
@@ -233,12 +251,7 @@ func diagCount(ctx context.Context, udp bool, src netip.Addr, dst netip.AddrPort
 	}
 	b.port(bcSGE, r.Lo)
 	b.port(bcSLE, r.Hi)
-	bc := b.bytes()
-	var reqs [][]byte
-	for _, f := range families(src.Is4(), src.Is6()) {
-		reqs = append(reqs, request(f, proto(udp), allStates, bc))
-	}
-	err = dump(ctx, reqs, func(msg []byte) {
+	err = dump(ctx, requests(udp, src.Is4(), src.Is6(), allStates, b.bytes()), func(msg []byte) {
 		inUse++
 		if msg[1] == tcpTimeWait {
 			timeWait++
@@ -260,13 +273,8 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 	var b bytecode
 	b.port(bcSGE, r.Lo)
 	b.port(bcSLE, r.Hi)
-	bc := b.bytes()
-	var reqs [][]byte
-	for _, f := range families(v4, v6) {
-		reqs = append(reqs, request(f, proto(udp), allStates&^(1<<tcpListen), bc))
-	}
 	counts := map[pairKey]pairCount{}
-	err := dump(ctx, reqs, func(msg []byte) {
+	err := dump(ctx, requests(udp, v4, v6, allStates&^(1<<tcpListen), b.bytes()), func(msg []byte) {
 		id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], ...
 		var src, dst netip.Addr
 		if msg[0] == unix.AF_INET {

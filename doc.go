@@ -86,6 +86,16 @@
 // containers sharing one address never compete for the same ports.
 // [Dialer.Stats] and [Dialer.OnExhausted] report what happened.
 //
+// # Seeing exhaustion coming
+//
+// [ProbeHeadroom] asks the kernel (sock_diag, no privilege needed) how many
+// ports a source has left toward a destination; [Dialer.Headroom] does so for
+// a Dialer's sources, and [Dialer.HeadroomFunc] makes it an expvar gauge
+// probed at most once per interval. The command cmd/safedial shows it for a
+// whole host:
+//
+//	go run github.com/safedial/safedial/cmd/safedial@latest headroom
+//
 // # Platforms
 //
 //   - Linux: SO_REUSEADDR (TCP) and IP_BIND_ADDRESS_NO_PORT (TCP and UDP) on

@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/safedial/safedial"
+	"golang.org/x/sys/unix"
 )
 
 // closingServer listens on addr and closes each connection once the client
@@ -127,15 +128,20 @@ func TestProbeHeadroom(t *testing.T) {
 				other := closingServer(t, net.JoinHostPort(tc.dstHost, "8081"))
 				build(t, tc.network, tc.src, dst, 7, 5)
 				build(t, tc.network, tc.src, other, 3, 2) // another destination port
+				want := safedial.Headroom{Source: tc.src, Dest: netip.MustParseAddrPort(dst), Range: safedial.PortRange{Lo: 40000, Hi: 40099},
+					InUse: 12, TimeWait: 5, Free: 88}
 				if tc.noiseSrc.IsValid() {
 					build(t, tc.network, tc.noiseSrc, dst, 4, 4) // another source
+					// IPv4 on a dual-stack IPv6 socket (IPv4-mapped
+					// addresses), as Java and some C programs dial: it
+					// holds a port of the pair too.
+					dualStack(t, tc.src, netip.MustParseAddrPort(dst))
+					want.InUse, want.Free = 13, 87
 				}
 				h, err := safedial.ProbeHeadroom(context.Background(), "tcp", tc.src, netip.MustParseAddrPort(dst))
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := safedial.Headroom{Source: tc.src, Dest: netip.MustParseAddrPort(dst), Range: safedial.PortRange{Lo: 40000, Hi: 40099},
-					InUse: 12, TimeWait: 5, Free: 88}
 				if diff := cmp.Diff(want, h, netipCmp); diff != "" {
 					t.Errorf("ProbeHeadroom (-want +got):\n%s", diff)
 				}
@@ -146,6 +152,24 @@ func TestProbeHeadroom(t *testing.T) {
 			})
 		}
 	})
+}
+
+// dualStack connects an AF_INET6 socket (not IPV6_V6ONLY) from src to dst,
+// both IPv4, as IPv4-mapped addresses.
+func dualStack(t *testing.T, src netip.Addr, dst netip.AddrPort) {
+	t.Helper()
+	s, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(s) })
+	mapped := func(a netip.Addr) [16]byte { return netip.AddrFrom16(a.As16()).As16() }
+	if err := unix.Bind(s, &unix.SockaddrInet6{Addr: mapped(src)}); err != nil {
+		t.Fatalf("bind [::ffff:%v]:0: %v", src, err)
+	}
+	if err := unix.Connect(s, &unix.SockaddrInet6{Addr: mapped(dst.Addr()), Port: int(dst.Port())}); err != nil {
+		t.Fatalf("connect [::ffff:%v]: %v", dst, err)
+	}
 }
 
 // TestProbeHeadroomUDP: for UDP a port is held for every destination: the

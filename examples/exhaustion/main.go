@@ -11,6 +11,9 @@
 //	                range in use (-svg writes a chart)
 //	-mode pool      the cost of a pool whose sources fill unevenly: one source
 //	                of two full, every source full, ports coming free
+//	-mode probe     the cost of a headroom probe (ProbeHeadroom) against
+//	                parsing /proc/net/tcp and running ss, at 1,000, 20,000
+//	                and 45,000 sockets
 //
 // It needs root, or unprivileged user namespaces, on Linux.
 package main
@@ -48,6 +51,7 @@ type config struct {
 	LatencyPort int    `json:"latency_ports"`
 	PoolPorts   int    `json:"pool_ports"`
 	Pairs       int    `json:"pairs"`
+	Sockets     int    `json:"sockets,omitempty"` // probe mode, per namespace
 }
 
 // result is one row of capacity or churn output.
@@ -87,7 +91,7 @@ func main() {
 	}
 
 	var c config
-	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency or pool")
+	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency, pool or probe")
 	flag.IntVar(&c.Ports, "ports", 100, "size of the namespace's ephemeral port range (from 40000)")
 	flag.IntVar(&c.Hosts, "hosts", 3, "destination addresses (127.0.0.1 up)")
 	flag.IntVar(&c.DestPorts, "dports", 2, "listening ports per destination address")
@@ -96,6 +100,7 @@ func main() {
 	flag.IntVar(&c.LatencyPort, "latency-ports", 4000, "range size for the latency mode")
 	flag.IntVar(&c.PoolPorts, "pool-ports", 4000, "range size for the pool mode")
 	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
+	flag.IntVar(&c.Sockets, "sockets", 0, "probe mode: measure at this many sockets only (default 1000, 20000 and 45000)")
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
 	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")
 	flag.Parse()
@@ -150,8 +155,26 @@ func run(c config, asJSON bool, svg string, w io.Writer) error {
 			return json.NewEncoder(w).Encode(f)
 		}
 		printPool(w, c, f)
+	case "probe":
+		var rows []probeRow
+		sizes := probeSizes
+		if c.Sockets > 0 {
+			sizes = []int{c.Sockets}
+		}
+		for _, n := range sizes {
+			c.Sockets = n
+			var r probeRow
+			if err := inNamespaceRange(c, probeLo, probeHi, "probe", &r); err != nil {
+				return err
+			}
+			rows = append(rows, r)
+		}
+		if asJSON {
+			return json.NewEncoder(w).Encode(rows)
+		}
+		printProbe(w, rows)
 	default:
-		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency or pool", c.Mode)
+		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency, pool or probe", c.Mode)
 	}
 	return nil
 }
@@ -162,12 +185,17 @@ func inNamespace(c config, ports int, name string, out any) error {
 	if ports < 2 || portLo+ports-1 > 65535 {
 		return fmt.Errorf("range size %d: must be 2 to %d", ports, 65535-portLo+1)
 	}
+	return inNamespaceRange(c, portLo, portLo+ports-1, name, out)
+}
+
+// inNamespaceRange is inNamespace with the range lo-hi.
+func inNamespaceRange(c config, lo, hi int, name string, out any) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	const how = "this program needs Linux, and root or unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 where that exists); it never changes the host's settings"
-	cmd, err := netns.Command(netns.Config{PortLo: portLo, PortHi: uint16(portLo + ports - 1)}, exe)
+	cmd, err := netns.Command(netns.Config{PortLo: uint16(lo), PortHi: uint16(hi)}, exe)
 	if err != nil {
 		return fmt.Errorf("cannot create a private network namespace (%w): %s", err, how)
 	}
@@ -264,12 +292,19 @@ func runChild() error {
 		return err
 	}
 	c := sc.Config
-	if c.Mode == "pool" {
+	switch c.Mode {
+	case "pool":
 		f, err := poolCost(c)
 		if err != nil {
 			return err
 		}
 		return json.NewEncoder(os.Stdout).Encode(f)
+	case "probe":
+		r, err := probeCost(c)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(r)
 	}
 	var v *variant
 	for _, x := range variants(c) {

@@ -106,3 +106,26 @@ func TestPoolMode(t *testing.T) {
 		t.Errorf("figures %+v: want 200 pairs, no failed pool dial, 100 later exhausted dials, recovered", f)
 	}
 }
+
+// TestProbeMode: the three ways of reading a pair's headroom agree on the
+// count (the timings are the program's to print, not asserted).
+func TestProbeMode(t *testing.T) {
+	var out strings.Builder
+	if err := run(config{Mode: "probe", Sockets: 400}, true, "", &out); err != nil {
+		unavailable(t, err)
+	}
+	var rows []probeRow
+	if err := json.Unmarshal([]byte(out.String()), &rows); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 {
+		t.Fatalf("rows %+v, want one", rows)
+	}
+	r := rows[0]
+	if r.SSUnavailable != "" && os.Getenv("CI") != "true" {
+		r.SSMatching = r.Matching
+	}
+	if r.Sockets != 400 || r.Matching != 100 || r.ProcMatching != 100 || r.SSMatching != 100 {
+		t.Errorf("probe row %+v: want 400 sockets, 100 matching by the probe, /proc/net/tcp and ss alike", r)
+	}
+}
