@@ -28,8 +28,8 @@ const (
 	bcSCond = 7 // INET_DIAG_BC_S_COND: local address/prefix and port (-1: any)
 	bcDCond = 8 // INET_DIAG_BC_D_COND: remote address/prefix and port
 
-	sizeofReqV2   = 56 // struct inet_diag_req_v2
-	sizeofReqV1   = 60 // struct inet_diag_req, of TCPDIAG_GETSOCK
+	sizeofReqV2 = 56 // struct inet_diag_req_v2
+	sizeofReqV1 = 60 // struct inet_diag_req, of TCPDIAG_GETSOCK
 
 	// TCPDIAG_GETSOCK (linux/inet_diag.h): the first inet_diag request,
 	// still served. Unlike SOCK_DIAG_BY_FAMILY it dumps both address
@@ -37,9 +37,9 @@ const (
 	// 2.5 ms here whatever the number of sockets: for TCP, one walk
 	// instead of two.
 	tcpDiagGetSock = 18
-	sizeofDiagMsg = 72 // struct inet_diag_msg
-	sizeofBcOp    = 4  // struct inet_diag_bc_op {u8 code; u8 yes; u16 no}
-	sizeofCond    = 8  // struct inet_diag_hostcond {u8 family; u8 prefix_len; int port; addr[]}
+	sizeofDiagMsg  = 72 // struct inet_diag_msg
+	sizeofBcOp     = 4  // struct inet_diag_bc_op {u8 code; u8 yes; u16 no}
+	sizeofCond     = 8  // struct inet_diag_hostcond {u8 family; u8 prefix_len; int port; addr[]}
 
 	tcpTimeWait = 6  // TCP_TIME_WAIT in inet_diag_msg.idiag_state
 	tcpListen   = 10 // TCP_LISTEN
