@@ -96,6 +96,34 @@ type Dialer struct {
 	// No connection with a local port outside PortRange is ever returned.
 	PortRange PortRange
 
+	// ShareUDPPorts, when set, lets UDP dials (udp, udp4, udp6: with
+	// Base.LocalAddr, with Sources, or from the source the kernel's routing
+	// picks) share local ports between destinations, as TCP connections
+	// do: each dial chooses its local port itself so that a port serves
+	// one connected socket per destination, and the capacity is the
+	// ports of the range times the destinations instead of the range.
+	// Without it, connect(2) gives a UDP socket a port no other UDP socket
+	// uses, whatever the destination.
+	//
+	// Ports are shared with SO_REUSEPORT, which the kernel allows only
+	// among sockets of the same user, never with SO_REUSEADDR (with which
+	// another user's socket could bind the port, connect to the same peer
+	// and take the replies). Each dial follows Cloudflare's "connectx"
+	// scheme, so that no two sockets ever share a 4-tuple, also between
+	// goroutines and processes dialing at once: it binds a candidate port
+	// with SO_REUSEPORT, turns it off (no other socket can then join),
+	// checks with sock_diag that it alone would receive from the
+	// destination, connects, and turns SO_REUSEPORT on again. A few random
+	// candidates are tried first; then one sock_diag dump lists the ports
+	// in use toward the destination and the dial picks from the rest. When
+	// none is left the dial fails with an *ExhaustedError (Op "connect").
+	// The ports come from PortRange when set, else from the namespace's
+	// range. It was asked for explicitly, so where sock_diag or
+	// SO_REUSEPORT is not available the dial fails with an error matching
+	// errors.ErrUnsupported instead of silently capping. A Base.LocalAddr
+	// with an explicit port is bound as is.
+	ShareUDPPorts bool
+
 	// OnExhausted, when not nil, is called on the dialing goroutine for
 	// every exhaustion the kernel reported during the dial, including each
 	// failover step inside a pool, before the dial returns. It must not
@@ -144,7 +172,7 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // local matches [ErrSourceNotLocal]; configuration errors match
 // [ErrInvalidConfig].
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	if len(d.Sources) == 0 && d.PortRange == (PortRange{}) && d.pool.Load() == nil {
+	if len(d.Sources) == 0 && d.PortRange == (PortRange{}) && !d.ShareUDPPorts && d.pool.Load() == nil {
 		// The common case, kept short (it measurably matters): nothing to
 		// check before the dial and, on success with no option refused,
 		// nothing to report. dial is the general path.
@@ -227,6 +255,9 @@ func (d *Dialer) dial(ctx context.Context, network, address string) outcome {
 	if len(d.Sources) > 0 {
 		return d.dialPool(ctx, network, address)
 	}
+	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(d.Base.LocalAddr) {
+		return d.dialShared(ctx, network, address)
+	}
 	if d.pool.Load() != nil {
 		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
 	}
@@ -282,6 +313,17 @@ func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip
 		return d.result(nil, err, d.options(true), network)
 	}
 	return d.result(c, nil, d.options(true), network)
+}
+
+// sharesLocal reports whether a UDP dial from la can share ports: not when
+// la names an explicit port, nor when it is not a *net.UDPAddr (net.Dialer
+// then reports the mismatch).
+func sharesLocal(la net.Addr) bool {
+	if la == nil {
+		return true
+	}
+	u, ok := la.(*net.UDPAddr)
+	return ok && u.Port == 0
 }
 
 // familyMismatch reports a destination of the other family than a tcp4 or

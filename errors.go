@@ -72,6 +72,10 @@ type ExhaustedError struct {
 	// dial went on without it, and a bound source is then capped at one
 	// connection per port.
 	Refused *RefusedError
+	// Shared reports a UDP dial with ShareUDPPorts, where a port serves
+	// one connected socket per destination, so the range is full toward
+	// Dest only (without it, a UDP port is taken for every destination).
+	Shared bool
 }
 
 // Error says what happened and what to do about it.
@@ -107,6 +111,8 @@ func (e *ExhaustedError) Error() string {
 			fmt.Fprintf(&b, " on %s", e.Source.Addr())
 		}
 		b.WriteString(": bind before connect allows one connection per port whatever the destination; dial with safedial's IP_BIND_ADDRESS_NO_PORT (do not set DisableBindNoPort) or do not set a local address")
+	case strings.HasPrefix(e.Net, "udp") && e.Shared:
+		fmt.Fprintf(&b, "; every port of the %s is in use toward this destination%s (with ShareUDPPorts a port serves one connected UDP socket per destination): add source addresses or destinations, close idle sockets, or widen the range", rng, sources())
 	case strings.HasPrefix(e.Net, "udp"):
 		fmt.Fprintf(&b, "; every port of the %s is taken by a UDP socket%s, whatever its destination: a connected UDP socket holds its port for every destination; close idle sockets, add source addresses, or widen the range", rng, sources())
 	default:

@@ -159,11 +159,51 @@ func (d *Dialer) dialPool(ctx context.Context, network, address string) outcome 
 	if p.err != nil {
 		return fail(p.err)
 	}
+	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && !shareSupported {
+		return fail(errNoShare)
+	}
 	if !poolInHook {
 		return d.dialPoolBefore(ctx, network, address, p)
 	}
-	pd := &poolDial{d: d, p: p, o: d.options(true), user: d.userHook()}
+	return d.dialHooked(ctx, network, address, d.newPoolDial(p))
+}
+
+func (d *Dialer) newPoolDial(p *pool) *poolDial {
+	pd := &poolDial{d: d, p: p, o: d.options(true), user: d.userHook(), share: d.ShareUDPPorts}
+	if pd.share {
+		pd.shareRange = d.PortRange
+		if pd.shareRange == (PortRange{}) {
+			pd.shareRange, _ = namespaceRange()
+		}
+	}
+	return pd
+}
+
+// dialShared is a UDP dial with ShareUDPPorts and no Sources: from
+// Base.LocalAddr's address, or from the source the kernel's routing picks for
+// each destination.
+func (d *Dialer) dialShared(ctx context.Context, network, address string) outcome {
+	var p *pool
+	if la, ok := d.Base.LocalAddr.(*net.UDPAddr); ok && la != nil && !la.AddrPort().Addr().Unmap().IsUnspecified() && len(la.IP) > 0 {
+		a, _ := netip.AddrFromSlice(la.IP)
+		if p = newPool([]netip.Addr{a.Unmap().WithZone(la.Zone)}); p.err != nil {
+			return outcome{err: &net.OpError{Op: "dial", Net: network, Source: la, Err: p.err}}
+		}
+	}
+	if !shareSupported {
+		return outcome{err: &net.OpError{Op: "dial", Net: network, Source: d.Base.LocalAddr, Err: errNoShare}}
+	}
+	return d.dialHooked(ctx, network, address, d.newPoolDial(p))
+}
+
+// errNoShare is the error of ShareUDPPorts where it cannot be honoured.
+var errNoShare = &unsupportedError{what: "ShareUDPPorts needs Linux (sock_diag and SO_REUSEPORT)"}
+
+// dialHooked dials with pd's hook, which binds every attempt.
+func (d *Dialer) dialHooked(ctx context.Context, network, address string, pd *poolDial) outcome {
+	p := pd.p
 	nd := d.Base
+	nd.LocalAddr = nil // the hook binds
 	nd.ControlContext = pd.control
 	c, err := nd.DialContext(ctx, network, address)
 	pd.mu.Lock()
@@ -174,8 +214,10 @@ func (d *Dialer) dialPool(ctx context.Context, network, address string) outcome 
 		out.err = pd.finalError(err, out.refused)
 		return out
 	}
-	if s := p.byAddr(addrPort(c.LocalAddr()).Addr()); s != nil {
-		s.succeeded.Add(1)
+	if p != nil {
+		if s := p.byAddr(addrPort(c.LocalAddr()).Addr()); s != nil {
+			s.succeeded.Add(1)
+		}
 	}
 	if err := d.PortRange.holds(c); err != nil {
 		c.Close()
@@ -190,9 +232,12 @@ func (d *Dialer) dialPool(ctx context.Context, network, address string) outcome 
 // lost) after the dial has returned.
 type poolDial struct {
 	d    *Dialer
-	p    *pool
+	p    *pool // nil: the source is the one the routing picks, per attempt
 	o    options
 	user controlFunc
+
+	share      bool      // ShareUDPPorts
+	shareRange PortRange // the ports shared UDP dials choose from
 
 	mu     sync.Mutex
 	done   bool
@@ -214,15 +259,27 @@ func (pd *poolDial) event(ee *ExhaustedError) {
 // takes the place of net.Dialer's. net.Dialer's own connect then waits for
 // the connection, with its deadlines, as it would have.
 func (pd *poolDial) control(ctx context.Context, network, address string, c syscall.RawConn) error {
-	srcs, cursor := pd.p.family(network)
 	dst := destination(network, address)
+	var (
+		srcs   []*source
+		cursor = new(atomic.Uint32)
+	)
+	if pd.p != nil {
+		srcs, cursor = pd.p.family(network)
+	} else {
+		src, err := routeSource(dst.Addr())
+		if err != nil {
+			return err
+		}
+		srcs = []*source{{addr: src}}
+	}
 	if len(srcs) == 0 {
 		fam := "IPv4"
 		if strings.HasSuffix(network, "6") {
 			fam = "IPv6"
 		}
 		return errConfig("no source address of the destination's family for %s (%s): Sources holds %s; add an %s source",
-			address, fam, joinAddrs(pd.p.addrs), fam)
+			address, fam, joinAddrs(pd.p.addrs), fam) // pd.p is not nil: a routed source is always of the family
 	}
 	var orig int
 	if err := c.Control(func(fd uintptr) { orig = int(fd) }); err != nil {
@@ -239,7 +296,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		if i > 0 {
 			pd.d.counters.failovers.Add(1)
 		}
-		if e, ok := pd.p.full.lookup(s, dst); ok {
+		if e, ok := pd.p.lookup(s, dst); ok {
 			// The error the kernel gave when it found s full.
 			s.skipped.Add(1)
 			tried = append(tried, s.addr)
@@ -252,7 +309,8 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 				return err
 			}
 		}
-		err := pd.attempt(ctx, network, address, c, fd, orig, s, dst)
+		var err error
+		fd, err = pd.attempt(ctx, network, address, c, fd, orig, s, dst)
 		if err == nil {
 			return nil
 		}
@@ -265,7 +323,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			return err
 		}
 		s.exhausted.Add(1)
-		pd.p.full.mark(s, dst, ee.Op, ee.Err)
+		pd.p.mark(s, dst, ee.Op, ee.Err)
 		pd.event(ee)
 		tried = append(tried, s.addr)
 		last = ee
@@ -276,9 +334,63 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 }
 
 // attempt sets up socket fd (net.Dialer's own, orig, or a fresh one) and
-// binds and connects it from s. On success a fresh socket has taken orig's
-// place.
-func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, fd, orig int, s *source, dst netip.AddrPort) error {
+// binds and connects it from s; with ShareUDPPorts, a UDP socket chooses a
+// port no other socket uses toward dst. On success the socket that
+// connected has taken orig's place. It returns the socket it ended with.
+func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, fd, orig int, s *source, dst netip.AddrPort) (int, error) {
+	if err := pd.prepare(ctx, network, address, c, fd, orig); err != nil {
+		return fd, err
+	}
+	s.dials.Add(1)
+	var (
+		call string
+		err  error
+	)
+	if pd.share && strings.HasPrefix(network, "udp") {
+		fresh := func() (int, error) {
+			n, err := socketLike(orig)
+			if err == nil {
+				if err = pd.prepare(ctx, network, address, c, n, orig); err != nil {
+					closeFD(n)
+				}
+			}
+			return n, err
+		}
+		fd, err = shareConnect(fd, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange)
+		var se *os.SyscallError
+		if errors.As(err, &se) {
+			call, err = se.Syscall, se.Err
+		} else if err != nil {
+			return fd, err
+		}
+	} else {
+		call, err = bindConnect(fd, s, dst)
+	}
+	if err != nil {
+		op := attemptError(network, s, dst, call, err)
+		if ee := exhausted(op, pd.d.PortRange); ee != nil {
+			ee.Shared = pd.share
+			return fd, ee
+		}
+		if se := notLocal(op); se != nil {
+			return fd, se
+		}
+		return fd, op.Err
+	}
+	if !s.pinned.Load() {
+		if got := boundAddr(fd); got != s.addr.WithZone("") {
+			return fd, errConfig("source %v does not pin the connection: the kernel chose %v as its source (%v is not a unicast address of this host: a broadcast address?); use a unicast address of this host", s.addr, got, s.addr)
+		}
+		s.pinned.Store(true)
+	}
+	if fd != orig {
+		return orig, replaceFD(fd, orig)
+	}
+	return fd, nil
+}
+
+// prepare sets safedial's options and runs the user's hook on fd.
+func (pd *poolDial) prepare(ctx context.Context, network, address string, c syscall.RawConn, fd, orig int) error {
 	raw := c
 	if fd != orig {
 		raw = fdConn(fd)
@@ -287,32 +399,24 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 		return err
 	}
 	if pd.user != nil {
-		if err := pd.user(ctx, network, address, raw); err != nil {
-			return err
-		}
-	}
-	s.dials.Add(1)
-	call, err := bindConnect(fd, s, dst)
-	if err != nil {
-		op := attemptError(network, s, dst, call, err)
-		if ee := exhausted(op, pd.d.PortRange); ee != nil {
-			return ee
-		}
-		if se := notLocal(op); se != nil {
-			return se
-		}
-		return op.Err
-	}
-	if !s.pinned.Load() {
-		if got := boundAddr(fd); got != s.addr.WithZone("") {
-			return errConfig("source %v does not pin the connection: the kernel chose %v as its source (%v is not a unicast address of this host: a broadcast address?); use a unicast address of this host", s.addr, got, s.addr)
-		}
-		s.pinned.Store(true)
-	}
-	if fd != orig {
-		return replaceFD(fd, orig)
+		return pd.user(ctx, network, address, raw)
 	}
 	return nil
+}
+
+// lookup and mark use the pool's memory of full sources; a dial without a
+// pool has none.
+func (p *pool) lookup(s *source, dst netip.AddrPort) (fullEntry, bool) {
+	if p == nil {
+		return fullEntry{}, false
+	}
+	return p.full.lookup(s, dst)
+}
+
+func (p *pool) mark(s *source, dst netip.AddrPort, call string, err error) {
+	if p != nil {
+		p.full.mark(s, dst, call, err)
+	}
 }
 
 // attemptError is the error of one attempt from s, in net.Dialer's shape,

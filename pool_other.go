@@ -16,3 +16,11 @@ func socketLike(int) (int, error)                              { return -1, erro
 func replaceFD(int, int) error                                 { return errors.ErrUnsupported }
 func closeFD(int)                                              {}
 func boundAddr(int) netip.Addr                                 { return netip.Addr{} }
+
+const shareSupported = false
+
+func shareConnect(fd, _ int, _ func() (int, error), _ netip.Addr, _ uint32, _ netip.AddrPort, _ PortRange) (int, error) {
+	return fd, errNoShare
+}
+
+func routeSource(netip.Addr) (netip.Addr, error) { return netip.Addr{}, errors.ErrUnsupported }

@@ -1,0 +1,261 @@
+package safedial
+
+import (
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+const shareSupported = true
+
+// shareCandidates is how many random ports a shared UDP dial tries before it
+// asks the kernel which ports are in use toward the destination (one dump):
+// at low fill a random port is nearly always free, and a dump costs a walk
+// of the kernel's UDP table.
+const shareCandidates = 3
+
+// shareConnect binds socket fd (net.Dialer's own, orig, or a fresh one made
+// by fresh once a candidate port has bound it) from src to a port that no other UDP socket uses toward dst, and connects
+// it, with Cloudflare's "connectx" scheme: with SO_REUSEPORT (which the
+// kernel allows only among sockets of the same user) bind the candidate,
+// turn SO_REUSEPORT off (from now on every other bind of that port fails),
+// ask sock_diag which socket would receive from dst on that port and
+// require this one, connect, and turn SO_REUSEPORT on again for the next
+// sockets toward other destinations. It returns the socket that succeeded
+// (fd or a fresh one) or an error: exhaustion as an *os.SyscallError
+// ("connect", EAGAIN) when no port of r is left toward dst.
+func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange) (int, error) {
+	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return fd, &unsupportedError{what: "ShareUDPPorts needs sock_diag (NETLINK_SOCK_DIAG)", err: os.NewSyscallError("socket", err)}
+	}
+	defer unix.Close(nl)
+	size := r.size()
+	tried := make(map[uint16]bool)
+	next := func() (uint16, bool) { // a random port not tried yet
+		for range 4 * shareCandidates {
+			p := r.Lo + uint16(rand.IntN(size))
+			if !tried[p] {
+				return p, true
+			}
+		}
+		return 0, false
+	}
+	var candidates []uint16 // after the dump: the free ports, from a random start
+	dumped := false
+	for {
+		var port uint16
+		switch {
+		case !dumped && len(tried) < shareCandidates:
+			p, ok := next()
+			if !ok {
+				dumped = true
+				continue
+			}
+			port = p
+		case !dumped:
+			used, err := usedToward(src, dst, r)
+			if err != nil {
+				return fd, err
+			}
+			dumped = true
+			start := rand.IntN(size)
+			for i := range size {
+				p := r.Lo + uint16((start+i)%size)
+				if !used[p-r.Lo] && !tried[p] {
+					candidates = append(candidates, p)
+				}
+			}
+			continue
+		case len(candidates) > 0:
+			port, candidates = candidates[0], candidates[1:]
+		default:
+			return fd, os.NewSyscallError("connect", unix.EAGAIN)
+		}
+		tried[port] = true
+		if fd < 0 {
+			if fd, err = fresh(); err != nil {
+				return -1, err
+			}
+		}
+		ok, bound, err := claim(nl, fd, src, zone, port, dst)
+		switch {
+		case err != nil:
+			return fd, err
+		case ok:
+			return fd, nil
+		case bound: // to a port another socket owns toward dst: start over
+			if fd != orig {
+				unix.Close(fd)
+			}
+			fd = -1
+		}
+	}
+}
+
+// claim runs connectx for one candidate port on fd. Not ok means the port is
+// taken toward dst; bound tells whether fd is then bound (and must be
+// dropped) or can try the next candidate.
+func claim(nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrPort) (ok, bound bool, err error) {
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		return false, false, &unsupportedError{what: "ShareUDPPorts needs SO_COOKIE (Linux 4.12+)", err: os.NewSyscallError("getsockopt", err)}
+	}
+	if err := reusePort(fd, 1); err != nil {
+		return false, false, err
+	}
+	switch err := unix.Bind(fd, sockaddr(src, zone, port)); err {
+	case nil:
+	case unix.EADDRINUSE:
+		return false, false, nil // a socket that does not share (or of another user) holds it
+	default:
+		return false, false, os.NewSyscallError("bind", err)
+	}
+	if err := reusePort(fd, 0); err != nil {
+		return false, true, err
+	}
+	owner, found, err := udpOwner(nl, netip.AddrPortFrom(src, port), dst)
+	if err != nil {
+		return false, true, err
+	}
+	if !found || owner != cookie {
+		return false, true, nil // another socket receives from dst on this port
+	}
+	if err := unix.Connect(fd, sockaddr(dst.Addr(), 0, dst.Port())); err != nil {
+		return false, true, os.NewSyscallError("connect", err)
+	}
+	return true, true, reusePort(fd, 1)
+}
+
+func reusePort(fd, v int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, v); err != nil {
+		return &unsupportedError{what: "ShareUDPPorts needs SO_REUSEPORT", err: os.NewSyscallError("setsockopt", err)}
+	}
+	return nil
+}
+
+// udpOwner asks sock_diag which UDP socket would receive a datagram from
+// peer on local, and returns its cookie.
+func udpOwner(nl int, local, peer netip.AddrPort) (cookie uint64, found bool, err error) {
+	family := byte(unix.AF_INET)
+	if local.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil)
+	m = m[:len(m)-unix.SizeofRtAttr] // no attribute
+	binary.NativeEndian.PutUint32(m[0:], uint32(len(m)))
+	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST)
+	req[0], req[1] = family, unix.IPPROTO_UDP
+	binary.NativeEndian.PutUint32(req[4:], allStates)
+	id := req[8:]
+	// The kernel's UDP lookup takes the datagram's source (the peer) as
+	// "src" and its destination (us) as "dst", "for historical reasons".
+	binary.BigEndian.PutUint16(id[0:], peer.Port())
+	binary.BigEndian.PutUint16(id[2:], local.Port())
+	copy(id[4:20], peer.Addr().AsSlice())
+	copy(id[20:36], local.Addr().AsSlice())
+	binary.NativeEndian.PutUint64(id[40:], ^uint64(0)) // INET_DIAG_NOCOOKIE
+	if err := unix.Sendto(nl, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, false, os.NewSyscallError("sendto", err)
+	}
+	var buf [512]byte
+	n, err := unix.Read(nl, buf[:])
+	if err != nil {
+		return 0, false, os.NewSyscallError("read", err)
+	}
+	b := buf[:n]
+	if len(b) < unix.SizeofNlMsghdr {
+		return 0, false, os.NewSyscallError("read", unix.EBADMSG)
+	}
+	switch binary.NativeEndian.Uint16(b[4:]) {
+	case unix.NLMSG_ERROR:
+		errno := unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:])))
+		if errno == unix.ENOENT {
+			return 0, false, nil
+		}
+		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: os.NewSyscallError("sock_diag", errno)}
+	case unix.SOCK_DIAG_BY_FAMILY:
+		if len(b) < unix.SizeofNlMsghdr+sizeofDiagMsg {
+			return 0, false, os.NewSyscallError("read", unix.EBADMSG)
+		}
+		msg := b[unix.SizeofNlMsghdr:]
+		return binary.NativeEndian.Uint64(msg[4+40:]), true, nil
+	}
+	return 0, false, os.NewSyscallError("read", unix.EBADMSG)
+}
+
+// usedToward returns, for each port of r, whether a UDP socket on src (or the
+// wildcard) is connected to dst from it: one filtered dump.
+func usedToward(src netip.Addr, dst netip.AddrPort, r PortRange) ([]bool, error) {
+	var b bytecode
+	b.either(func(b *bytecode) { b.cond(bcSCond, src, -1) }, func(b *bytecode) { b.cond(bcSCond, unspecified(src), -1) })
+	b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	used := make([]bool, r.size())
+	err := dump(context.Background(), requests(true, src.Is4(), src.Is6(), allStates, b.bytes()), func(msg []byte) {
+		if p := binary.BigEndian.Uint16(msg[4:6]); p >= r.Lo && p <= r.Hi {
+			used[p-r.Lo] = true
+		}
+	})
+	return used, err
+}
+
+// routeSource asks the kernel's routing (RTM_GETROUTE) which source address a
+// packet to dst would leave from, without making a socket or taking a port.
+func routeSource(dst netip.Addr) (netip.Addr, error) {
+	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return netip.Addr{}, os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(s)
+	addr := dst.AsSlice()
+	attrLen := unix.SizeofRtAttr + len(addr)
+	n := unix.SizeofNlMsghdr + unix.SizeofRtMsg + attrLen
+	m := make([]byte, n)
+	binary.NativeEndian.PutUint32(m[0:], uint32(n))
+	binary.NativeEndian.PutUint16(m[4:], unix.RTM_GETROUTE)
+	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST)
+	rt := m[unix.SizeofNlMsghdr:]
+	rt[0] = unix.AF_INET // rtm_family
+	if dst.Is6() {
+		rt[0] = unix.AF_INET6
+	}
+	rt[1] = byte(8 * len(addr)) // rtm_dst_len
+	attr := rt[unix.SizeofRtMsg:]
+	binary.NativeEndian.PutUint16(attr[0:], uint16(attrLen))
+	binary.NativeEndian.PutUint16(attr[2:], unix.RTA_DST)
+	copy(attr[unix.SizeofRtAttr:], addr)
+	if err := unix.Sendto(s, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return netip.Addr{}, os.NewSyscallError("sendto", err)
+	}
+	var buf [4096]byte
+	got, err := unix.Read(s, buf[:])
+	if err != nil {
+		return netip.Addr{}, os.NewSyscallError("read", err)
+	}
+	b := buf[:got]
+	if len(b) < unix.SizeofNlMsghdr+unix.SizeofRtMsg {
+		return netip.Addr{}, os.NewSyscallError("read", unix.EBADMSG)
+	}
+	if binary.NativeEndian.Uint16(b[4:]) == unix.NLMSG_ERROR {
+		return netip.Addr{}, os.NewSyscallError("RTM_GETROUTE", unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:]))))
+	}
+	for a := b[unix.SizeofNlMsghdr+unix.SizeofRtMsg:]; len(a) >= unix.SizeofRtAttr; {
+		l := int(binary.NativeEndian.Uint16(a[0:]))
+		if l < unix.SizeofRtAttr || l > len(a) {
+			break
+		}
+		if binary.NativeEndian.Uint16(a[2:]) == unix.RTA_PREFSRC {
+			if src, ok := netip.AddrFromSlice(a[unix.SizeofRtAttr:l]); ok {
+				return src.Unmap(), nil
+			}
+		}
+		a = a[min((l+3)&^3, len(a)):]
+	}
+	return netip.Addr{}, os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
+}

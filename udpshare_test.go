@@ -1,0 +1,240 @@
+//go:build linux
+
+package safedial_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/safedial/safedial"
+)
+
+// udpEcho serves UDP echo on each addr until the test ends.
+func udpEcho(t *testing.T, addrs ...string) []string {
+	t.Helper()
+	var out []string
+	for _, a := range addrs {
+		pc, err := net.ListenPacket("udp", a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo(buf[:n], from)
+			}
+		}()
+		out = append(out, pc.LocalAddr().String())
+	}
+	return out
+}
+
+// fillUDP dials the destinations in turn until the first error (at most
+// max), checks that every socket has its own 4-tuple and gets its own echo,
+// and returns the count and the error.
+func fillUDP(t *testing.T, d *safedial.Dialer, dsts []string, max int) (int, error) {
+	t.Helper()
+	conns, err := fillConns(t, d.DialContext, "udp", dsts, max)
+	checkUDP(t, conns)
+	return len(conns), err
+}
+
+func checkUDP(t *testing.T, conns []net.Conn) {
+	t.Helper()
+	seen := map[[2]netip.AddrPort]int{}
+	for i, c := range conns {
+		k := [2]netip.AddrPort{addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())}
+		if j, ok := seen[k]; ok {
+			t.Errorf("sockets %d and %d share the 4-tuple %v -> %v", j, i, k[0], k[1])
+		}
+		seen[k] = i
+	}
+	for i, c := range conns {
+		msg := fmt.Sprintf("socket %d", i)
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("%s: write: %v", msg, err)
+		}
+	}
+	for i, c := range conns {
+		buf := make([]byte, 64)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if want := fmt.Sprintf("socket %d", i); err != nil || string(buf[:n]) != want {
+			t.Errorf("socket %d (%v -> %v) read %q, %v; want its own echo %q", i, c.LocalAddr(), c.RemoteAddr(), buf[:n], err, want)
+		}
+	}
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	ap := a.(*net.UDPAddr).AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// TestShareUDPPorts: with ShareUDPPorts, a 64-port range holds exactly 64
+// connected UDP sockets per destination, each with its own 4-tuple and its
+// own replies, bound, unbound and through Sources; then a typed exhaustion.
+// Without it, exactly 64 in all.
+func TestShareUDPPorts(t *testing.T) {
+	const lo, hi = 40000, 40063
+	udpSrc := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	for _, tc := range []struct {
+		name string
+		d    *safedial.Dialer
+		want int
+	}{
+		{"bound", &safedial.Dialer{Base: net.Dialer{LocalAddr: udpSrc}, ShareUDPPorts: true}, 192},
+		{"unbound", &safedial.Dialer{ShareUDPPorts: true}, 192},
+		{"Sources", &safedial.Dialer{Sources: mustAddrs("127.0.0.1", "127.0.0.5"), ShareUDPPorts: true}, 384},
+		{"without ShareUDPPorts", &safedial.Dialer{Base: net.Dialer{LocalAddr: udpSrc}}, 64},
+		{"without ShareUDPPorts, unbound", &safedial.Dialer{}, 64},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			inNamespace(t, lo, hi, func(t *testing.T) {
+				dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000", "127.0.0.4:9000")
+				n, err := fillUDP(t, tc.d, dsts, 1000)
+				if n != tc.want {
+					t.Errorf("connected UDP sockets = %d, want %d", n, tc.want)
+				}
+				if diff := cmp.Diff(exhaustedChain("udp", "connect", "EAGAIN"), chain(err)); diff != "" {
+					t.Errorf("next dial: error chain (-want +got):\n%s", diff)
+				}
+				want := "is taken by a UDP socket"
+				if tc.d.ShareUDPPorts {
+					want = "is in use toward this destination"
+				}
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("message %v lacks %q", err, want)
+				}
+			})
+		})
+	}
+}
+
+// TestShareUDPPortsConcurrent: 64 goroutines dial at once until exhaustion:
+// still exactly ports x destinations sockets, no 4-tuple twice, every reply
+// to its own socket.
+func TestShareUDPPortsConcurrent(t *testing.T) {
+	inNamespace(t, 40000, 40063, func(t *testing.T) {
+		dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000", "127.0.0.4:9000")
+		d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+		var (
+			mu    sync.Mutex
+			conns []net.Conn
+			wg    sync.WaitGroup
+		)
+		t.Cleanup(func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+		for g := range 64 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					c, err := d.Dial("udp", dsts[(g+i)%len(dsts)])
+					if err != nil {
+						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
+							t.Errorf("goroutine %d: %v", g, err)
+						}
+						if i > 10 || errors.Is(err, safedial.ErrEphemeralExhausted) && allFull(d, dsts) {
+							return
+						}
+						continue
+					}
+					mu.Lock()
+					conns = append(conns, c)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if len(conns) != 192 {
+			t.Errorf("connected UDP sockets = %d, want 192", len(conns))
+		}
+		checkUDP(t, conns)
+	})
+}
+
+// allFull reports whether every destination is out of ports for d.
+func allFull(d *safedial.Dialer, dsts []string) bool {
+	for _, dst := range dsts {
+		c, err := d.Dial("udp", dst)
+		if err == nil {
+			c.Close()
+			return false
+		}
+	}
+	return true
+}
+
+// TestShareUDPPortsOtherUser: another user (uid 65534) cannot join a shared
+// port, neither with SO_REUSEADDR nor SO_REUSEPORT, to connect to the same
+// peer and take the replies; the safedial socket still gets them. Shared
+// sockets never have SO_REUSEADDR.
+func TestShareUDPPortsOtherUser(t *testing.T) {
+	inNamespace(t, 40000, 40063, func(t *testing.T) {
+		// A system python3, which uid 65534 can run (not one under
+		// root's home).
+		python, err := exec.LookPath("/usr/bin/python3")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("python3 plays the other user (CI=true, so this fails instead of skipping): %v", err)
+			}
+			t.Skipf("python3 plays the other user: %v", err)
+		}
+		dst := udpEcho(t, "127.0.0.2:9000")[0]
+		d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+		c, err := d.Dial("udp", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		opts := readOpts(t, c)
+		if opts.ReuseAddr != 0 || opts.ReusePort != 1 {
+			t.Errorf("shared UDP socket: SO_REUSEADDR=%d SO_REUSEPORT=%d, want 0 and 1", opts.ReuseAddr, opts.ReusePort)
+		}
+		local := addrPortOf(c.LocalAddr())
+		script := fmt.Sprintf(`
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+try:
+    s.bind(("%s", %d))
+    s.connect(("127.0.0.2", 9000))
+    print("joined")
+except OSError as e:
+    print("refused", e.errno)
+`, local.Addr(), local.Port())
+		cmd := exec.Command(python, "-c", script)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("run python3 as uid 65534 (CI=true, so this fails instead of skipping): %v: %s", err, out)
+			}
+			t.Skipf("cannot run python3 as uid 65534: %v: %s", err, out)
+		}
+		if got := strings.TrimSpace(string(out)); got != fmt.Sprintf("refused %d", syscall.EADDRINUSE) {
+			t.Errorf("the other user's bind of %v: %q, want refused with EADDRINUSE", local, got)
+		}
+		checkUDP(t, []net.Conn{c})
+	})
+}
