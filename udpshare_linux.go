@@ -6,6 +6,9 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,34 +48,50 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 		}
 		return 0, false
 	}
-	var candidates []uint16 // after the dump: the free ports, from a random start
-	dumped := false
+	// Candidates come from three places in turn: a few random ports; the
+	// complement of the ports found in use toward dst by a recent dump
+	// (kept for a second: listing thousands of sockets costs milliseconds);
+	// a dump of our own. Only that last one can conclude exhaustion.
+	var candidates []uint16
+	complement := func(used []bool) {
+		candidates = candidates[:0]
+		start := rand.IntN(size)
+		for i := range size {
+			p := r.Lo + uint16((start+i)%size)
+			if !used[p-r.Lo] && !tried[p] {
+				candidates = append(candidates, p)
+			}
+		}
+	}
+	key := usedKey{src: src, dst: dst, r: r}
+	phase := 0 // 0: random, 1: from the cached dump, 2: from our dump
 	for {
 		var port uint16
 		switch {
-		case !dumped && len(tried) < shareCandidates:
+		case phase == 0 && len(tried) < shareCandidates:
 			p, ok := next()
 			if !ok {
-				dumped = true
+				phase = 1
 				continue
 			}
 			port = p
-		case !dumped:
-			used, err := usedToward(src, dst, r)
-			if err != nil {
-				return fd, err
-			}
-			dumped = true
-			start := rand.IntN(size)
-			for i := range size {
-				p := r.Lo + uint16((start+i)%size)
-				if !used[p-r.Lo] && !tried[p] {
-					candidates = append(candidates, p)
-				}
+		case phase == 0:
+			phase = 1
+			if used := usedCache.get(key); used != nil {
+				complement(used)
 			}
 			continue
 		case len(candidates) > 0:
 			port, candidates = candidates[0], candidates[1:]
+		case phase == 1:
+			phase = 2
+			used, err := usedToward(src, dst, r)
+			if err != nil {
+				return fd, err
+			}
+			usedCache.put(key, used)
+			complement(used)
+			continue
 		default:
 			return fd, os.NewSyscallError("connect", unix.EAGAIN)
 		}
@@ -87,12 +106,64 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 		case err != nil:
 			return fd, err
 		case ok:
+			usedCache.use(key, port)
 			return fd, nil
 		case bound: // to a port another socket owns toward dst: start over
 			if fd != orig {
 				unix.Close(fd)
 			}
 			fd = -1
+		}
+	}
+}
+
+// usedKey names a dump of the ports in use from src toward dst.
+type usedKey struct {
+	src netip.Addr
+	dst netip.AddrPort
+	r   PortRange
+}
+
+// usedCache keeps the last dumps (8, most recent first), for a second.
+var usedCache usedDumps
+
+type usedDumps struct {
+	mu      sync.Mutex
+	entries [8]struct {
+		key  usedKey
+		at   int64
+		used []bool
+	}
+}
+
+const usedTTL = int64(time.Second)
+
+// get returns a copy of a fresh dump for k, or nil.
+func (c *usedDumps) get(k usedKey) []bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		if e.key == k && e.used != nil && nanotime()-e.at < usedTTL {
+			return slices.Clone(e.used)
+		}
+	}
+	return nil
+}
+
+func (c *usedDumps) put(k usedKey, used []bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	copy(c.entries[1:], c.entries[:len(c.entries)-1])
+	c.entries[0].key, c.entries[0].at, c.entries[0].used = k, nanotime(), slices.Clone(used)
+}
+
+// use records a port just claimed toward k's destination.
+func (c *usedDumps) use(k usedKey, port uint16) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.entries {
+		if e := &c.entries[i]; e.key == k && e.used != nil {
+			e.used[port-k.r.Lo] = true
 		}
 	}
 }
@@ -197,7 +268,14 @@ func usedToward(src netip.Addr, dst netip.AddrPort, r PortRange) ([]bool, error)
 	b.port(bcSGE, r.Lo)
 	b.port(bcSLE, r.Hi)
 	used := make([]bool, r.size())
-	err := dump(context.Background(), requests(true, src.Is4(), src.Is6(), allStates, b.bytes()), func(msg []byte) {
+	// One family: the dump only proposes candidates. A dual-stack IPv6
+	// socket holding a port toward an IPv4 destination is still seen by
+	// the owner check of claim.
+	family := byte(unix.AF_INET)
+	if src.Is6() {
+		family = unix.AF_INET6
+	}
+	err := dump(context.Background(), [][]byte{request(family, unix.IPPROTO_UDP, allStates, b.bytes())}, func(msg []byte) {
 		if p := binary.BigEndian.Uint16(msg[4:6]); p >= r.Lo && p <= r.Hi {
 			used[p-r.Lo] = true
 		}

@@ -11,6 +11,9 @@
 //	                range in use (-svg writes a chart)
 //	-mode pool      the cost of a pool whose sources fill unevenly: one source
 //	                of two full, every source full, ports coming free
+//	-mode udp       connected UDP sockets each dialer holds (ShareUDPPorts
+//	                shares ports between destinations), and the cost of a
+//	                shared dial at 0, 50 and 95% of the range in use
 //	-mode probe     the cost of a headroom probe (ProbeHeadroom) against
 //	                parsing /proc/net/tcp and running ss, at 1,000, 20,000
 //	                and 45,000 sockets
@@ -91,7 +94,7 @@ func main() {
 	}
 
 	var c config
-	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency, pool or probe")
+	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency, pool, udp or probe")
 	flag.IntVar(&c.Ports, "ports", 100, "size of the namespace's ephemeral port range (from 40000)")
 	flag.IntVar(&c.Hosts, "hosts", 3, "destination addresses (127.0.0.1 up)")
 	flag.IntVar(&c.DestPorts, "dports", 2, "listening ports per destination address")
@@ -155,6 +158,30 @@ func run(c config, asJSON bool, svg string, w io.Writer) error {
 			return json.NewEncoder(w).Encode(f)
 		}
 		printPool(w, c, f)
+	case "udp":
+		var rows []result
+		for _, v := range udpVariants(c) {
+			var r result
+			if err := inNamespace(c, c.Ports, v.name, &r); err != nil {
+				return err
+			}
+			rows = append(rows, r)
+		}
+		var cost []latencyRow
+		for _, name := range []string{"net.Dialer+LocalAddr", "safedial+LocalAddr+ShareUDPPorts"} {
+			var rs []latencyRow
+			if err := inNamespace(c, c.LatencyPort, "cost:"+name, &rs); err != nil {
+				return err
+			}
+			cost = append(cost, rs...)
+		}
+		if asJSON {
+			return json.NewEncoder(w).Encode(struct {
+				Capacity []result     `json:"capacity"`
+				Cost     []latencyRow `json:"cost"`
+			}{rows, cost})
+		}
+		printUDP(w, c, rows, cost)
 	case "probe":
 		var rows []probeRow
 		sizes := probeSizes
@@ -174,7 +201,7 @@ func run(c config, asJSON bool, svg string, w io.Writer) error {
 		}
 		printProbe(w, rows)
 	default:
-		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency, pool or probe", c.Mode)
+		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency, pool, udp or probe", c.Mode)
 	}
 	return nil
 }
@@ -305,6 +332,22 @@ func runChild() error {
 			return err
 		}
 		return json.NewEncoder(os.Stdout).Encode(r)
+	case "udp":
+		var out any
+		var err error
+		if name, ok := strings.CutPrefix(sc.Name, "cost:"); ok {
+			out, err = udpCost(c, name)
+		} else {
+			for _, v := range udpVariants(c) {
+				if v.name == sc.Name {
+					out, err = udpCapacity(c, v)
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(out)
 	}
 	var v *variant
 	for _, x := range variants(c) {

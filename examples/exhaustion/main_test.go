@@ -129,3 +129,40 @@ func TestProbeMode(t *testing.T) {
 		t.Errorf("probe row %+v: want 400 sockets, 100 matching by the probe, /proc/net/tcp and ss alike", r)
 	}
 }
+
+// TestUDPMode: the udp mode's capacity table, exactly: without sharing, the
+// range whatever the destinations; with ShareUDPPorts, the range per
+// destination.
+func TestUDPMode(t *testing.T) {
+	var out strings.Builder
+	if err := run(config{Mode: "udp", Ports: 20, Hosts: 3, Sources: 2, LatencyPort: 100, Samples: 20}, true, "", &out); err != nil {
+		unavailable(t, err)
+	}
+	var got struct {
+		Capacity []result
+		Cost     []latencyRow
+	}
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatal(err)
+	}
+	eagain := "connect: resource temporarily unavailable (exhaustion)"
+	want := []result{
+		{"net.Dialer", 20, 20, eagain, nil},
+		{"net.Dialer+LocalAddr", 20, 20, "bind: address already in use (exhaustion)", nil},
+		{"safedial+LocalAddr", 20, 20, eagain, nil},
+		{"safedial+LocalAddr+ShareUDPPorts", 60, 60, eagain, nil},
+		{"safedial+ShareUDPPorts", 60, 60, eagain, nil},
+		{"safedial+Sources(2)+ShareUDPPorts", 120, 120, eagain, nil},
+	}
+	if diff := cmp.Diff(want, got.Capacity); diff != "" {
+		t.Errorf("udp capacity (-want +got):\n%s", diff)
+	}
+	if len(got.Cost) != 6 {
+		t.Errorf("cost rows: %+v, want 3 fill levels x 2 dialers", got.Cost)
+	}
+	for _, r := range got.Cost {
+		if r.FirstFail != "" {
+			t.Errorf("cost row %+v: a dial failed", r)
+		}
+	}
+}
