@@ -56,9 +56,11 @@
 //     errors.As. A source address that is not on this host matches
 //     [ErrSourceNotLocal]; a configuration that cannot work matches
 //     [ErrInvalidConfig]; neither is ever reported as exhaustion.
-//   - SO_REUSEPORT is never set. SO_REUSEADDR is never set on UDP sockets
-//     (it would let another socket share the port) nor on Windows (where it
-//     lets another process take the port). On a bound TCP socket,
+//   - SO_REUSEPORT is never set on TCP sockets, and on UDP sockets only by
+//     [Dialer.ShareUDPPorts], which shares ports among sockets of the same
+//     user. SO_REUSEADDR is never set on UDP sockets (it would let another
+//     user's socket share the port and take the replies) nor on Windows
+//     (where it lets another process take the port). On a bound TCP socket,
 //     SO_REUSEADDR lets another local socket that also sets it bind (and
 //     listen on) the same address and port while the connection lives;
 //     the connection and its 4-tuple cannot be taken. DisableReuseAddr
@@ -85,6 +87,10 @@
 // socket its own slice of the ephemeral range (Linux 6.3+), so processes or
 // containers sharing one address never compete for the same ports.
 // [Dialer.Stats] and [Dialer.OnExhausted] report what happened.
+//
+// [Dialer.ShareUDPPorts] does for connected UDP sockets what
+// IP_BIND_ADDRESS_NO_PORT does for TCP: a port serves one socket per
+// destination, so a UDP client is no longer capped at the range.
 //
 // # Seeing exhaustion coming
 //
