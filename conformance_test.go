@@ -314,3 +314,81 @@ func dialTCPResult(c *net.TCPConn, err error) result {
 	defer c.Close()
 	return result{Outcome: "connected to " + c.RemoteAddr().String()}
 }
+
+// TestConformanceDivergences names the differences from net.Dialer that are
+// kept on purpose, each run through both so that the difference itself is
+// what is checked (and documented on the field or method).
+func TestConformanceDivergences(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		dir := t.TempDir()
+		ln, err := net.Listen("unix", dir+"/sock")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+
+		// Dialer.Sources: a unix (or ip) network cannot be pinned to a
+		// source address. net.Dialer connects; with Sources, safedial
+		// refuses instead of passing an unpinned dial for a pinned one.
+		c, err := (&net.Dialer{}).Dial("unix", dir+"/sock")
+		if err != nil {
+			t.Fatalf("net.Dialer: %v", err)
+		}
+		c.Close()
+		_, err = (&safedial.Dialer{Sources: mustAddrs("127.0.0.1")}).Dial("unix", dir+"/sock")
+		if !errors.Is(err, safedial.ErrInvalidConfig) || !strings.Contains(err.Error(), `Sources apply to the tcp and udp networks, not "unix"`) {
+			t.Errorf("safedial with Sources, unix network: %v, want ErrInvalidConfig", err)
+		}
+		// Without Sources, safedial dials it as net.Dialer does.
+		c, err = (&safedial.Dialer{}).Dial("unix", dir+"/sock")
+		if err != nil {
+			t.Fatalf("safedial without Sources: %v", err)
+		}
+		c.Close()
+
+		// DialTCP with a zero remote address: net.Dialer.DialTCP dials the
+		// wildcard address (port 0); safedial says the address is missing.
+		_, netErr := (&net.Dialer{}).DialTCP(context.Background(), "tcp", netip.AddrPort{}, netip.AddrPort{})
+		_, sdErr := (&safedial.Dialer{}).DialTCP(context.Background(), "tcp", netip.AddrPort{}, netip.AddrPort{})
+		if netErr == nil || strings.Contains(netErr.Error(), "missing address") {
+			t.Errorf("net.Dialer.DialTCP with a zero raddr: %v; the divergence is gone, update the docs", netErr)
+		}
+		if sdErr == nil || !strings.Contains(sdErr.Error(), "missing address") {
+			t.Errorf("safedial DialTCP with a zero raddr: %v, want missing address", sdErr)
+		}
+
+	})
+}
+
+// TestConformanceDialTCPNoBind: DialTCP with a zero local address.
+// net.Dialer.DialTCP binds the wildcard address before connect, so each port
+// is chosen without the destination and serves one connection; safedial
+// does not bind, so a port serves one connection per destination. In a
+// 2-port range, toward 2 destinations (each dialer in its own namespace: a
+// port bound without the destination is skipped by every later connect):
+func TestConformanceDialTCPNoBind(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dial func(raddr netip.AddrPort) (*net.TCPConn, error)
+		want int
+	}{
+		{"net.Dialer", func(raddr netip.AddrPort) (*net.TCPConn, error) {
+			return (&net.Dialer{}).DialTCP(context.Background(), "tcp", netip.AddrPort{}, raddr)
+		}, 2},
+		{"safedial", func(raddr netip.AddrPort) (*net.TCPConn, error) {
+			return (&safedial.Dialer{}).DialTCP(context.Background(), "tcp", netip.AddrPort{}, raddr)
+		}, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			inNamespace(t, 40000, 40001, func(t *testing.T) {
+				dsts := servers(t, "tcp", []string{"127.0.0.2", "127.0.0.3"}, []int{8080})
+				n, _ := fill(t, func(_ context.Context, _, address string) (net.Conn, error) {
+					return tc.dial(netip.MustParseAddrPort(address))
+				}, "tcp", dsts, 10)
+				if n != tc.want {
+					t.Errorf("%s DialTCP with a zero laddr: %d connections in a 2-port range toward 2 destinations, want %d", tc.name, n, tc.want)
+				}
+			})
+		})
+	}
+}

@@ -59,7 +59,8 @@ func bindConnect(s int, src *source, dst netip.AddrPort) (string, error) {
 	if err := unix.Bind(s, sockaddr(src.addr, src.zone, 0)); err != nil {
 		return "bind", err
 	}
-	switch err := unix.Connect(s, sockaddr(dst.Addr(), 0, dst.Port())); err {
+	zone, _ := zoneIndex(dst.Addr().Zone()) // unknown: connect reports it
+	switch err := unix.Connect(s, sockaddr(dst.Addr(), zone, dst.Port())); err {
 	case nil, unix.EINPROGRESS, unix.EISCONN:
 		return "", nil
 	default:

@@ -76,18 +76,27 @@ func checkSource(i int, a netip.Addr) (netip.Addr, uint32, error) {
 	case a.Is6() && a.IsLinkLocalUnicast() && a.Zone() == "":
 		return bad("is an IPv6 link-local address without a zone: name the interface, as in fe80::1%eth0")
 	}
-	z := a.Zone()
-	if z == "" {
-		return a, 0, nil
-	}
-	if n, err := strconv.ParseUint(z, 10, 32); err == nil {
-		return a, uint32(n), nil
-	}
-	ifi, err := net.InterfaceByName(z)
+	zone, err := zoneIndex(a.Zone())
 	if err != nil {
-		return bad("has zone " + strconv.Quote(z) + ", which is not an interface of this host (" + err.Error() + ")")
+		return bad("has zone " + strconv.Quote(a.Zone()) + ", which is not an interface of this host (" + err.Error() + ")")
 	}
-	return a, uint32(ifi.Index), nil
+	return a, zone, nil
+}
+
+// zoneIndex returns the interface index an IPv6 zone names: an index, or an
+// interface's name; 0 for no zone.
+func zoneIndex(zone string) (uint32, error) {
+	if zone == "" {
+		return 0, nil
+	}
+	if n, err := strconv.ParseUint(zone, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	ifi, err := net.InterfaceByName(zone)
+	if err != nil {
+		return 0, err
+	}
+	return uint32(ifi.Index), nil
 }
 
 func (p *pool) matches(addrs []netip.Addr) bool { return slices.Equal(addrs, p.addrs) }
@@ -262,7 +271,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 	dst := destination(network, address)
 	var (
 		srcs   []*source
-		cursor = new(atomic.Uint32)
+		cursor *atomic.Uint32
 	)
 	if pd.p != nil {
 		srcs, cursor = pd.p.family(network)
@@ -271,7 +280,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		if err != nil {
 			return err
 		}
-		srcs = []*source{{addr: src}}
+		srcs, cursor = []*source{{addr: src}}, new(atomic.Uint32)
 	}
 	if len(srcs) == 0 {
 		fam := "IPv4"
@@ -480,7 +489,7 @@ const fullSlots = 64
 type fullMemory struct {
 	until atomic.Int64 // the latest expiry of any entry; 0 when none
 	mu    sync.Mutex
-	slots [fullSlots]fullEntry
+	slots *[fullSlots]fullEntry // made on the first mark
 }
 
 type fullEntry struct {
@@ -503,6 +512,9 @@ func (m *fullMemory) lookup(s *source, dst netip.AddrPort) (fullEntry, bool) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.slots == nil {
+		return fullEntry{}, false
+	}
 	for _, e := range m.slots {
 		if e.src == s && e.dst == dst && e.until > now {
 			return e, true
@@ -520,6 +532,9 @@ func (m *fullMemory) mark(s *source, dst netip.AddrPort, call string, err error)
 	}
 	until := nanotime() + int64(fullTTL)
 	m.mu.Lock()
+	if m.slots == nil {
+		m.slots = new([fullSlots]fullEntry)
+	}
 	victim := 0
 	for i, e := range m.slots {
 		if e.src == s && e.dst == dst {

@@ -196,7 +196,8 @@ func claim(nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrP
 	if !found || owner != cookie {
 		return false, true, nil // another socket receives from dst on this port
 	}
-	if err := unix.Connect(fd, sockaddr(dst.Addr(), 0, dst.Port())); err != nil {
+	dstZone, _ := zoneIndex(dst.Addr().Zone()) // unknown: connect reports it
+	if err := unix.Connect(fd, sockaddr(dst.Addr(), dstZone, dst.Port())); err != nil {
 		return false, true, os.NewSyscallError("connect", err)
 	}
 	return true, true, reusePort(fd, 1)
