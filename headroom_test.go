@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/safedial/safedial"
+	"github.com/safedial/safedial/internal/netnstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,24 +24,8 @@ import (
 // has closed it (EOF), so that the client's side ends in TIME_WAIT.
 func closingServer(t *testing.T, addr string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				io.Copy(io.Discard, c)
-				c.Close()
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	a, _ := netnstest.EOFServer(t, addr)
+	return a
 }
 
 // ssAddr writes an address as ss's filters want it: IPv6 in brackets.

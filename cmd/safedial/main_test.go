@@ -22,25 +22,7 @@ import (
 func sockets(t *testing.T, src, dst string, est, tw int) {
 	t.Helper()
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-	ln, err := net.Listen("tcp", dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	done := make(chan struct{}, est+tw)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				io.Copy(io.Discard, c)
-				c.Close()
-				done <- struct{}{}
-			}()
-		}
-	}()
+	dst, closed := netnstest.EOFServer(t, dst)
 	for i := range est + tw {
 		c, err := d.Dial("tcp", dst)
 		if err != nil {
@@ -51,7 +33,7 @@ func sockets(t *testing.T, src, dst string, est, tw int) {
 			continue
 		}
 		c.Close()
-		<-done // the server has closed its side too
+		<-closed // the server has closed its side too
 	}
 }
 

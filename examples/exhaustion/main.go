@@ -423,9 +423,15 @@ func dialUntilError(c config, v variant, hold bool) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
+	return dialLoop(v, "tcp", dests, hold), nil
+}
+
+// dialLoop dials dests in turn with v until the first error (at most twice
+// v's limit, plus one).
+func dialLoop(v variant, network string, dests []string, hold bool) result {
 	r := result{Dialer: v.name, Limit: v.limit}
 	for i := 0; i < 2*v.limit+1; i++ {
-		conn, err := v.dial(context.Background(), "tcp", dests[i%len(dests)])
+		conn, err := v.dial(context.Background(), network, dests[i%len(dests)])
 		if err != nil {
 			r.FirstError = describe(err)
 			break
@@ -437,7 +443,7 @@ func dialUntilError(c config, v variant, hold bool) (result, error) {
 		}
 		r.Connections++
 	}
-	return r, nil
+	return r
 }
 
 // latency fills the range toward one destination to each level with held

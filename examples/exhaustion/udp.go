@@ -12,27 +12,21 @@ import (
 	"github.com/safedial/safedial"
 )
 
-// udpVariant is one UDP dialer of the udp mode.
-type udpVariant struct {
-	name  string
-	limit int
-	dial  func(ctx context.Context, network, address string) (net.Conn, error)
-}
-
-func udpVariants(c config) []udpVariant {
+// udpVariants are the UDP dialers of the udp mode.
+func udpVariants(c config) []variant {
 	src := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
 	var pool []netip.Addr
 	for i := 1; i <= c.Sources; i++ {
 		pool = append(pool, netip.AddrFrom4([4]byte{127, 0, 1, byte(i)}))
 	}
 	d := c.Hosts // one UDP port per destination address
-	return []udpVariant{
-		{"net.Dialer", c.Ports, (&net.Dialer{}).DialContext},
-		{"net.Dialer+LocalAddr", c.Ports, (&net.Dialer{LocalAddr: src}).DialContext},
-		{"safedial+LocalAddr", c.Ports, (&safedial.Dialer{Base: net.Dialer{LocalAddr: src}}).DialContext},
-		{"safedial+LocalAddr+ShareUDPPorts", c.Ports * d, (&safedial.Dialer{Base: net.Dialer{LocalAddr: src}, ShareUDPPorts: true}).DialContext},
-		{"safedial+ShareUDPPorts", c.Ports * d, (&safedial.Dialer{ShareUDPPorts: true}).DialContext},
-		{fmt.Sprintf("safedial+Sources(%d)+ShareUDPPorts", c.Sources), c.Sources * c.Ports * d, (&safedial.Dialer{Sources: pool, ShareUDPPorts: true}).DialContext},
+	return []variant{
+		{"net.Dialer", false, c.Ports, (&net.Dialer{}).DialContext},
+		{"net.Dialer+LocalAddr", false, c.Ports, (&net.Dialer{LocalAddr: src}).DialContext},
+		{"safedial+LocalAddr", false, c.Ports, (&safedial.Dialer{Base: net.Dialer{LocalAddr: src}}).DialContext},
+		{"safedial+LocalAddr+ShareUDPPorts", false, c.Ports * d, (&safedial.Dialer{Base: net.Dialer{LocalAddr: src}, ShareUDPPorts: true}).DialContext},
+		{"safedial+ShareUDPPorts", false, c.Ports * d, (&safedial.Dialer{ShareUDPPorts: true}).DialContext},
+		{fmt.Sprintf("safedial+Sources(%d)+ShareUDPPorts", c.Sources), false, c.Sources * c.Ports * d, (&safedial.Dialer{Sources: pool, ShareUDPPorts: true}).DialContext},
 	}
 }
 
@@ -61,22 +55,12 @@ func udpEchoes(hosts int) ([]string, error) {
 
 // udpCapacity holds connected UDP sockets toward the destinations in turn
 // until the first error.
-func udpCapacity(c config, v udpVariant) (result, error) {
+func udpCapacity(c config, v variant) (result, error) {
 	dests, err := udpEchoes(c.Hosts)
 	if err != nil {
 		return result{}, err
 	}
-	r := result{Dialer: v.name, Limit: v.limit}
-	for i := 0; i < 2*v.limit+1; i++ {
-		conn, err := v.dial(context.Background(), "udp", dests[i%len(dests)])
-		if err != nil {
-			r.FirstError = describe(err)
-			break
-		}
-		defer conn.Close()
-		r.Connections++
-	}
-	return r, nil
+	return dialLoop(v, "udp", dests, true), nil
 }
 
 // udpCost fills the range toward one destination to each level with held
