@@ -138,8 +138,9 @@ type Dialer struct {
 	OnRefused func(*RefusedError)
 
 	counters counters
-	pool     atomic.Pointer[pool]
-	reported atomic.Uint32 // options whose refusal OnRefused has seen
+	pool     atomic.Pointer[pool] // of Sources
+	shared   atomic.Pointer[pool] // of Base.LocalAddr, for ShareUDPPorts
+	reported atomic.Uint32        // options whose refusal OnRefused has seen
 }
 
 // PortRange is an inclusive range of local ports. The zero value means the
@@ -298,7 +299,7 @@ func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip
 	case !laddr.IsValid() && !familyMismatch(network, raddr.Addr()):
 		// No local address: connect without binding, or from the pool.
 		return d.dial(ctx, network, raddr.String())
-	case len(d.Sources) > 0:
+	case laddr.IsValid() && len(d.Sources) > 0:
 		return fail(errConfig("Sources and a local address are both set: use one of them"))
 	}
 	// A local address, or an input net.Dialer.DialTCP rejects with its own

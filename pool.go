@@ -192,11 +192,15 @@ func (d *Dialer) newPoolDial(p *pool) *poolDial {
 // Base.LocalAddr's address, or from the source the kernel's routing picks for
 // each destination.
 func (d *Dialer) dialShared(ctx context.Context, network, address string) outcome {
-	var p *pool
+	var p *pool // a pool of one: its memory of full destinations lasts across dials
 	if la, ok := d.Base.LocalAddr.(*net.UDPAddr); ok && la != nil && !la.AddrPort().Addr().Unmap().IsUnspecified() && len(la.IP) > 0 {
 		a, _ := netip.AddrFromSlice(la.IP)
-		if p = newPool([]netip.Addr{a.Unmap().WithZone(la.Zone)}); p.err != nil {
-			return outcome{err: &net.OpError{Op: "dial", Net: network, Source: la, Err: p.err}}
+		src := [1]netip.Addr{a.Unmap().WithZone(la.Zone)}
+		if p = d.shared.Load(); p == nil || !p.matches(src[:]) {
+			if p = newPool(src[:]); p.err != nil {
+				return outcome{err: &net.OpError{Op: "dial", Net: network, Source: la, Err: p.err}}
+			}
+			d.shared.Store(p)
 		}
 	}
 	if !shareSupported {
@@ -310,6 +314,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			s.skipped.Add(1)
 			tried = append(tried, s.addr)
 			last = exhausted(attemptError(network, s, dst, e.syscall, e.errno), pd.d.PortRange)
+			last.Shared = pd.share && strings.HasPrefix(network, "udp")
 			continue
 		}
 		if fd < 0 {
@@ -378,7 +383,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 	if err != nil {
 		op := attemptError(network, s, dst, call, err)
 		if ee := exhausted(op, pd.d.PortRange); ee != nil {
-			ee.Shared = pd.share
+			ee.Shared = pd.share && strings.HasPrefix(network, "udp")
 			return fd, ee
 		}
 		if se := notLocal(op); se != nil {
