@@ -21,10 +21,16 @@ const shareSupported = true
 // of the kernel's UDP table.
 const shareCandidates = 3
 
+// shareDumps bounds the dumps one shared dial makes when its candidates keep
+// being taken by concurrent dials.
+const shareDumps = 64
+
 // shareConnect binds socket fd (net.Dialer's own, orig, or a fresh one made
-// by fresh once a candidate port has bound it) from src to a port that no other UDP socket uses toward dst, and connects
-// it, with Cloudflare's "connectx" scheme: with SO_REUSEPORT (which the
-// kernel allows only among sockets of the same user) bind the candidate,
+// by fresh once a candidate port has bound it) from src to a port that no
+// other UDP socket uses toward dst, and connects it, with Cloudflare's
+// "connectx" scheme: skip a port on which sock_diag finds a socket that
+// would receive from dst; with SO_REUSEPORT (which the kernel allows only
+// among sockets of the same user) bind the candidate,
 // turn SO_REUSEPORT off (from now on every other bind of that port fails),
 // ask sock_diag which socket would receive from dst on that port and
 // require this one, connect, and turn SO_REUSEPORT on again for the next
@@ -51,20 +57,31 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 	// Candidates come from three places in turn: a few random ports; the
 	// complement of the ports found in use toward dst by a recent dump
 	// (kept for a second: listing thousands of sockets costs milliseconds);
-	// a dump of our own. Only that last one can conclude exhaustion.
+	// dumps of our own. Only a dump of our own that leaves no port free
+	// concludes exhaustion: a candidate can also fail because a concurrent
+	// dial holds it for a moment (bound, not yet connected), and such a
+	// port is free again in the next dump.
 	var candidates []uint16
-	complement := func(used []bool) {
+	// complement sets candidates to the ports used leaves free (less those
+	// tried, if skipTried), from a random start, and returns how many are
+	// free.
+	complement := func(used []bool, skipTried bool) (free int) {
 		candidates = candidates[:0]
 		start := rand.IntN(size)
 		for i := range size {
 			p := r.Lo + uint16((start+i)%size)
-			if !used[p-r.Lo] && !tried[p] {
+			if used[p-r.Lo] {
+				continue
+			}
+			free++
+			if !skipTried || !tried[p] {
 				candidates = append(candidates, p)
 			}
 		}
+		return free
 	}
 	key := usedKey{src: src, dst: dst, r: r}
-	phase := 0 // 0: random, 1: from the cached dump, 2: from our dump
+	phase, dumps := 0, 0 // phase 0: random, 1: from the cached dump, 2: from our dumps
 	for {
 		var port uint16
 		switch {
@@ -78,19 +95,23 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 		case phase == 0:
 			phase = 1
 			if used := usedCache.get(key); used != nil {
-				complement(used)
+				complement(used, true)
 			}
 			continue
 		case len(candidates) > 0:
 			port, candidates = candidates[0], candidates[1:]
-		case phase == 1:
+		case dumps < shareDumps:
 			phase = 2
+			dumps++
 			used, err := usedToward(src, dst, r)
 			if err != nil {
 				return fd, err
 			}
 			usedCache.put(key, used)
-			complement(used)
+			// Later dumps retry ports that were busy for a moment.
+			if complement(used, dumps == 1) == 0 {
+				return fd, os.NewSyscallError("connect", unix.EAGAIN)
+			}
 			continue
 		default:
 			return fd, os.NewSyscallError("connect", unix.EAGAIN)
@@ -172,6 +193,13 @@ func (c *usedDumps) use(k usedKey, port uint16) {
 // taken toward dst; bound tells whether fd is then bound (and must be
 // dropped) or can try the next candidate.
 func claim(nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrPort) (ok, bound bool, err error) {
+	// A socket that would already receive from dst on this port (connected
+	// to dst, or bound there and perhaps about to be): skip the port
+	// without binding. This also narrows the window in which two dials
+	// bind the same port at once.
+	if _, found, err := udpOwner(nl, netip.AddrPortFrom(src, port), dst); err != nil || found {
+		return false, false, err
+	}
 	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
 		return false, false, &unsupportedError{what: "ShareUDPPorts needs SO_COOKIE (Linux 4.12+)", err: os.NewSyscallError("getsockopt", err)}

@@ -155,14 +155,16 @@ func TestShareUDPPortsConcurrent(t *testing.T) {
 				defer wg.Done()
 				for i := 0; ; i++ {
 					c, err := d.Dial("udp", dsts[(g+i)%len(dsts)])
-					if err != nil {
-						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
-							t.Errorf("goroutine %d: %v", g, err)
-						}
-						if i > 10 || errors.Is(err, safedial.ErrEphemeralExhausted) && allFull(d, dsts) {
+					if errors.Is(err, safedial.ErrEphemeralExhausted) {
+						// This destination is full: any other left?
+						c, err = anyFree(d, dsts)
+						if c == nil && err == nil {
 							return
 						}
-						continue
+					}
+					if err != nil {
+						t.Errorf("goroutine %d: %v", g, err)
+						return
 					}
 					mu.Lock()
 					conns = append(conns, c)
@@ -178,16 +180,16 @@ func TestShareUDPPortsConcurrent(t *testing.T) {
 	})
 }
 
-// allFull reports whether every destination is out of ports for d.
-func allFull(d *safedial.Dialer, dsts []string) bool {
+// anyFree dials the destinations in turn and returns the first connection
+// made; nil and no error when every destination is out of ports for d.
+func anyFree(d *safedial.Dialer, dsts []string) (net.Conn, error) {
 	for _, dst := range dsts {
 		c, err := d.Dial("udp", dst)
-		if err == nil {
-			c.Close()
-			return false
+		if err == nil || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+			return c, err
 		}
 	}
-	return true
+	return nil, nil
 }
 
 // TestShareUDPPortsOtherUser: another user (uid 65534) cannot join a shared
