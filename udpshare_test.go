@@ -3,8 +3,10 @@
 package safedial_test
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -244,5 +246,94 @@ except OSError as e:
 			t.Errorf("the other user's bind of %v: %q, want refused with EADDRINUSE", local, got)
 		}
 		checkUDP(t, []net.Conn{c})
+	})
+}
+
+// shareHelperEnv makes the test binary a helper process of
+// TestShareUDPPortsProcesses: it dials until exhaustion, checks its echoes,
+// prints its 4-tuples and holds its sockets until its stdin closes.
+const shareHelperEnv = "SAFEDIAL_SHARE_HELPER"
+
+func TestShareUDPPortsHelper(t *testing.T) {
+	dsts := os.Getenv(shareHelperEnv)
+	if dsts == "" {
+		t.Skip("helper process of TestShareUDPPortsProcesses")
+	}
+	d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+	conns, err := fillConns(t, d.DialContext, "udp", strings.Split(dsts, ","), 1000)
+	if !errors.Is(err, safedial.ErrEphemeralExhausted) {
+		t.Fatalf("after %d sockets: %v, want exhaustion", len(conns), err)
+	}
+	checkUDP(t, conns)
+	for _, c := range conns {
+		fmt.Printf("tuple %v %v\n", c.LocalAddr(), c.RemoteAddr())
+	}
+	fmt.Println("holding")
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// TestShareUDPPortsProcesses: four processes dial with ShareUDPPorts at once
+// from one source: together they hold exactly ports x destinations sockets,
+// no 4-tuple twice, each socket with its own echo (checked in each process).
+func TestShareUDPPortsProcesses(t *testing.T) {
+	if os.Getenv(shareHelperEnv) != "" {
+		t.Skip("in a helper process")
+	}
+	inNamespace(t, 40000, 40063, func(t *testing.T) {
+		dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000", "127.0.0.4:9000")
+		type helper struct {
+			cmd   *exec.Cmd
+			stdin io.WriteCloser
+			out   *bufio.Reader
+		}
+		var helpers []helper
+		for range 4 {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestShareUDPPortsHelper$", "-test.count=1")
+			cmd.Env = append(os.Environ(), shareHelperEnv+"="+strings.Join(dsts, ","))
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd.Stderr = os.Stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			helpers = append(helpers, helper{cmd, stdin, bufio.NewReader(stdout)})
+		}
+		tuples := map[string]int{}
+		for i, h := range helpers {
+			for {
+				line, err := h.out.ReadString('\n')
+				if err != nil {
+					t.Fatalf("helper %d ended before holding its sockets: %v (its test output is above)", i, err)
+				}
+				if strings.HasPrefix(line, "tuple ") {
+					tuples[strings.TrimSpace(line)]++
+				}
+				if line == "holding\n" {
+					break
+				}
+			}
+		}
+		total := 0
+		for tuple, n := range tuples {
+			total += n
+			if n > 1 {
+				t.Errorf("%s held by %d sockets", tuple, n)
+			}
+		}
+		if total != 192 {
+			t.Errorf("the processes hold %d connected UDP sockets together, want 192", total)
+		}
+		for i, h := range helpers {
+			h.stdin.Close()
+			if err := h.cmd.Wait(); err != nil {
+				t.Errorf("helper %d: %v", i, err)
+			}
+		}
 	})
 }
