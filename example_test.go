@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/safedial/safedial"
 )
@@ -173,4 +174,75 @@ func ExampleDialer_Stats() {
 	}
 	fmt.Println(expvar.Get("safedial"))
 	// Output: {"dials":1,"succeeded":1,"exhausted":0,"failovers":0,"refused":0}
+}
+
+// Log, once, that the system refused an optional option: dials go on
+// without it, as net.Dialer's would, and Stats counts them.
+func ExampleDialer_OnRefused() {
+	d := &safedial.Dialer{
+		Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}},
+		OnRefused: func(e *safedial.RefusedError) {
+			// For example: "IP_BIND_ADDRESS_NO_PORT was refused by this
+			// system (setsockopt: protocol not available): a bound source
+			// is capped at one connection per port"
+			log.Print("safedial: ", e)
+		},
+	}
+	_ = d // use d.DialContext as usual; d.Stats().Refused counts unprotected dials
+}
+
+// Connected UDP sockets toward many destinations from one source, past the
+// ephemeral range: a port serves one socket per destination.
+func ExampleDialer_ShareUDPPorts() {
+	echo, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := echo.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			echo.WriteTo(buf[:n], from)
+		}
+	}()
+
+	d := &safedial.Dialer{ShareUDPPorts: true}
+	c, err := d.Dial("udp", echo.LocalAddr().String())
+	if errors.Is(err, errors.ErrUnsupported) {
+		fmt.Println("hello") // not on this system: sharing needs Linux
+		return
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("hello"))
+	buf := make([]byte, 64)
+	n, _ := c.Read(buf)
+	fmt.Println(string(buf[:n]))
+	// Output: hello
+}
+
+// How many ports are left from a source to a destination: export it as a
+// gauge, probed at most once per interval, never on the dial path.
+func ExampleDialer_HeadroomFunc() {
+	d := &safedial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")}}
+	expvar.Publish("headroom", expvar.Func(d.HeadroomFunc("tcp", "db.internal:5432", 10*time.Second)))
+}
+
+// Ask the kernel how close one (source, destination) pair is to exhaustion.
+func ExampleProbeHeadroom() {
+	h, err := safedial.ProbeHeadroom(context.Background(), "tcp", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddrPort("127.0.0.1:5432"))
+	if errors.Is(err, errors.ErrUnsupported) {
+		return // not Linux
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("%v -> %v: %d of %d ports in use (%d in TIME_WAIT), %d free, %.0f%%",
+		h.Source, h.Dest, h.InUse, int(h.Range.Hi)-int(h.Range.Lo)+1, h.TimeWait, h.Free, 100*h.Used())
 }
