@@ -238,12 +238,12 @@ func requests(udp, v4, v6 bool, states uint32, bc []byte) [][]byte {
 	return reqs
 }
 
-// diagCount counts the sockets from src to dst (UDP: on src or the wildcard
-// address, any destination) with a local port in r, and those of them in
-// TIME_WAIT.
-func diagCount(ctx context.Context, udp bool, src netip.Addr, dst netip.AddrPort, r PortRange) (inUse, timeWait int, err error) {
+// diagCount counts the sockets from src to dst (UDP without perDest: on src
+// or the wildcard address, any destination) with a local port in r, and
+// those of them in TIME_WAIT.
+func diagCount(ctx context.Context, udp, perDest bool, src netip.Addr, dst netip.AddrPort, r PortRange) (inUse, timeWait int, err error) {
 	var b bytecode
-	if udp {
+	if udp && !perDest {
 		b.either(func(b *bytecode) { b.cond(bcSCond, src, -1) }, func(b *bytecode) { b.cond(bcSCond, unspecified(src), -1) })
 	} else {
 		b.cond(bcSCond, src, -1)

@@ -10,7 +10,7 @@ import (
 // sock_diag is Linux's: elsewhere the probes say so.
 const diagSupported = false
 
-func diagCount(context.Context, bool, netip.Addr, netip.AddrPort, PortRange) (int, int, error) {
+func diagCount(context.Context, bool, bool, netip.Addr, netip.AddrPort, PortRange) (int, int, error) {
 	return 0, 0, errNoDiag
 }
 

@@ -67,13 +67,14 @@ func ProbeHeadroom(ctx context.Context, network string, src netip.Addr, dst neti
 	if err != nil {
 		return h, probeError(err)
 	}
-	return probeIn(ctx, network, src, dst, r)
+	return probeIn(ctx, network, src, dst, r, false)
 }
 
-// probeIn is ProbeHeadroom with the range given.
-func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+// probeIn is ProbeHeadroom with the range given; shared counts UDP sockets
+// per destination, as ShareUDPPorts uses ports.
+func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange, shared bool) (Headroom, error) {
 	h := Headroom{Source: src, Dest: dst, Range: r}
-	inUse, tw, err := diagCount(ctx, strings.HasPrefix(network, "udp"), src.Unmap(), netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()), r)
+	inUse, tw, err := diagCount(ctx, strings.HasPrefix(network, "udp"), shared, src.Unmap(), netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()), r)
 	if err != nil {
 		return h, probeError(err)
 	}
@@ -162,7 +163,9 @@ type pairCount struct{ inUse, timeWait int }
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
 // picks for the address. The range is d's PortRange when set, else the
 // namespace's. Host names are resolved with Base.Resolver. An address with
-// no source of its family is left out; none at all is an error.
+// no source of its family is left out; none at all is an error. With
+// ShareUDPPorts, UDP ports are counted per destination, as those dials use
+// them.
 func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headroom, error) {
 	if _, _, err := net.SplitHostPort(address); err != nil {
 		return nil, fmt.Errorf("safedial: Headroom: %w", err)
@@ -187,7 +190,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			if err := checkProbe(network, src, dst); err != nil {
 				return nil, err
 			}
-			h, err := probeIn(ctx, network, src, dst, r)
+			h, err := probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
 			if err != nil {
 				return nil, err
 			}

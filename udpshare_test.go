@@ -4,6 +4,7 @@ package safedial_test
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -333,6 +334,34 @@ func TestShareUDPPortsProcesses(t *testing.T) {
 			h.stdin.Close()
 			if err := h.cmd.Wait(); err != nil {
 				t.Errorf("helper %d: %v", i, err)
+			}
+		}
+	})
+}
+
+// TestShareUDPPortsHeadroom: a Dialer's headroom counts UDP ports per
+// destination when it shares them, and for every destination otherwise.
+func TestShareUDPPortsHeadroom(t *testing.T) {
+	inNamespace(t, 40000, 40063, func(t *testing.T) {
+		dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
+		src := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+		shared := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: src}}
+		if n, err := fillUDP(t, shared, dsts[:1], 10); n != 10 || err != nil {
+			t.Fatalf("%d sockets, %v", n, err)
+		}
+		for _, tc := range []struct {
+			d          *safedial.Dialer
+			dst        string
+			inUse      int
+			perDestMsg string
+		}{
+			{shared, dsts[0], 10, "shared, toward the destination of the sockets"},
+			{shared, dsts[1], 0, "shared, toward another destination"},
+			{&safedial.Dialer{Base: net.Dialer{LocalAddr: src}}, dsts[1], 10, "not shared: a port is held for every destination"},
+		} {
+			hs, err := tc.d.Headroom(context.Background(), "udp", tc.dst)
+			if err != nil || len(hs) != 1 || hs[0].InUse != tc.inUse || hs[0].Free != 64-tc.inUse {
+				t.Errorf("%s: Headroom = %+v, %v; want %d in use, %d free", tc.perDestMsg, hs, err, tc.inUse, 64-tc.inUse)
 			}
 		}
 	})
