@@ -41,9 +41,10 @@ const (
 	sizeofBcOp     = 4  // struct inet_diag_bc_op {u8 code; u8 yes; u16 no}
 	sizeofCond     = 8  // struct inet_diag_hostcond {u8 family; u8 prefix_len; int port; addr[]}
 
-	tcpTimeWait = 6  // TCP_TIME_WAIT in inet_diag_msg.idiag_state
-	tcpListen   = 10 // TCP_LISTEN
-	allStates   = 0xFFF
+	tcpEstablished = 1  // TCP_ESTABLISHED, also the state of a connected UDP socket
+	tcpTimeWait    = 6  // TCP_TIME_WAIT in inet_diag_msg.idiag_state
+	tcpListen      = 10 // TCP_LISTEN
+	allStates      = 0xFFF
 )
 
 // bytecode builds a filter program. Each op jumps by "yes" when its test

@@ -33,8 +33,9 @@ const shareDumps = 64
 // among sockets of the same user) bind the candidate,
 // turn SO_REUSEPORT off (from now on every other bind of that port fails),
 // ask sock_diag which socket would receive from dst on that port and
-// require this one, connect, and turn SO_REUSEPORT on again for the next
-// sockets toward other destinations. It returns the socket that succeeded
+// require this one, connect, check with a dump that no other socket is
+// connected to the same 4-tuple (else back out), and turn SO_REUSEPORT on
+// again for the next sockets toward other destinations. It returns the socket that succeeded
 // (fd or a fresh one) or an error: exhaustion as an *os.SyscallError
 // ("connect", EAGAIN) when no port of r is left toward dst.
 func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange) (int, error) {
@@ -228,7 +229,40 @@ func claim(nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrP
 	if err := unix.Connect(fd, sockaddr(dst.Addr(), dstZone, dst.Port())); err != nil {
 		return false, true, os.NewSyscallError("connect", err)
 	}
+	// The guarantee: list every socket connected from src:port to dst and
+	// back out if any other is there. Of two sockets that connected to one
+	// 4-tuple, the second to connect always sees the first; at worst both
+	// back out and try other ports, never both stay.
+	if others, err := othersConnected(src, port, dst, cookie); err != nil || others {
+		return false, true, err
+	}
 	return true, true, reusePort(fd, 1)
+}
+
+// othersConnected reports whether a UDP socket other than the one with
+// cookie is connected from src:port to dst: one dump, filtered by the kernel
+// to that 4-tuple.
+func othersConnected(src netip.Addr, port uint16, dst netip.AddrPort, cookie uint64) (bool, error) {
+	var b bytecode
+	b.cond(bcSCond, src, int32(port))
+	b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+	family := byte(unix.AF_INET)
+	if src.Is6() {
+		family = unix.AF_INET6
+	}
+	// Connected sockets only, and the ports in the request itself: the
+	// kernel's UDP dump compares those before running the bytecode.
+	req := request(family, unix.IPPROTO_UDP, 1<<tcpEstablished, b.bytes())
+	id := req[unix.SizeofNlMsghdr+8:]
+	binary.BigEndian.PutUint16(id[0:], port)
+	binary.BigEndian.PutUint16(id[2:], dst.Port())
+	others := false
+	err := dump(context.Background(), [][]byte{req}, func(msg []byte) {
+		if binary.NativeEndian.Uint64(msg[4+40:]) != cookie {
+			others = true
+		}
+	})
+	return others, err
 }
 
 func reusePort(fd, v int) error {
