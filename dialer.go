@@ -119,11 +119,9 @@ type Dialer struct {
 	// SO_REUSEPORT on again. A few random candidates are tried first; then
 	// a sock_diag dump lists the ports in use toward the destination and
 	// the dial picks from the rest. A shared dial costs about 0.1 ms more
-	// than a plain one (see the README). When
-	// none is left the dial fails with an *ExhaustedError (Op "connect",
-	// Shared set).
-	// The ports come from PortRange when set, else from the namespace's
-	// range. It was asked for explicitly, so where sock_diag or
+	// than a plain one (see the README). When no port is left the dial
+	// fails with an *ExhaustedError (Op "connect", Shared set). The ports
+	// come from PortRange when set, else from the namespace's range. It was asked for explicitly, so where sock_diag or
 	// SO_REUSEPORT is not available the dial fails with an error matching
 	// errors.ErrUnsupported instead of silently capping. A Base.LocalAddr
 	// with an explicit port is bound as is.
