@@ -142,7 +142,7 @@ func (d *Dialer) SetSources(srcs []netip.Addr) error {
 	if p.err != nil {
 		return p.err
 	}
-	d.Sources = p.addrs
+	d.Sources = slices.Clone(srcs) // not the pool's own copy, which detects changes
 	if len(srcs) == 0 {
 		p = nil
 	}
