@@ -192,18 +192,18 @@ func TestConformance(t *testing.T) {
 		for _, sc := range scenarios {
 			t.Run(sc.name, func(t *testing.T) {
 				t.Parallel()
-				results := make([]result, len(dialersUnderTest))
-				var wg sync.WaitGroup
-				for i, du := range dialersUnderTest {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						nd := net.Dialer{Resolver: res}
-						sc.base(&nd)
-						results[i] = run(du.make(nd), sc)
-					}()
+				// Outcomes, error chains and traces must match at the first
+				// run. Timing classes are wall-clock: a class that differs
+				// (from the scenario's, or between dialers) gets one more
+				// run, so that a stalled machine does not fail the test
+				// while a dialer that is really slower fails it both times.
+				var results []result
+				for attempt := 1; ; attempt++ {
+					results = runAll(sc, res)
+					if !sameBut(results, sc) || attempt == 2 || classesMatch(results, sc) {
+						break
+					}
 				}
-				wg.Wait()
 				row := fmt.Sprintf("%-40s", sc.name)
 				for i, r := range results {
 					row += fmt.Sprintf(" | %s: %.60s, %s", dialersUnderTest[i].name, r.Outcome, r.Class)
@@ -223,6 +223,48 @@ func TestConformance(t *testing.T) {
 			})
 		}
 	})
+}
+
+// runAll runs sc through every dialer at once.
+func runAll(sc scenario, res *net.Resolver) []result {
+	results := make([]result, len(dialersUnderTest))
+	var wg sync.WaitGroup
+	for i, du := range dialersUnderTest {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nd := net.Dialer{Resolver: res}
+			sc.base(&nd)
+			results[i] = run(du.make(nd), sc)
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+// sameBut reports whether the results agree with each other and with the
+// scenario in everything but the timing class.
+func sameBut(results []result, sc scenario) bool {
+	if !strings.HasPrefix(results[0].Outcome, sc.want) {
+		return false
+	}
+	for _, r := range results[1:] {
+		a, b := results[0], r
+		a.Class, b.Class = "", ""
+		if !cmp.Equal(a, b) {
+			return false
+		}
+	}
+	return true
+}
+
+func classesMatch(results []result, sc scenario) bool {
+	for _, r := range results {
+		if r.Class != sc.class {
+			return false
+		}
+	}
+	return true
 }
 
 func run(dial func(context.Context, string, string) (net.Conn, error), sc scenario) result {
