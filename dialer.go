@@ -69,12 +69,14 @@ type Dialer struct {
 	// every source is known full, a dial fails at once.
 	//
 	// Every source must be a unicast address of this host. An unspecified,
-	// multicast or limited-broadcast address, or an IPv6 link-local address
-	// without a zone (fe80::1%eth0: the zone is the interface's name or
-	// index) or with an unknown one, is a configuration error
-	// (ErrInvalidConfig) before any socket is made; an address the kernel
-	// does not keep as the connection's source (a subnet broadcast) fails
-	// the dial with ErrInvalidConfig; an address that is not on this host
+	// multicast or broadcast address (the limited broadcast, or one of this
+	// host's, such as lo's 127.255.255.255, found with the kernel's routing
+	// on Linux), or an IPv6 link-local address without a zone
+	// (fe80::1%eth0: the zone is the interface's name or index) or with an
+	// unknown one, is a configuration error (ErrInvalidConfig) before any
+	// socket is made; should the kernel still choose another source for a
+	// connection, the dial fails with ErrInvalidConfig, saying so (checked
+	// once per source); an address that is not on this host
 	// fails the dial that reaches it with ErrSourceNotLocal, naming it, and
 	// failover does not continue past it, so a misconfiguration shows
 	// instead of silently shrinking the pool.

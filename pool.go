@@ -75,6 +75,8 @@ func checkSource(i int, a netip.Addr) (netip.Addr, uint32, error) {
 		return bad("is the limited broadcast address, which cannot be a connection's source; use a unicast address of this host")
 	case a.Is6() && a.IsLinkLocalUnicast() && a.Zone() == "":
 		return bad("is an IPv6 link-local address without a zone: name the interface, as in fe80::1%eth0")
+	case localBroadcast(a):
+		return bad("is a broadcast address of this host, which cannot be a connection's source (the kernel would pick the source from the route, pinning nothing); use a unicast address of this host")
 	}
 	zone, err := zoneIndex(a.Zone())
 	if err != nil {

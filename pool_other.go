@@ -24,3 +24,5 @@ func shareConnect(fd, _ int, _ func() (int, error), _ netip.Addr, _ uint32, _ ne
 }
 
 func routeSource(netip.Addr) (netip.Addr, error) { return netip.Addr{}, errors.ErrUnsupported }
+
+func localBroadcast(netip.Addr) bool { return false }

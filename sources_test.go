@@ -39,7 +39,7 @@ func TestSourcesNotUnicast(t *testing.T) {
 			{"255.255.255.255", dst4, false, "Sources[0] 255.255.255.255 is the limited broadcast address"},
 			{"fe80::1", dst6, false, "Sources[0] fe80::1 is an IPv6 link-local address without a zone"},
 			{"fe80::1%nosuchif", dst6, false, `Sources[0] fe80::1%nosuchif has zone "nosuchif", which is not an interface of this host`},
-			{"127.255.255.255", dst4, true, "source 127.255.255.255 does not pin the connection: the kernel chose 127.0.0.1"},
+			{"127.255.255.255", dst4, false, "Sources[0] 127.255.255.255 is a broadcast address of this host"}, // lo's broadcast: found with the routing, before any socket
 		} {
 			t.Run(tc.src, func(t *testing.T) {
 				hookRan := false

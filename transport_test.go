@@ -100,17 +100,36 @@ func TestNoLeaks(t *testing.T) {
 		if n, err := fill(t, full.DialContext, "tcp", []string{dst}, 100); n != 10 {
 			t.Fatalf("filled %d (%v), want 10", n, err)
 		}
+		// A second source, full too, so that a pool fails over on fresh
+		// sockets and still ends exhausted.
+		full3 := &safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.3:0")}}
+		if n, err := fill(t, full3.DialContext, "tcp", []string{dst}, 100); n != 10 {
+			t.Fatalf("filled %d (%v), want 10", n, err)
+		}
+		// 10 shared UDP sockets toward one destination fill the range for it.
+		udpDst := "127.0.0.2:9999"
+		shared := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+		if n, err := fill(t, shared.DialContext, "udp", []string{udpDst}, 100); n != 10 {
+			t.Fatalf("filled %d shared UDP sockets (%v), want 10", n, err)
+		}
 		hookErr := errors.New("hook failed")
 		failing := []struct {
-			d   *safedial.Dialer
-			dst string
-			is  error
+			d       *safedial.Dialer
+			network string
+			dst     string
+			is      error
 		}{
-			{full, dst, safedial.ErrEphemeralExhausted},
-			{&safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("192.0.2.1:0")}}, dst, safedial.ErrSourceNotLocal},
-			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1")}, dst, safedial.ErrEphemeralExhausted},
-			{&safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0")}, PortRange: safedial.PortRange{Lo: 2, Hi: 1}}, dst, safedial.ErrInvalidConfig},
-			{&safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0"), ControlContext: func(context.Context, string, string, syscall.RawConn) error { return hookErr }}}, dst, hookErr},
+			{full, "tcp", dst, safedial.ErrEphemeralExhausted},
+			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1", "127.0.0.3")}, "tcp", dst, safedial.ErrEphemeralExhausted},
+			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1", "192.0.2.1")}, "tcp", dst, safedial.ErrSourceNotLocal},
+			{&safedial.Dialer{Sources: mustAddrs("127.255.255.255")}, "tcp", dst, safedial.ErrInvalidConfig},
+			{&safedial.Dialer{PortRange: safedial.PortRange{Lo: 50000, Hi: 50009}}, "tcp", dst, safedial.ErrInvalidConfig},
+			{shared, "udp", udpDst, safedial.ErrEphemeralExhausted},
+			{&safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("192.0.2.1:0")}}, "tcp", dst, safedial.ErrSourceNotLocal},
+			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1")}, "tcp", dst, safedial.ErrEphemeralExhausted},
+			{&safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0")}, PortRange: safedial.PortRange{Lo: 2, Hi: 1}}, "tcp", dst, safedial.ErrInvalidConfig},
+			{&safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0"), ControlContext: func(context.Context, string, string, syscall.RawConn) error { return hookErr }}}, "tcp", dst, hookErr},
+			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1"), Base: net.Dialer{ControlContext: func(context.Context, string, string, syscall.RawConn) error { return hookErr }}}, "tcp", dst, hookErr},
 		}
 		runtime.GC()
 		fds, gs := fdCount(t), runtime.NumGoroutine()
@@ -121,7 +140,7 @@ func TestNoLeaks(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				c, err := f.d.DialContext(context.Background(), "tcp", f.dst)
+				c, err := f.d.DialContext(context.Background(), f.network, f.dst)
 				if err == nil {
 					c.Close()
 					t.Error("dial succeeded")
