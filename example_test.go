@@ -173,7 +173,7 @@ func ExampleDialer_Stats() {
 		c.Close()
 	}
 	fmt.Println(expvar.Get("safedial"))
-	// Output: {"dials":1,"succeeded":1,"exhausted":0,"failovers":0,"refused":0}
+	// Output: {"dials":1,"succeeded":1,"exhausted":0,"failovers":0}
 }
 
 // Log, once, that the system refused an optional option: dials go on

@@ -23,8 +23,10 @@ type Stats struct {
 	// Refused counts calls that went on without an optional socket option
 	// (IP_BIND_ADDRESS_NO_PORT, SO_REUSEADDR) because the system refused it
 	// (see RefusedError). Such dials are unprotected: a non-zero count on
-	// a host that binds source addresses deserves attention.
-	Refused uint64 `json:"refused"`
+	// a host that binds source addresses deserves attention. Left out of
+	// the JSON while zero, so that the JSON of a healthy Dialer is as it
+	// was before the field existed.
+	Refused uint64 `json:"refused,omitempty"`
 	// Sources has one entry per address of the pool the next dial uses
 	// (Sources as of the last dial or SetSources), in order, counted since
 	// that pool was made; nil without Sources.
@@ -44,8 +46,8 @@ type SourceStats struct {
 	Exhausted uint64 `json:"exhausted"`
 	// Skipped counts attempts that passed this source over without a
 	// system call, because it had been found full toward the destination
-	// less than half a second before.
-	Skipped uint64 `json:"skipped"`
+	// less than half a second before. Left out of the JSON while zero.
+	Skipped uint64 `json:"skipped,omitempty"`
 }
 
 // counters sit on cache lines of their own, so that dials updating them
