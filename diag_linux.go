@@ -65,10 +65,7 @@ func (b *bytecode) cond(code byte, a netip.Addr, port int32) {
 	addr := a.AsSlice()
 	op := make([]byte, sizeofBcOp+sizeofCond+len(addr))
 	op[0] = code
-	op[sizeofBcOp] = unix.AF_INET
-	if a.Is6() {
-		op[sizeofBcOp] = unix.AF_INET6
-	}
+	op[sizeofBcOp] = familyOf(a)
 	op[sizeofBcOp+1] = byte(8 * len(addr))
 	binary.NativeEndian.PutUint32(op[sizeofBcOp+4:], uint32(port))
 	copy(op[sizeofBcOp+sizeofCond:], addr)
@@ -259,6 +256,14 @@ func diagCount(ctx context.Context, udp, perDest bool, src netip.Addr, dst netip
 		}
 	})
 	return inUse, timeWait, err
+}
+
+// familyOf returns a's address family, as the kernel's structures take it.
+func familyOf(a netip.Addr) byte {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
 }
 
 func unspecified(a netip.Addr) netip.Addr {

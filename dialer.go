@@ -287,10 +287,7 @@ func (d *Dialer) result(c net.Conn, err error, o options, network string) outcom
 		out.err = err
 		return out
 	}
-	if err := d.PortRange.holds(c); err != nil {
-		c.Close()
-		out.c, out.err = nil, &net.OpError{Op: "dial", Net: network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
-	}
+	d.inRange(&out, network)
 	return out
 }
 

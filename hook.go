@@ -225,27 +225,27 @@ func (r PortRange) check() error {
 		return &unsupportedError{what: "PortRange needs per-socket port ranges (IP_LOCAL_PORT_RANGE), which only Linux 6.3 and later have"}
 	}
 	if ns, ok := namespaceRange(); ok && (r.Hi < ns.Lo || r.Lo > ns.Hi) {
-		return r.outside(ns)
+		return errConfig("PortRange %v does not intersect this network namespace's net.ipv4.ip_local_port_range %v: the kernel would ignore it and pick any port of %v; choose a slice of %v", r, ns, ns, ns)
 	}
 	return nil
 }
 
-func (r PortRange) outside(ns PortRange) error {
-	return errConfig("PortRange %v does not intersect this network namespace's net.ipv4.ip_local_port_range %v: the kernel would ignore it and pick any port of %v; choose a slice of %v", r, ns, ns, ns)
-}
-
-// holds checks that c's local port is in r: the last guard against a
-// kernel that ignored the range.
-func (r PortRange) holds(c net.Conn) error {
-	if r == (PortRange{}) {
-		return nil
+// inRange is the last guard against a kernel that ignored PortRange: a
+// connection out.c whose local port is outside it is closed and becomes
+// out's error.
+func (d *Dialer) inRange(out *outcome, network string) {
+	r, c := d.PortRange, out.c
+	if r == (PortRange{}) || c == nil {
+		return
 	}
 	p := addrPort(c.LocalAddr()).Port()
 	if p >= r.Lo && p <= r.Hi {
-		return nil
+		return
 	}
-	ns, _ := localPortRange()
-	return errConfig("connection from local port %d, outside PortRange %v: the kernel ignored the range (namespace range %v); choose a slice of the namespace range", p, r, ns)
+	c.Close()
+	ns, _ := namespaceRange()
+	out.c, out.err = nil, &net.OpError{Op: "dial", Net: network, Source: c.LocalAddr(), Addr: c.RemoteAddr(),
+		Err: errConfig("connection from local port %d, outside PortRange %v: the kernel ignored the range (namespace range %v); choose a slice of the namespace range", p, r, ns)}
 }
 
 // nsRange caches the namespace's ephemeral range for PortRange.check.

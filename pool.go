@@ -234,10 +234,7 @@ func (d *Dialer) dialHooked(ctx context.Context, network, address string, pd *po
 			s.succeeded.Add(1)
 		}
 	}
-	if err := d.PortRange.holds(c); err != nil {
-		c.Close()
-		out.c, out.err = nil, &net.OpError{Op: "dial", Net: network, Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
-	}
+	d.inRange(&out, network)
 	return out
 }
 
@@ -315,8 +312,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			// The error the kernel gave when it found s full.
 			s.skipped.Add(1)
 			tried = append(tried, s.addr)
-			last = exhausted(attemptError(network, s, dst, e.syscall, e.errno), pd.d.PortRange)
-			last.Shared = pd.share && strings.HasPrefix(network, "udp")
+			last = pd.exhausted(network, s, dst, e.syscall, e.errno)
 			continue
 		}
 		if fd < 0 {
@@ -383,11 +379,10 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 		call, err = bindConnect(fd, s, dst)
 	}
 	if err != nil {
-		op := attemptError(network, s, dst, call, err)
-		if ee := exhausted(op, pd.d.PortRange); ee != nil {
-			ee.Shared = pd.share && strings.HasPrefix(network, "udp")
+		if ee := pd.exhausted(network, s, dst, call, err); ee != nil {
 			return fd, ee
 		}
+		op := attemptError(network, s, dst, call, err)
 		if se := notLocal(op); se != nil {
 			return fd, se
 		}
@@ -433,6 +428,16 @@ func (p *pool) mark(s *source, dst netip.AddrPort, call string, err error) {
 	if p != nil {
 		p.full.mark(s, dst, call, err)
 	}
+}
+
+// exhausted returns the *ExhaustedError for the failed system call of an
+// attempt from s, or nil when it is not exhaustion.
+func (pd *poolDial) exhausted(network string, s *source, dst netip.AddrPort, call string, err error) *ExhaustedError {
+	ee := exhausted(attemptError(network, s, dst, call, err), pd.d.PortRange)
+	if ee != nil {
+		ee.Shared = pd.share && strings.HasPrefix(network, "udp")
+	}
+	return ee
 }
 
 // attemptError is the error of one attempt from s, in net.Dialer's shape,

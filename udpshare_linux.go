@@ -246,10 +246,7 @@ func othersConnected(src netip.Addr, port uint16, dst netip.AddrPort, cookie uin
 	var b bytecode
 	b.cond(bcSCond, src, int32(port))
 	b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
-	family := byte(unix.AF_INET)
-	if src.Is6() {
-		family = unix.AF_INET6
-	}
+	family := familyOf(src)
 	// Connected sockets only, and the ports in the request itself: the
 	// kernel's UDP dump compares those before running the bytecode.
 	req := request(family, unix.IPPROTO_UDP, 1<<tcpEstablished, b.bytes())
@@ -275,10 +272,7 @@ func reusePort(fd, v int) error {
 // udpOwner asks sock_diag which UDP socket would receive a datagram from
 // peer on local, and returns its cookie.
 func udpOwner(nl int, local, peer netip.AddrPort) (cookie uint64, found bool, err error) {
-	family := byte(unix.AF_INET)
-	if local.Addr().Is6() {
-		family = unix.AF_INET6
-	}
+	family := familyOf(local.Addr())
 	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil)
 	m = m[:len(m)-unix.SizeofRtAttr] // no attribute
 	binary.NativeEndian.PutUint32(m[0:], uint32(len(m)))
@@ -334,10 +328,7 @@ func usedToward(src netip.Addr, dst netip.AddrPort, r PortRange) ([]bool, error)
 	// One family: the dump only proposes candidates. A dual-stack IPv6
 	// socket holding a port toward an IPv4 destination is still seen by
 	// the owner check of claim.
-	family := byte(unix.AF_INET)
-	if src.Is6() {
-		family = unix.AF_INET6
-	}
+	family := familyOf(src)
 	err := dump(context.Background(), [][]byte{request(family, unix.IPPROTO_UDP, allStates, b.bytes())}, func(msg []byte) {
 		if p := binary.BigEndian.Uint16(msg[4:6]); p >= r.Lo && p <= r.Hi {
 			used[p-r.Lo] = true
@@ -383,10 +374,7 @@ func routeGet(dst netip.Addr) (src netip.Addr, typ uint8, err error) {
 	binary.NativeEndian.PutUint16(m[4:], unix.RTM_GETROUTE)
 	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST)
 	rt := m[unix.SizeofNlMsghdr:]
-	rt[0] = unix.AF_INET // rtm_family
-	if dst.Is6() {
-		rt[0] = unix.AF_INET6
-	}
+	rt[0] = familyOf(dst)       // rtm_family
 	rt[1] = byte(8 * len(addr)) // rtm_dst_len
 	attr := rt[unix.SizeofRtMsg:]
 	binary.NativeEndian.PutUint16(attr[0:], uint16(attrLen))
