@@ -134,21 +134,28 @@ func tcpRequest(states uint32, bc []byte) []byte {
 	return m
 }
 
-// message lays out a netlink dump request: the header, a request body of
-// size bytes (returned for the caller to fill), and the bytecode attribute.
+// message lays out a netlink request: the header, a request body of size
+// bytes (returned for the caller to fill) and, for a dump (bc not nil), the
+// bytecode attribute. A request without bytecode is a single lookup.
 func message(typ uint16, size int, bc []byte) (m, req []byte) {
-	attrLen := unix.SizeofRtAttr + len(bc)
-	n := unix.SizeofNlMsghdr + size + attrLen
+	n := unix.SizeofNlMsghdr + size
+	flags := uint16(unix.NLM_F_REQUEST)
+	if bc != nil {
+		n += unix.SizeofRtAttr + len(bc)
+		flags |= unix.NLM_F_DUMP
+	}
 	m = make([]byte, n)
 	binary.NativeEndian.PutUint32(m[0:], uint32(n))
 	binary.NativeEndian.PutUint16(m[4:], typ)
-	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	binary.NativeEndian.PutUint16(m[6:], flags)
 	binary.NativeEndian.PutUint32(m[8:], 1) // sequence number
 	req = m[unix.SizeofNlMsghdr:]
-	attr := req[size:]
-	binary.NativeEndian.PutUint16(attr[0:], uint16(attrLen))
-	binary.NativeEndian.PutUint16(attr[2:], inetDiagReqBytecode)
-	copy(attr[unix.SizeofRtAttr:], bc)
+	if bc != nil {
+		attr := req[size:]
+		binary.NativeEndian.PutUint16(attr[0:], uint16(unix.SizeofRtAttr+len(bc)))
+		binary.NativeEndian.PutUint16(attr[2:], inetDiagReqBytecode)
+		copy(attr[unix.SizeofRtAttr:], bc)
+	}
 	return m, req
 }
 

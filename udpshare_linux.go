@@ -21,9 +21,9 @@ const shareSupported = true
 // of the kernel's UDP table.
 const shareCandidates = 3
 
-// shareDumps bounds the dumps one shared dial makes when its candidates keep
-// being taken by concurrent dials.
-const shareDumps = 64
+// shareDumps is how many dumps a shared dial makes among this process's
+// concurrent dials before it goes on alone.
+const shareDumps = 8
 
 // shareConnect binds socket fd (net.Dialer's own, orig, or a fresh one made
 // by fresh once a candidate port has bound it) from src to a port that no
@@ -58,10 +58,12 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 	// Candidates come from three places in turn: a few random ports; the
 	// complement of the ports found in use toward dst by a recent dump
 	// (kept for a second: listing thousands of sockets costs milliseconds);
-	// dumps of our own. Only a dump of our own that leaves no port free
-	// concludes exhaustion: a candidate can also fail because a concurrent
-	// dial holds it for a moment (bound, not yet connected), and such a
-	// port is free again in the next dump.
+	// dumps of our own. A candidate can also fail because a concurrent dial
+	// holds it for a moment (bound, or connected and about to back out of a
+	// duplicate), so the next dump retries it. When a dump leaves no port
+	// free, or after shareDumps dumps, the dial goes on alone among this
+	// process's dials (claiming held for writing: no claim of ours is then
+	// in flight), and only a dump made alone concludes exhaustion.
 	var candidates []uint16
 	// complement sets candidates to the ports used leaves free (less those
 	// tried, if skipTried), from a random start, and returns how many are
@@ -82,6 +84,12 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 		return free
 	}
 	key := usedKey{src: src, dst: dst, r: r}
+	alone := false
+	defer func() {
+		if alone {
+			claiming.Unlock()
+		}
+	}()
 	phase, dumps := 0, 0 // phase 0: random, 1: from the cached dump, 2: from our dumps
 	for {
 		var port uint16
@@ -101,21 +109,31 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 			continue
 		case len(candidates) > 0:
 			port, candidates = candidates[0], candidates[1:]
-		case dumps < shareDumps:
+		default:
 			phase = 2
 			dumps++
+			if !alone && dumps > shareDumps {
+				claiming.Lock()
+				alone = true
+			}
+			if dumps > 4*shareDumps {
+				// Ports keep being taken by other processes: give up
+				// rather than loop for ever.
+				return fd, os.NewSyscallError("connect", unix.EAGAIN)
+			}
 			used, err := usedToward(src, dst, r)
 			if err != nil {
 				return fd, err
 			}
 			usedCache.put(key, used)
-			// Later dumps retry ports that were busy for a moment.
 			if complement(used, dumps == 1) == 0 {
-				return fd, os.NewSyscallError("connect", unix.EAGAIN)
+				if alone {
+					return fd, os.NewSyscallError("connect", unix.EAGAIN)
+				}
+				claiming.Lock() // and dump again, alone
+				alone = true
 			}
 			continue
-		default:
-			return fd, os.NewSyscallError("connect", unix.EAGAIN)
 		}
 		tried[port] = true
 		if fd < 0 {
@@ -123,21 +141,44 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 				return -1, err
 			}
 		}
+		if !alone {
+			claiming.RLock()
+		}
 		ok, bound, err := claim(nl, fd, src, zone, port, dst)
+		if !alone {
+			claiming.RUnlock()
+		}
 		switch {
 		case err != nil:
 			return fd, err
 		case ok:
 			usedCache.use(key, port)
 			return fd, nil
-		case bound: // to a port another socket owns toward dst: start over
-			if fd != orig {
-				unix.Close(fd)
+		case bound && fd == orig:
+			// net.Dialer's socket holds a port another socket owns toward
+			// dst: put a fresh socket in its place at once, which frees
+			// the port (left bound, it would keep others off it for as
+			// long as this dial lasts).
+			n, err := fresh()
+			if err == nil {
+				err = replaceFD(n, orig)
 			}
+			if err != nil {
+				return fd, err
+			}
+		case bound:
+			unix.Close(fd)
 			fd = -1
 		}
 	}
 }
+
+// claiming is held for reading by every claim of this process, and for
+// writing by a dial that goes on alone: one about to conclude exhaustion (a
+// port held by two sockets that both connected and will both back out
+// looks used to a dump, and must not end in a false exhaustion), or one
+// that lost too many rounds to concurrent dials.
+var claiming sync.RWMutex
 
 // usedKey names a dump of the ports in use from src toward dst.
 type usedKey struct {
@@ -273,10 +314,7 @@ func reusePort(fd, v int) error {
 // peer on local, and returns its cookie.
 func udpOwner(nl int, local, peer netip.AddrPort) (cookie uint64, found bool, err error) {
 	family := familyOf(local.Addr())
-	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil)
-	m = m[:len(m)-unix.SizeofRtAttr] // no attribute
-	binary.NativeEndian.PutUint32(m[0:], uint32(len(m)))
-	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST)
+	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil) // no bytecode: one lookup
 	req[0], req[1] = family, unix.IPPROTO_UDP
 	binary.NativeEndian.PutUint32(req[4:], allStates)
 	id := req[8:]
