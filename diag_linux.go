@@ -169,11 +169,8 @@ func dump(ctx context.Context, reqs [][]byte, each func(msg []byte)) error {
 		return &unsupportedError{what: "sock_diag is not available", err: os.NewSyscallError("socket", err)}
 	}
 	defer unix.Close(s)
-	if dl, ok := ctx.Deadline(); ok {
-		tv := unix.NsecToTimeval(max(time.Until(dl), time.Millisecond).Nanoseconds())
-		if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return os.NewSyscallError("setsockopt", err)
-		}
+	if err := deadline(ctx, s); err != nil {
+		return err
 	}
 	bp := diagBufs.Get().(*[]byte)
 	defer diagBufs.Put(bp)
@@ -185,6 +182,15 @@ func dump(ctx context.Context, reqs [][]byte, each func(msg []byte)) error {
 		if err := answers(ctx, s, buf, each); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// deadline makes reads on the netlink socket s end at ctx's deadline.
+func deadline(ctx context.Context, s int) error {
+	if dl, ok := ctx.Deadline(); ok {
+		tv := unix.NsecToTimeval(max(time.Until(dl), time.Millisecond).Nanoseconds())
+		return os.NewSyscallError("setsockopt", unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
 	}
 	return nil
 }

@@ -368,7 +368,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 			}
 			return n, err
 		}
-		fd, err = shareConnect(fd, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange)
+		fd, err = shareConnect(ctx, fd, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange)
 		var se *os.SyscallError
 		if errors.As(err, &se) {
 			call, err = se.Syscall, se.Err

@@ -3,6 +3,7 @@
 package safedial
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 )
@@ -19,7 +20,7 @@ func boundAddr(int) netip.Addr                                 { return netip.Ad
 
 const shareSupported = false
 
-func shareConnect(fd, _ int, _ func() (int, error), _ netip.Addr, _ uint32, _ netip.AddrPort, _ PortRange) (int, error) {
+func shareConnect(_ context.Context, fd, _ int, _ func() (int, error), _ netip.Addr, _ uint32, _ netip.AddrPort, _ PortRange) (int, error) {
 	return fd, errNoShare
 }
 

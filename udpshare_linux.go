@@ -38,12 +38,15 @@ const shareDumps = 8
 // again for the next sockets toward other destinations. It returns the socket that succeeded
 // (fd or a fresh one) or an error: exhaustion as an *os.SyscallError
 // ("connect", EAGAIN) when no port of r is left toward dst.
-func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange) (int, error) {
+func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange) (int, error) {
 	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return fd, &unsupportedError{what: "ShareUDPPorts needs sock_diag (NETLINK_SOCK_DIAG)", err: os.NewSyscallError("socket", err)}
 	}
 	defer unix.Close(nl)
+	if err := deadline(ctx, nl); err != nil {
+		return fd, err
+	}
 	size := r.size()
 	tried := make(map[uint16]bool)
 	next := func() (uint16, bool) { // a random port not tried yet
@@ -121,7 +124,7 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 				// rather than loop for ever.
 				return fd, os.NewSyscallError("connect", unix.EAGAIN)
 			}
-			used, err := usedToward(src, dst, r)
+			used, err := usedToward(ctx, src, dst, r)
 			if err != nil {
 				return fd, err
 			}
@@ -144,7 +147,7 @@ func shareConnect(fd, orig int, fresh func() (int, error), src netip.Addr, zone 
 		if !alone {
 			claiming.RLock()
 		}
-		ok, bound, err := claim(nl, fd, src, zone, port, dst)
+		ok, bound, err := claim(ctx, nl, fd, src, zone, port, dst)
 		if !alone {
 			claiming.RUnlock()
 		}
@@ -234,7 +237,7 @@ func (c *usedDumps) use(k usedKey, port uint16) {
 // claim runs connectx for one candidate port on fd. Not ok means the port is
 // taken toward dst; bound tells whether fd is then bound (and must be
 // dropped) or can try the next candidate.
-func claim(nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrPort) (ok, bound bool, err error) {
+func claim(ctx context.Context, nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrPort) (ok, bound bool, err error) {
 	// A socket that would already receive from dst on this port (connected
 	// to dst, or bound there and perhaps about to be): skip the port
 	// without binding. This also narrows the window in which two dials
@@ -274,7 +277,7 @@ func claim(nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrP
 	// back out if any other is there. Of two sockets that connected to one
 	// 4-tuple, the second to connect always sees the first; at worst both
 	// back out and try other ports, never both stay.
-	if others, err := othersConnected(src, port, dst, cookie); err != nil || others {
+	if others, err := othersConnected(ctx, src, port, dst, cookie); err != nil || others {
 		return false, true, err
 	}
 	return true, true, reusePort(fd, 1)
@@ -283,7 +286,7 @@ func claim(nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrP
 // othersConnected reports whether a UDP socket other than the one with
 // cookie is connected from src:port to dst: one dump, filtered by the kernel
 // to that 4-tuple.
-func othersConnected(src netip.Addr, port uint16, dst netip.AddrPort, cookie uint64) (bool, error) {
+func othersConnected(ctx context.Context, src netip.Addr, port uint16, dst netip.AddrPort, cookie uint64) (bool, error) {
 	var b bytecode
 	b.cond(bcSCond, src, int32(port))
 	b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
@@ -295,7 +298,7 @@ func othersConnected(src netip.Addr, port uint16, dst netip.AddrPort, cookie uin
 	binary.BigEndian.PutUint16(id[0:], port)
 	binary.BigEndian.PutUint16(id[2:], dst.Port())
 	others := false
-	err := dump(context.Background(), [][]byte{req}, func(msg []byte) {
+	err := dump(ctx, [][]byte{req}, func(msg []byte) {
 		if binary.NativeEndian.Uint64(msg[4+40:]) != cookie {
 			others = true
 		}
@@ -356,7 +359,7 @@ func udpOwner(nl int, local, peer netip.AddrPort) (cookie uint64, found bool, er
 
 // usedToward returns, for each port of r, whether a UDP socket on src (or the
 // wildcard) is connected to dst from it: one filtered dump.
-func usedToward(src netip.Addr, dst netip.AddrPort, r PortRange) ([]bool, error) {
+func usedToward(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) ([]bool, error) {
 	var b bytecode
 	b.either(func(b *bytecode) { b.cond(bcSCond, src, -1) }, func(b *bytecode) { b.cond(bcSCond, unspecified(src), -1) })
 	b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
@@ -367,7 +370,7 @@ func usedToward(src netip.Addr, dst netip.AddrPort, r PortRange) ([]bool, error)
 	// socket holding a port toward an IPv4 destination is still seen by
 	// the owner check of claim.
 	family := familyOf(src)
-	err := dump(context.Background(), [][]byte{request(family, unix.IPPROTO_UDP, allStates, b.bytes())}, func(msg []byte) {
+	err := dump(ctx, [][]byte{request(family, unix.IPPROTO_UDP, allStates, b.bytes())}, func(msg []byte) {
 		if p := binary.BigEndian.Uint16(msg[4:6]); p >= r.Lo && p <= r.Hi {
 			used[p-r.Lo] = true
 		}
