@@ -181,7 +181,9 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if len(d.Sources) == 0 && d.PortRange == (PortRange{}) && !d.ShareUDPPorts && d.pool.Load() == nil {
 		// The common case, kept short (it measurably matters): nothing to
 		// check before the dial and, on success with no option refused,
-		// nothing to report. dial is the general path.
+		// nothing to report. dial is the general path; its last lines
+		// repeat these three on purpose: moving them into a shared helper
+		// cost 0.2-0.5 points of BenchmarkDialRatio here.
 		bind := d.Base.LocalAddr != nil
 		nd := d.Base
 		nd.ControlContext = d.control(bind)
