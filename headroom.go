@@ -16,12 +16,20 @@ import (
 // Headroom is how many ephemeral ports a new connection from Source to Dest
 // could still use: the answer to "how close is this pair to exhaustion?".
 type Headroom struct {
-	Source   netip.Addr     `json:"source"`    // as asked
-	Dest     netip.AddrPort `json:"dest"`      // as asked
-	Range    PortRange      `json:"range"`     // the namespace's ephemeral range in force
-	InUse    int            `json:"in_use"`    // sockets from Source to Dest whose local port is in Range, in any state, TIME_WAIT included
-	TimeWait int            `json:"time_wait"` // of InUse, those in TIME_WAIT
-	Free     int            `json:"free"`      // ports of Range that a new connection from Source to Dest could still use (Range size - InUse, never negative)
+	Source netip.Addr     `json:"source"` // as asked
+	Dest   netip.AddrPort `json:"dest"`   // as asked
+	Range  PortRange      `json:"range"`  // the range in force: the Dialer's PortRange, else the namespace's ip_local_port_range
+	// The five counts below are disjoint ports of Range:
+	// InUse + TimeWait + Reserved + Bound + Free == the size of Range.
+	InUse    int `json:"in_use"`    // ports with a socket from Source to Dest not in TIME_WAIT
+	TimeWait int `json:"time_wait"` // ports with a socket from Source to Dest in TIME_WAIT (counted as free instead when TimeWaitReusable)
+	Reserved int `json:"reserved"`  // ports of net.ipv4.ip_local_reserved_ports, which the kernel never hands out
+	Bound    int `json:"bound"`     // ports a bind conflict holds for every destination (explicit binds, bind-before-connect sockets)
+	Free     int `json:"free"`      // ports a new connection from Source to Dest can still use
+	// TimeWaitReusable reports that the kernel reuses TIME_WAIT 4-tuples
+	// of this pair for new outgoing connections (net.ipv4.tcp_tw_reuse),
+	// so that TIME_WAIT ports are counted in Free.
+	TimeWaitReusable bool `json:"time_wait_reusable,omitempty"`
 }
 
 // Used returns the share of Range in use, from 0 to 1.

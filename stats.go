@@ -48,6 +48,9 @@ type SourceStats struct {
 	// system call, because it had been found full toward the destination
 	// less than half a second before. Left out of the JSON while zero.
 	Skipped uint64 `json:"skipped,omitempty"`
+	// NotLocal counts attempts that found this source no longer an
+	// address of this host. Left out of the JSON while zero.
+	NotLocal uint64 `json:"not_local,omitempty"`
 }
 
 // counters sit on cache lines of their own, so that dials updating them
