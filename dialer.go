@@ -194,7 +194,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		}
 		return d.finish(d.result(c, err, d.options(bind), network))
 	}
-	return d.finish(d.dial(ctx, network, address))
+	return d.finish(d.dial(ctx, network, address, d.Base.LocalAddr))
 }
 
 // DialTCP connects to raddr from laddr on a TCP network, like
@@ -256,21 +256,24 @@ func (d *Dialer) report(o outcome) (net.Conn, error) {
 	return o.c, o.err
 }
 
-func (d *Dialer) dial(ctx context.Context, network, address string) outcome {
+// dial is the general path: la is the local address the call asks for
+// (Base.LocalAddr, or none for DialTCP with a zero laddr).
+func (d *Dialer) dial(ctx context.Context, network, address string, la net.Addr) outcome {
 	if err := d.PortRange.check(); err != nil {
 		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
 	}
 	if len(d.Sources) > 0 {
-		return d.dialPool(ctx, network, address)
+		return d.dialPool(ctx, network, address, la)
 	}
-	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(d.Base.LocalAddr) {
-		return d.dialShared(ctx, network, address)
+	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(la) {
+		return d.dialShared(ctx, network, address, la)
 	}
 	if d.pool.Load() != nil {
 		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
 	}
-	bind := d.Base.LocalAddr != nil
+	bind := la != nil
 	nd := d.Base
+	nd.LocalAddr = la
 	nd.ControlContext = d.control(bind)
 	c, err := nd.DialContext(ctx, network, address)
 	return d.result(c, err, d.options(bind), network)
@@ -301,8 +304,9 @@ func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip
 	case !raddr.IsValid() && (network == "tcp" || network == "tcp4" || network == "tcp6"):
 		return fail(&net.AddrError{Err: "missing address"})
 	case !laddr.IsValid() && !familyMismatch(network, raddr.Addr()):
-		// No local address: connect without binding, or from the pool.
-		return d.dial(ctx, network, raddr.String())
+		// No local address: connect without binding (whatever
+		// Base.LocalAddr holds, as net.Dialer.DialTCP), or from the pool.
+		return d.dial(ctx, network, raddr.String(), nil)
 	case laddr.IsValid() && len(d.Sources) > 0:
 		return fail(errConfig("Sources and a local address are both set: use one of them"))
 	}

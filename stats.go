@@ -64,7 +64,7 @@ type counters struct {
 }
 
 type sourceCounters struct {
-	dials, succeeded, exhausted, skipped atomic.Uint64
+	dials, succeeded, exhausted, skipped, notLocal atomic.Uint64
 }
 
 // Stats returns a snapshot of d's counters. It is safe to call while dials
@@ -85,7 +85,8 @@ func (d *Dialer) Stats() Stats {
 		s.Sources = make([]SourceStats, len(p.srcs))
 		for i := range p.srcs {
 			src := &p.srcs[i]
-			s.Sources[i] = SourceStats{Addr: src.addr, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load(), Skipped: src.skipped.Load()}
+			s.Sources[i] = SourceStats{Addr: src.conf, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load(),
+				Skipped: src.skipped.Load(), NotLocal: src.notLocal.Load()}
 			s.Sources[i].Dials = src.dials.Load()
 		}
 	}
