@@ -63,10 +63,27 @@ type Dialer struct {
 	// taking them in turn. When a source has no port left toward the
 	// destination, the attempt fails over to the next source of that
 	// family; only when all are exhausted does the attempt fail with an
-	// error matching ErrEphemeralExhausted, naming every source tried. A
-	// source found full toward a destination is remembered as full for
-	// half a second, so later dials skip it without a system call; when
-	// every source is known full, a dial fails at once.
+	// error matching ErrEphemeralExhausted, naming every source tried.
+	// Before each failover step the context is checked: a dial whose
+	// context ended returns net.Dialer's error for it, from the source
+	// last used. Errors name the source used, as those of
+	// net.Dialer{LocalAddr: that source} do.
+	//
+	// A source found full toward a destination (per protocol: TCP and UDP
+	// ports are separate) is remembered, in a bounded table, until a
+	// connection through it gets a port. The memory only orders sources,
+	// it never refuses one: an attempt tries the sources not known full
+	// first, in turn, then those known full, found full longest ago
+	// first. When every source is known full, the attempt asks the kernel
+	// about that one source only, so a failing dial costs one scan of the
+	// range, as net.Dialer's does, and a port freed on any source is found
+	// within one pass over the sources.
+	//
+	// When every source is of one family, a host name is resolved and
+	// dialed for that family only (tcp4 or tcp6, visible as such in
+	// httptrace's ConnectStart), as net.Dialer does with a LocalAddr;
+	// errors keep the network as written. An IP literal of the other
+	// family is a configuration error naming the missing family.
 	//
 	// Every source must be a unicast address of this host. An unspecified,
 	// multicast or broadcast address (the limited broadcast, or one of this
@@ -76,12 +93,16 @@ type Dialer struct {
 	// unknown one, is a configuration error (ErrInvalidConfig) before any
 	// socket is made; should the kernel still choose another source for a
 	// connection, the dial fails with ErrInvalidConfig, saying so (checked
-	// once per source); an address that is not on this host
-	// fails the dial that reaches it with ErrSourceNotLocal, naming it, and
-	// failover does not continue past it, so a misconfiguration shows
-	// instead of silently shrinking the pool.
+	// once per source). SetSources also checks that every source is an
+	// address of this host. An address that is not (or no longer, as when
+	// a secondary address is removed) is treated like a full source: the
+	// attempt fails over to the others, later attempts try it last, and
+	// Stats counts it as NotLocal; a dial fails with ErrSourceNotLocal,
+	// naming it, only when no source was exhausted (every source tried
+	// was not local).
 	//
-	// Sources and Base.LocalAddr are mutually exclusive. Sources apply to
+	// Sources and Base.LocalAddr are mutually exclusive (a typed nil
+	// Base.LocalAddr is no address, as for net.Dialer). Sources apply to
 	// the tcp and udp networks; with Sources, the unix and ip networks are
 	// a configuration error instead of an unpinned dial. To change Sources
 	// while Stats may be read concurrently, use SetSources.
@@ -198,11 +219,11 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 }
 
 // DialTCP connects to raddr from laddr on a TCP network, like
-// [net.Dialer.DialTCP]. A zero laddr means no local address: unlike
-// net.Dialer.DialTCP, which then binds the wildcard address, the socket is not
-// bound before connect, so the kernel picks the source port knowing the
-// destination (or binds a source of the pool). With Sources, laddr must be
-// zero. A zero raddr is an error ("missing address"), where net.Dialer.DialTCP
+// [net.Dialer.DialTCP]: only laddr is used, never Base.LocalAddr. A zero
+// laddr means no local address: unlike net.Dialer.DialTCP, which then binds
+// the wildcard address, the socket is not bound before connect, so the
+// kernel picks the source port knowing the destination (or binds a source of
+// the pool). With Sources, laddr must be zero. A zero raddr is an error ("missing address"), where net.Dialer.DialTCP
 // would dial the wildcard address.
 func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
 	c, err := d.finish(d.dialTCP(ctx, network, laddr, raddr))

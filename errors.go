@@ -18,13 +18,18 @@ var ErrEphemeralExhausted = errors.New("ephemeral ports exhausted")
 
 // ErrSourceNotLocal matches, with [errors.Is], the error a [Dialer] returns
 // when a source address (Base.LocalAddr or one of Sources) is not an address
-// of this host or network namespace: bind(2) answered EADDRNOTAVAIL. It is a
-// configuration error, never exhaustion.
+// of this host or network namespace: bind(2) answered EADDRNOTAVAIL.
+// SetSources returns it for such a source; a dial with Sources fails over
+// past such a source and returns it only when no source was exhausted. It is
+// a configuration error, never exhaustion.
 var ErrSourceNotLocal = errors.New("source address is not an address of this host")
 
 // ErrInvalidConfig matches, with [errors.Is], the errors a [Dialer] returns
 // for a configuration that cannot work (for example Sources together with
-// Base.LocalAddr, or an inverted PortRange). No socket is made.
+// Base.LocalAddr, or an inverted PortRange). Most are found before any socket
+// is made; a few only once the kernel has answered: a source whose bind does
+// not pin the connection (the kernel chose another source address), and a
+// connection from a port outside PortRange (closed before it is returned).
 var ErrInvalidConfig = errors.New("invalid safedial configuration")
 
 // Winsock error codes. On Windows, syscall.EADDRINUSE and friends are values
@@ -62,13 +67,17 @@ type ExhaustedError struct {
 	// PerSocket reports that Range is the dialer's PortRange rather than the
 	// namespace's net.ipv4.ip_local_port_range.
 	PerSocket bool
-	// Tried lists the sources of a [Dialer.Sources] pool that were tried,
-	// all exhausted, in the order tried. Nil outside pools.
+	// Tried lists the sources of a [Dialer.Sources] pool found full in this
+	// dial, in the order tried: by the kernel, or, when every source was
+	// known full, the one the kernel was asked about (Source) followed by
+	// those it was not asked about. Sources found not local are left out.
+	// Nil outside pools.
 	Tried []netip.Addr
 	// Err is the underlying error, an [*os.SyscallError].
 	Err error
 	// Refused, when not nil, is the system's refusal of
-	// IP_BIND_ADDRESS_NO_PORT, which explains a bind-time exhaustion: the
+	// IP_BIND_ADDRESS_NO_PORT (SO_REUSE_UNICASTPORT on Windows), which
+	// explains a bind-time exhaustion: the
 	// dial went on without it, and a bound source is then capped at one
 	// connection per port.
 	Refused *RefusedError
@@ -295,14 +304,16 @@ func addrPort(a net.Addr) netip.AddrPort {
 }
 
 // RefusedError reports that the system refused an optional socket option
-// (IP_BIND_ADDRESS_NO_PORT or SO_REUSEADDR): kernels before 4.2, sandboxes
-// and seccomp profiles do. Those options only improve things, so a dial does
+// (IP_BIND_ADDRESS_NO_PORT or SO_REUSEADDR on Linux, SO_REUSEADDR on the
+// BSDs and macOS, SO_REUSE_UNICASTPORT on Windows): kernels before 4.2,
+// Windows before 10 and Server 2016, sandboxes and seccomp profiles do. Those options only improve things, so a dial does
 // not fail for them: it goes on as net.Dialer's would. A Dialer reports the
 // first refusal of each option to its OnRefused hook, counts the dials made
 // without an option in [Stats].Refused, and names the refusal in an
 // exhaustion it explains.
 type RefusedError struct {
-	// Option is the option's name, such as "IP_BIND_ADDRESS_NO_PORT".
+	// Option is the option's name, such as "IP_BIND_ADDRESS_NO_PORT" or
+	// "SO_REUSE_UNICASTPORT".
 	Option string
 	// Consequence says what dials lose without the option.
 	Consequence string
