@@ -76,10 +76,15 @@ func (p *pool) dialNetwork(network, address string) string {
 	if _, err := netip.ParseAddr(host); err == nil {
 		return network // an IP literal: its family decides
 	}
-	if len(p.v4) > 0 {
-		return network + "4"
+	switch {
+	case network == "tcp" && len(p.v4) > 0:
+		return "tcp4"
+	case network == "tcp":
+		return "tcp6"
+	case len(p.v4) > 0:
+		return "udp4"
 	}
-	return network + "6"
+	return "udp6"
 }
 
 func (d *Dialer) newPoolDial(p *pool) *poolDial {
