@@ -17,6 +17,9 @@
 //	-mode probe     the cost of a headroom probe (ProbeHeadroom) against
 //	                parsing /proc/net/tcp and running ss, at 1,000, 20,000
 //	                and 45,000 sockets
+//	-mode poolchurn connections churning at capacity (workers dial, hold,
+//	                close, dial again): pools against net.Dialers of the
+//	                same capacity
 //
 // It needs root, or unprivileged user namespaces, on Linux.
 package main
@@ -55,6 +58,14 @@ type config struct {
 	PoolPorts   int    `json:"pool_ports"`
 	Pairs       int    `json:"pairs"`
 	Sockets     int    `json:"sockets,omitempty"` // probe mode, per namespace
+
+	// poolchurn mode (churn.go)
+	ChurnPorts int           `json:"churn_ports,omitempty"`
+	Workers    int           `json:"workers,omitempty"`
+	Hold       time.Duration `json:"hold,omitempty"`
+	Duration   time.Duration `json:"duration,omitempty"`
+	Retry      time.Duration `json:"retry,omitempty"`
+	Rounds     int           `json:"rounds,omitempty"`
 }
 
 // result is one row of capacity or churn output.
@@ -94,7 +105,7 @@ func main() {
 	}
 
 	var c config
-	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency, pool, udp or probe")
+	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency, pool, udp, probe or poolchurn")
 	flag.IntVar(&c.Ports, "ports", 100, "size of the namespace's ephemeral port range (from 40000)")
 	flag.IntVar(&c.Hosts, "hosts", 3, "destination addresses (127.0.0.1 up)")
 	flag.IntVar(&c.DestPorts, "dports", 2, "listening ports per destination address")
@@ -104,6 +115,7 @@ func main() {
 	flag.IntVar(&c.PoolPorts, "pool-ports", 4000, "range size for the pool mode")
 	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
 	flag.IntVar(&c.Sockets, "sockets", 0, "probe mode: measure at this many sockets only (default 1000, 20000 and 45000)")
+	churnFlags(&c)
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
 	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")
 	flag.Parse()
@@ -200,8 +212,17 @@ func run(c config, asJSON bool, svg string, w io.Writer) error {
 			return json.NewEncoder(w).Encode(rows)
 		}
 		printProbe(w, rows)
+	case "poolchurn":
+		rows, err := runPoolChurn(c)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return json.NewEncoder(w).Encode(rows)
+		}
+		printPoolChurn(w, c, rows)
 	default:
-		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency, pool, udp or probe", c.Mode)
+		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency, pool, udp, probe or poolchurn", c.Mode)
 	}
 	return nil
 }
@@ -326,6 +347,12 @@ func runChild() error {
 			return err
 		}
 		return json.NewEncoder(os.Stdout).Encode(f)
+	case "poolchurn":
+		r, err := poolChurn(c, strings.TrimPrefix(sc.Name, "poolchurn:"))
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(r)
 	case "probe":
 		r, err := probeCost(c)
 		if err != nil {
