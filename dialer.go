@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
-	"syscall"
 )
 
 // Dialer dials like [net.Dialer], with the socket options that keep a bound
@@ -218,21 +217,6 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	return d.finish(d.dial(ctx, network, address, d.Base.LocalAddr))
 }
 
-// DialTCP connects to raddr from laddr on a TCP network, like
-// [net.Dialer.DialTCP]: only laddr is used, never Base.LocalAddr. A zero
-// laddr means no local address: unlike net.Dialer.DialTCP, which then binds
-// the wildcard address, the socket is not bound before connect, so the
-// kernel picks the source port knowing the destination (or binds a source of
-// the pool). With Sources, laddr must be zero. A zero raddr is an error ("missing address"), where net.Dialer.DialTCP
-// would dial the wildcard address.
-func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
-	c, err := d.finish(d.dialTCP(ctx, network, laddr, raddr))
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.TCPConn), nil
-}
-
 // outcome is what one dial leaves for finish: the connection or error, and
 // the events to report on the dialing goroutine.
 type outcome struct {
@@ -317,34 +301,6 @@ func (d *Dialer) result(c net.Conn, err error, o options, network string) outcom
 	return out
 }
 
-func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) outcome {
-	fail := func(err error) outcome {
-		return outcome{err: &net.OpError{Op: "dial", Net: network, Source: opAddr(network, laddr), Addr: opAddr(network, raddr), Err: err}}
-	}
-	switch {
-	case !raddr.IsValid() && (network == "tcp" || network == "tcp4" || network == "tcp6"):
-		return fail(&net.AddrError{Err: "missing address"})
-	case !laddr.IsValid() && !familyMismatch(network, raddr.Addr()):
-		// No local address: connect without binding (whatever
-		// Base.LocalAddr holds, as net.Dialer.DialTCP), or from the pool.
-		return d.dial(ctx, network, raddr.String(), nil)
-	case laddr.IsValid() && len(d.Sources) > 0:
-		return fail(errConfig("Sources and a local address are both set: use one of them"))
-	}
-	// A local address, or an input net.Dialer.DialTCP rejects with its own
-	// error (an unknown network, an address of the other family): let it.
-	if err := d.PortRange.check(); err != nil {
-		return fail(err)
-	}
-	nd := d.Base
-	nd.ControlContext = d.control(true)
-	c, err := nd.DialTCP(ctx, network, laddr, raddr)
-	if err != nil {
-		return d.result(nil, err, d.options(true), network)
-	}
-	return d.result(c, nil, d.options(true), network)
-}
-
 // sharesLocal reports whether a UDP dial from la can share ports: not when
 // la names an explicit port, nor when it is not a *net.UDPAddr (net.Dialer
 // then reports the mismatch).
@@ -354,20 +310,6 @@ func sharesLocal(la net.Addr) bool {
 	}
 	u, ok := la.(*net.UDPAddr)
 	return ok && u.Port == 0
-}
-
-// familyMismatch reports a destination of the other family than a tcp4 or
-// tcp6 network names.
-func familyMismatch(network string, a netip.Addr) bool {
-	switch network {
-	case "tcp4":
-		return a.Is6() && !a.Is4In6()
-	case "tcp6":
-		return a.Is4()
-	case "tcp":
-		return false
-	}
-	return true // not a TCP network: net.Dialer.DialTCP says so
 }
 
 // count records the outcome of one call: one atomic add on success.
@@ -382,34 +324,6 @@ func (d *Dialer) count(err error) {
 			d.counters.exhausted.Add(1)
 		}
 	}
-}
-
-// ControlContext sets d's socket options (SO_REUSEADDR,
-// IP_BIND_ADDRESS_NO_PORT and PortRange, as the platform and d's fields
-// allow) on the socket c, for code that must keep its own net.Dialer:
-//
-//	nd := &net.Dialer{LocalAddr: src, ControlContext: sd.ControlContext}
-//
-// It cannot know whether the dial will bind, so it sets the options always.
-// The optional ones are best-effort, as in a Dialer's own dials: a refusal is
-// counted in [Stats.Refused] and reported to OnRefused, and the socket is
-// used without them. PortRange is strict. It does not run d.Base's hooks; to
-// combine it with a hook of your own, call it first from that hook. It leaves
-// sockets of networks other than tcp and udp untouched. Errors from it are
-// not classified: use [Classify] on the dial's error.
-func (d *Dialer) ControlContext(ctx context.Context, network, address string, c syscall.RawConn) error {
-	if err := d.PortRange.check(); err != nil {
-		return err
-	}
-	o := d.options(true)
-	if err := o.apply(network, c); err != nil {
-		return err
-	}
-	if r := o.refusedNow(network); r != 0 {
-		d.counters.refused.Add(1)
-		d.reportRefused(r)
-	}
-	return nil
 }
 
 func opAddr(network string, ap netip.AddrPort) net.Addr {
