@@ -132,9 +132,9 @@ func (d *Dialer) sourcePool() *pool {
 // SetSources checks srcs and makes them the pool of d, as assigning
 // d.Sources does, but at once: Stats describes the new pool from now on, and
 // a configuration error is returned here rather than from the next dial.
-// Every source is checked to be an address of this host (a bind of a
-// throwaway socket, which takes no port): one that is not gives an error
-// matching ErrSourceNotLocal, naming it. The same address may appear more
+// On Linux every source is also checked to be an address of this host (a
+// bind of a throwaway socket, which takes no port): one that is not gives an
+// error matching ErrSourceNotLocal, naming it. The same address may appear more
 // than once (Stats then counts each entry's own attempts). Like any change
 // of d's fields, it must not run during a dial.
 func (d *Dialer) SetSources(srcs []netip.Addr) error {
