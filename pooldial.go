@@ -174,8 +174,12 @@ func (pd *poolDial) finalError(err error, network string, refused uint32) error 
 
 // sourceFor returns the source of the last attempt toward dst; when there was
 // none (the dial ended before it), the source of dst's family, if the pool
-// has exactly one.
+// has exactly one. A dial from the routed source (no pool) names none, as
+// net.Dialer without a LocalAddr.
 func (pd *poolDial) sourceFor(dst netip.AddrPort) *source {
+	if pd.p == nil {
+		return nil
+	}
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	pd.mu.Lock()
 	defer pd.mu.Unlock()
@@ -183,9 +187,6 @@ func (pd *poolDial) sourceFor(dst netip.AddrPort) *source {
 		if pd.recs[i].dst == dst {
 			return pd.recs[i].src
 		}
-	}
-	if pd.p == nil {
-		return nil
 	}
 	srcs := pd.p.v4
 	if dst.Addr().Is6() {
