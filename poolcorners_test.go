@@ -8,6 +8,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -468,6 +470,59 @@ func TestPoolSourceGone(t *testing.T) {
 		b, err := json.Marshal(st.Sources[1])
 		if err != nil || !strings.Contains(string(b), `"not_local":1`) {
 			t.Errorf("JSON %s (%v), want not_local", b, err)
+		}
+	})
+}
+
+// TestPoolSourceRemoved: an address removed from the host while it is a
+// source (ip addr del) fails over to the others; SetSources, before, took
+// it, and refuses it after.
+func TestPoolSourceRemoved(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("iproute2's ip is needed to add and remove an address (CI=true, so this fails instead of skipping): %v", err)
+			}
+			t.Skipf("iproute2's ip is needed to add and remove an address: %v", err)
+		}
+		ipCmd := func(args ...string) {
+			t.Helper()
+			if out, err := exec.Command(ip, args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		ipCmd("addr", "add", "10.9.9.9/32", "dev", "lo")
+		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		extra, lo := netip.MustParseAddr("10.9.9.9"), netip.MustParseAddr("127.0.0.1")
+		d := &safedial.Dialer{}
+		if err := d.SetSources([]netip.Addr{extra, lo}); err != nil {
+			t.Fatalf("SetSources with 10.9.9.9 on lo: %v", err)
+		}
+		dial := func() netip.Addr {
+			t.Helper()
+			c, err := d.Dial("tcp", dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			return localAddr(c).Addr()
+		}
+		if a, b := dial(), dial(); a != extra || b != lo {
+			t.Fatalf("sources %v, %v; want %v, %v in turn", a, b, extra, lo)
+		}
+		ipCmd("addr", "del", "10.9.9.9/32", "dev", "lo")
+		for i := range 4 {
+			if got := dial(); got != lo {
+				t.Errorf("dial %d after the removal: from %v, want %v", i, got, lo)
+			}
+		}
+		st := d.Stats().Sources
+		if st[0].NotLocal != 1 || st[0].Succeeded != 1 || st[1].Succeeded != 5 {
+			t.Errorf("Stats().Sources = %+v; want the removed source not local once (then tried last), the other 5 successes", st)
+		}
+		if err := d.SetSources([]netip.Addr{extra, lo}); !errors.Is(err, safedial.ErrSourceNotLocal) {
+			t.Errorf("SetSources after the removal: %v, want ErrSourceNotLocal", err)
 		}
 	})
 }
