@@ -165,9 +165,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		switch e := err.(type) {
 		case nil:
 			pd.record(s, dst, true)
-			if marks[i] != 0 {
-				mem.clear(key)
-			}
+			mem.clear(key) // also a mark made since the plan; one atomic load when empty
 			return nil
 		case *ExhaustedError:
 			pd.record(s, dst, false)
