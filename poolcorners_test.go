@@ -100,7 +100,11 @@ func TestPoolContextBetweenSteps(t *testing.T) {
 					}
 					return nil
 				}}}
+				fds := fdCount(t)
 				_, err := d.DialContext(ctx, "tcp", dst)
+				if got := fdCount(t); got != fds {
+					t.Errorf("open fds: %d before the dial, %d after", fds, got)
+				}
 				if calls != 2 {
 					t.Errorf("the hook ran %d times, want 2 (no step after the context ended)", calls)
 				}
