@@ -2,8 +2,7 @@ package safedial
 
 // StopClock freezes safedial's monotonic clock (the refusal memory and the
 // namespace range cache read it), so that tests count exactly; advance moves
-// it on. The
-// returned func restores the real clock.
+// it on. The returned func restores the real clock.
 func StopClock() (advance func(ns int64), restore func()) {
 	real := nanotime
 	now := real()
