@@ -106,6 +106,7 @@ func main() {
 
 	var c config
 	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency, pool, udp, probe or poolchurn")
+	churnFlags(&c) // the poolchurn mode's (churn.go)
 	flag.IntVar(&c.Ports, "ports", 100, "size of the namespace's ephemeral port range (from 40000)")
 	flag.IntVar(&c.Hosts, "hosts", 3, "destination addresses (127.0.0.1 up)")
 	flag.IntVar(&c.DestPorts, "dports", 2, "listening ports per destination address")
@@ -115,7 +116,6 @@ func main() {
 	flag.IntVar(&c.PoolPorts, "pool-ports", 4000, "range size for the pool mode")
 	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
 	flag.IntVar(&c.Sockets, "sockets", 0, "probe mode: measure at this many sockets only (default 1000, 20000 and 45000)")
-	churnFlags(&c)
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
 	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")
 	flag.Parse()
