@@ -76,7 +76,9 @@ type Dialer struct {
 	// first. When every source is known full, the attempt asks the kernel
 	// about that one source only, so a failing dial costs one scan of the
 	// range, as net.Dialer's does, and a port freed on any source is found
-	// within one pass over the sources.
+	// within one pass over the sources. (On Windows and the BSDs, where
+	// the hook cannot bind, the source is chosen before each dial and a
+	// full one is followed by a new dial from the next, without memory.)
 	//
 	// When every source is of one family, a host name is resolved and
 	// dialed for that family only (tcp4 or tcp6, visible as such in
@@ -92,8 +94,8 @@ type Dialer struct {
 	// unknown one, is a configuration error (ErrInvalidConfig) before any
 	// socket is made; should the kernel still choose another source for a
 	// connection, the dial fails with ErrInvalidConfig, saying so (checked
-	// once per source). SetSources also checks that every source is an
-	// address of this host. An address that is not (or no longer, as when
+	// once per source). SetSources also checks, on Linux, that every
+	// source is an address of this host. An address that is not (or no longer, as when
 	// a secondary address is removed) is treated like a full source: the
 	// attempt fails over to the others, later attempts try it last, and
 	// Stats counts it as NotLocal; a dial fails with ErrSourceNotLocal,
