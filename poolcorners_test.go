@@ -155,6 +155,8 @@ func TestPoolOneFamily(t *testing.T) {
 			{name: "connects", network: "tcp", address: "refused.test:8080", base: none},
 			{name: "unresponsive", network: "tcp", address: "silent.test:8080", base: func(nd *net.Dialer) { nd.Timeout = 300 * time.Millisecond }},
 			{name: "udp", network: "udp", address: "refused.test:53", base: none},
+			{name: "name of the other family only", network: "tcp", address: "v6.test:8080", base: none},
+			{name: "no such name", network: "tcp", address: "nx.test:8080", base: none},
 		} {
 			t.Run(sc.name, func(t *testing.T) {
 				ref := net.Dialer{Resolver: res, LocalAddr: tcpAddr("127.0.0.1:0")}

@@ -87,6 +87,42 @@ func (p *pool) dialNetwork(network, address string) string {
 	return "udp6"
 }
 
+// otherFamilyOnly turns the "no such host" of a name dialed for the pool's
+// family into net.Dialer's error for a name with addresses of the other
+// family only, when the name has such addresses: "address SRC:0: no suitable
+// address found", as net.Dialer{LocalAddr: the pool's first source} says.
+// It asks the resolver once more, on this failing path only.
+func (p *pool) otherFamilyOnly(ctx context.Context, nd *net.Dialer, network, address string, err error) error {
+	var dnsErr *net.DNSError
+	if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+		return err
+	}
+	host, _, _ := net.SplitHostPort(address)
+	if nd.Timeout > 0 { // the dial's bounds hold for this lookup too
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, nd.Timeout)
+		defer cancel()
+	}
+	if !nd.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, nd.Deadline)
+		defer cancel()
+	}
+	r := nd.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	if addrs, lerr := r.LookupNetIP(ctx, "ip", host); lerr != nil || len(addrs) == 0 {
+		return err
+	}
+	srcs := p.v4
+	if len(srcs) == 0 {
+		srcs = p.v6
+	}
+	hint := opAddr(network, netip.AddrPortFrom(srcs[0].addr, 0))
+	return &net.OpError{Op: "dial", Net: network, Err: &net.AddrError{Err: "no suitable address found", Addr: hint.String()}}
+}
+
 func (d *Dialer) newPoolDial(p *pool) *poolDial {
 	pd := &poolDial{d: d, p: p, o: d.options(true), user: d.userHook(), share: d.ShareUDPPorts}
 	pd.recs = pd.recBuf[:0]
@@ -128,12 +164,16 @@ func (d *Dialer) dialHooked(ctx context.Context, network, address string, pd *po
 	nd := d.Base
 	nd.LocalAddr = nil // the hook binds
 	nd.ControlContext = pd.control
-	c, err := nd.DialContext(ctx, pd.p.dialNetwork(network, address), address)
+	netw := pd.p.dialNetwork(network, address)
+	c, err := nd.DialContext(ctx, netw, address)
 	pd.mu.Lock()
 	pd.done = true
 	out := outcome{c: c, events: pd.events, refused: pd.o.refusedNow(network)}
 	pd.mu.Unlock()
 	if err != nil {
+		if netw != network {
+			err = pd.p.otherFamilyOnly(ctx, &nd, network, address, err)
+		}
 		out.err = pd.finalError(err, network, out.refused)
 		return out
 	}
