@@ -1,0 +1,60 @@
+package readmecheck
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+const md = "# T\n\nText `errors.Is(err, safedial.ErrInvalidConfig)` and `d.Stats()`.\n\n```go\nc, err := d.Dial(\"tcp\", \"h:1\")\n```\n\n```\nnot go\n```\n\n````go\nvar x = pgxpool.Config{}\n````\n"
+
+func TestExtract(t *testing.T) {
+	want := []Fragment{
+		{File: "R.md", Line: 3, Code: "errors.Is(err, safedial.ErrInvalidConfig)", Expr: true},
+		{File: "R.md", Line: 6, Code: "c, err := d.Dial(\"tcp\", \"h:1\")\n"},
+		{File: "R.md", Line: 14, Code: "var x = pgxpool.Config{}\n"},
+	}
+	if diff := cmp.Diff(want, Extract("R.md", []byte(md))); diff != "" {
+		t.Errorf("fragments (-want +got):\n%s", diff)
+	}
+}
+
+func TestUses(t *testing.T) {
+	for _, tc := range []struct {
+		code           string
+		known, unknown []string
+		client         bool
+	}{
+		{"c, err := d.Dial(\"tcp\", \"h:1\")\nc.Close()\n", nil, nil, false},
+		{"var x = pgxpool.Config{}\nx.MaxConns = 1\n", []string{"pgxpool"}, nil, true},
+		{"f := func(e *safedial.ExhaustedError) { log.Print(e.Op, foo.Bar) }\n_ = f\n", []string{"log", "safedial"}, []string{"foo"}, false},
+	} {
+		f := Fragment{File: "R.md", Line: 1, Code: tc.code}
+		known, unknown, err := f.Uses()
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, _ := f.NeedsClient()
+		if !cmp.Equal(tc.known, known) || !cmp.Equal(tc.unknown, unknown) || client != tc.client {
+			t.Errorf("%q: uses %v, unknown %v, client %v; want %v, %v, %v", tc.code, known, unknown, client, tc.known, tc.unknown, tc.client)
+		}
+	}
+}
+
+// TestSource: each fragment is a function with a //line directive back to the
+// Markdown file, its top-level variables used, and exactly the imports named.
+func TestSource(t *testing.T) {
+	src, err := Source(Extract("R.md", []byte(md))[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"\"errors\"\n", "\"github.com/safedial/safedial\"\n", "R.md:3\n", "R.md:6\n", "_ = c\n", "_ = err\n"} {
+		if !strings.Contains(string(src), want) {
+			t.Errorf("source lacks %q:\n%s", want, src)
+		}
+	}
+	if strings.Contains(string(src), "pgx") {
+		t.Errorf("source imports what it does not use:\n%s", src)
+	}
+}
