@@ -37,6 +37,7 @@ import (
 
 func main() {
 	runs := flag.Int("runs", 5, "runs of each figure's command")
+	flag.StringVar(&chart, "latency-svg", "", "the last latency run also draws its chart to `FILE` (-svg=FILE)")
 	flag.StringVar(&from, "from", "", "read each run's output of a mode from `DIR`/MODE.N.json (N from 1) instead of running the command")
 	flag.Parse()
 	names := flag.Args()
@@ -117,8 +118,8 @@ var figures = map[string]figure{
 	},
 }
 
-// from is -from: a directory of saved outputs.
-var from string
+// from is -from: a directory of saved outputs; chart is -latency-svg.
+var from, chart string
 
 // mode is the figure of examples/exhaustion -mode name, whose JSON output
 // values reads.
@@ -132,7 +133,11 @@ func mode(name string, values func(out []byte, s *series) error) figure {
 				if from != "" {
 					out, err = os.ReadFile(filepath.Join(from, fmt.Sprintf("%s.%d.json", name, i+1)))
 				} else {
-					cmd := exec.Command(exe, "-mode", name, "-json")
+					args := []string{"-mode", name, "-json"}
+					if name == "latency" && chart != "" && i == runs-1 {
+						args = append(args, "-svg="+chart)
+					}
+					cmd := exec.Command(exe, args...)
 					cmd.Stderr = os.Stderr
 					out, err = cmd.Output()
 				}
