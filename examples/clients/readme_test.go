@@ -24,11 +24,11 @@ func TestREADMESnippets(t *testing.T) {
 	}
 	var mine []readmecheck.Fragment
 	for _, f := range readmecheck.Extract("../../README.md", md) {
-		client, err := f.NeedsClient()
+		mod, err := f.Module()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if client {
+		if mod == readmecheck.Clients {
 			mine = append(mine, f)
 		}
 	}

@@ -18,10 +18,11 @@
 //
 // Compiler and vet messages point at the README's own lines.
 //
-// Fragments that name a client library (pgx, go-redis, x/net/proxy, gRPC)
-// cannot be compiled in the root module, which must not depend on them: the
-// root module's test checks the others, and the nested module
-// examples/clients, which has those dependencies, checks these.
+// Fragments that name a client library (pgx, go-redis, x/net/proxy, gRPC,
+// Prometheus) cannot be compiled in the root module, which must not depend
+// on them: the root module's test compiles the others and checks that each
+// of these belongs to a nested module that exists, and that module's test
+// (examples/clients, which has those dependencies) compiles them.
 package readmecheck
 
 import (
@@ -50,35 +51,51 @@ type Fragment struct {
 
 func (f Fragment) String() string { return fmt.Sprintf("%s:%d", f.File, f.Line) }
 
-// Packages maps the package names that fragments may use to their import
-// paths. Client lists the packages outside the root module's dependencies.
-var (
-	Packages = map[string]string{
-		"context":  "context",
-		"errors":   "errors",
-		"expvar":   "expvar",
-		"fmt":      "fmt",
-		"io":       "io",
-		"log":      "log",
-		"net":      "net",
-		"http":     "net/http",
-		"netip":    "net/netip",
-		"os":       "os",
-		"strings":  "strings",
-		"sync":     "sync",
-		"atomic":   "sync/atomic",
-		"time":     "time",
-		"safedial": "github.com/safedial/safedial",
+// A Package is a package that fragments may name: its import path, and the
+// module that has it as a dependency: "" for the root module (the standard
+// library and safedial), or a nested module's directory, relative to the
+// root, for packages the root module must not depend on.
+type Package struct {
+	Path, Module string
+}
 
-		"pgx":      "github.com/jackc/pgx/v5",
-		"pgconn":   "github.com/jackc/pgx/v5/pgconn",
-		"pgxpool":  "github.com/jackc/pgx/v5/pgxpool",
-		"redis":    "github.com/redis/go-redis/v9",
-		"proxy":    "golang.org/x/net/proxy",
-		"grpc":     "google.golang.org/grpc",
-		"insecure": "google.golang.org/grpc/credentials/insecure",
-	}
-	Client = []string{"pgx", "pgconn", "pgxpool", "redis", "proxy", "grpc", "insecure"}
+// Packages maps the package names that fragments may use to their packages.
+// A fragment that names a package of a nested module is compiled by that
+// module's tests (examples/clients/readme_test.go shows how), not the root's.
+var Packages = map[string]Package{
+	"context":  {"context", ""},
+	"errors":   {"errors", ""},
+	"expvar":   {"expvar", ""},
+	"fmt":      {"fmt", ""},
+	"io":       {"io", ""},
+	"log":      {"log", ""},
+	"net":      {"net", ""},
+	"http":     {"net/http", ""},
+	"netip":    {"net/netip", ""},
+	"os":       {"os", ""},
+	"strings":  {"strings", ""},
+	"sync":     {"sync", ""},
+	"atomic":   {"sync/atomic", ""},
+	"time":     {"time", ""},
+	"safedial": {"github.com/safedial/safedial", ""},
+
+	"pgx":      {"github.com/jackc/pgx/v5", Clients},
+	"pgconn":   {"github.com/jackc/pgx/v5/pgconn", Clients},
+	"pgxpool":  {"github.com/jackc/pgx/v5/pgxpool", Clients},
+	"redis":    {"github.com/redis/go-redis/v9", Clients},
+	"proxy":    {"golang.org/x/net/proxy", Clients},
+	"grpc":     {"google.golang.org/grpc", Clients},
+	"insecure": {"google.golang.org/grpc/credentials/insecure", Clients},
+
+	"prometheus":   {"github.com/prometheus/client_golang/prometheus", Prometheus},
+	"promhttp":     {"github.com/prometheus/client_golang/prometheus/promhttp", Prometheus},
+	"safedialprom": {"github.com/safedial/safedial/prometheus", Prometheus},
+}
+
+// The nested modules that compile fragments.
+const (
+	Clients    = "examples/clients"
+	Prometheus = "prometheus"
 )
 
 var inlineCode = regexp.MustCompile("`([^`]+)`")
@@ -152,18 +169,26 @@ func (f Fragment) Uses() (known, unknown []string, err error) {
 	return known, unknown, nil
 }
 
-// NeedsClient reports whether f names a client library (see Client).
-func (f Fragment) NeedsClient() (bool, error) {
+// Module returns the module that compiles f: "" for the root module, or the
+// directory of the nested module whose packages it names. A fragment that
+// names packages of two nested modules is an error.
+func (f Fragment) Module() (string, error) {
 	known, _, err := f.Uses()
 	if err != nil {
-		return false, err
+		return "", err
 	}
+	mod := ""
 	for _, k := range known {
-		if slices.Contains(Client, k) {
-			return true, nil
+		m := Packages[k].Module
+		if m == "" || m == mod {
+			continue
 		}
+		if mod != "" {
+			return "", fmt.Errorf("%v: names packages of two modules, %s and %s", f, mod, m)
+		}
+		mod = m
 	}
-	return false, nil
+	return mod, nil
 }
 
 // declared returns every name a variable or parameter of file is declared
@@ -270,10 +295,10 @@ func Source(frags []Fragment) ([]byte, error) {
 			return nil, err
 		}
 		if len(unknown) > 0 {
-			return nil, fmt.Errorf("%v: package names %v are not in readmecheck.Packages", f, unknown)
+			return nil, fmt.Errorf("%v: %v used as packages: declare them in the fragment, or add the packages to readmecheck.Packages", f, unknown)
 		}
 		for _, k := range known {
-			imports[Packages[k]] = true
+			imports[Packages[k].Path] = true
 		}
 		_, names, err := f.parse()
 		if err != nil {

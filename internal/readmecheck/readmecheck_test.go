@@ -24,21 +24,29 @@ func TestUses(t *testing.T) {
 	for _, tc := range []struct {
 		code           string
 		known, unknown []string
-		client         bool
+		module         string
 	}{
-		{"c, err := d.Dial(\"tcp\", \"h:1\")\nc.Close()\n", nil, nil, false},
-		{"var x = pgxpool.Config{}\nx.MaxConns = 1\n", []string{"pgxpool"}, nil, true},
-		{"f := func(e *safedial.ExhaustedError) { log.Print(e.Op, foo.Bar) }\n_ = f\n", []string{"log", "safedial"}, []string{"foo"}, false},
+		{"c, err := d.Dial(\"tcp\", \"h:1\")\nc.Close()\n", nil, nil, ""},
+		{"var x = pgxpool.Config{}\nx.MaxConns = 1\n", []string{"pgxpool"}, nil, Clients},
+		{"f := func(e *safedial.ExhaustedError) { log.Print(e.Op, foo.Bar) }\n_ = f\n", []string{"log", "safedial"}, []string{"foo"}, ""},
+		{"prometheus.MustRegister(safedialprom.NewCollector(d))\n", []string{"prometheus", "safedialprom"}, nil, Prometheus},
 	} {
 		f := Fragment{File: "R.md", Line: 1, Code: tc.code}
 		known, unknown, err := f.Uses()
 		if err != nil {
 			t.Fatal(err)
 		}
-		client, _ := f.NeedsClient()
-		if !cmp.Equal(tc.known, known) || !cmp.Equal(tc.unknown, unknown) || client != tc.client {
-			t.Errorf("%q: uses %v, unknown %v, client %v; want %v, %v, %v", tc.code, known, unknown, client, tc.known, tc.unknown, tc.client)
+		mod, _ := f.Module()
+		if !cmp.Equal(tc.known, known) || !cmp.Equal(tc.unknown, unknown) || mod != tc.module {
+			t.Errorf("%q: uses %v, unknown %v, module %q; want %v, %v, %q", tc.code, known, unknown, mod, tc.known, tc.unknown, tc.module)
 		}
+	}
+}
+
+func TestTwoModules(t *testing.T) {
+	f := Fragment{File: "R.md", Line: 1, Code: "_ = redis.Options{}\n_ = prometheus.Labels{}\n"}
+	if _, err := f.Module(); err == nil {
+		t.Error("a fragment naming packages of two nested modules has a module")
 	}
 }
 
