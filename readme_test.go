@@ -14,7 +14,8 @@ import (
 // readmecheck's). A snippet that names a package the root module must not
 // depend on (pgx, go-redis, Prometheus, ...) belongs to a nested module,
 // whose own tests compile it: this test checks that the module exists, and
-// that no snippet names a package readmecheck does not know.
+// that no snippet names a package readmecheck does not know. Every snippet
+// must be formatted as gofmt formats it.
 func TestREADMESnippets(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -36,6 +37,11 @@ func TestREADMESnippets(t *testing.T) {
 		if len(unknown) > 0 {
 			t.Errorf("%v: %v used as packages: declare them in the snippet, or add the packages to readmecheck.Packages", f, unknown)
 			continue
+		}
+		if ok, formatted, err := f.Gofmt(); err != nil {
+			t.Error(err)
+		} else if !ok {
+			t.Errorf("%v: not formatted as gofmt does; gofmt's version:\n%s", f, formatted)
 		}
 		mod, err := f.Module()
 		if err != nil {

@@ -16,7 +16,8 @@
 //   - An inline code span that begins with "errors.Is(" or "errors.As(" is
 //     compiled as an expression in the same way (the errors table).
 //
-// Compiler and vet messages point at the README's own lines.
+// Compiler and vet messages point at the README's own lines. Block fragments
+// must also be formatted as gofmt formats them (see Gofmt).
 //
 // Fragments that name a client library (pgx, go-redis, x/net/proxy, gRPC,
 // Prometheus) cannot be compiled in the root module, which must not depend
@@ -189,6 +190,36 @@ func (f Fragment) Module() (string, error) {
 		mod = m
 	}
 	return mod, nil
+}
+
+// Gofmt reports whether a block fragment is formatted as gofmt formats it
+// (as the body of a function), and returns gofmt's version if not.
+func (f Fragment) Gofmt() (ok bool, formatted string, err error) {
+	if f.Expr {
+		return true, f.Code, nil
+	}
+	var b strings.Builder
+	b.WriteString("package p\n\nfunc _() {\n")
+	for _, l := range strings.Split(strings.TrimRight(f.Code, "\n"), "\n") {
+		if l != "" {
+			b.WriteString("\t")
+		}
+		b.WriteString(l + "\n")
+	}
+	b.WriteString("}\n")
+	out, err := format.Source([]byte(b.String()))
+	if err != nil {
+		return false, "", fmt.Errorf("%v: %v", f, err)
+	}
+	if string(out) == b.String() {
+		return true, f.Code, nil
+	}
+	body := strings.TrimSuffix(strings.TrimPrefix(string(out), "package p\n\nfunc _() {\n"), "}\n")
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(body, "\n"), "\n") {
+		lines = append(lines, strings.TrimPrefix(l, "\t"))
+	}
+	return false, strings.Join(lines, "\n") + "\n", nil
 }
 
 // declared returns every name a variable or parameter of file is declared

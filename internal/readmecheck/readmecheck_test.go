@@ -66,3 +66,14 @@ func TestSource(t *testing.T) {
 		t.Errorf("source imports what it does not use:\n%s", src)
 	}
 }
+
+func TestGofmt(t *testing.T) {
+	ok, _, err := Fragment{Code: "x := 1\nif x > 0 {\n\tx++\n}\n"}.Gofmt()
+	if !ok || err != nil {
+		t.Errorf("formatted fragment: %v, %v", ok, err)
+	}
+	ok, got, err := Fragment{Code: "x:=1\nif x>0 {\nx++\n}\n"}.Gofmt()
+	if want := "x := 1\nif x > 0 {\n\tx++\n}\n"; ok || err != nil || got != want {
+		t.Errorf("unformatted fragment: %v, %q, %v; want false, %q", ok, got, err, want)
+	}
+}
