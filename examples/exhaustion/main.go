@@ -8,7 +8,8 @@
 //	-mode churn     dial + client-side close until the first error (TIME_WAIT
 //	                piles up), and the sustained rate that implies
 //	-mode latency   median and p99 connect latency at 0, 50, 90, 99% of the
-//	                range in use (-svg writes a chart)
+//	                range in use (-svg writes a chart to a new file in the
+//	                temporary directory, -svg=FILE to FILE)
 //	-mode pool      the cost of a pool whose sources fill unevenly: one source
 //	                of two full, every source full, ports coming free
 //	-mode udp       connected UDP sockets each dialer holds (ShareUDPPorts
@@ -117,11 +118,34 @@ func main() {
 	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
 	flag.IntVar(&c.Sockets, "sockets", 0, "probe mode: measure at this many sockets only (default 1000, 20000 and 45000)")
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
-	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")
+	var svg svgFlag
+	flag.Var(&svg, "svg", "latency mode: write a chart of latency vs fill to a new file in the temporary directory (-svg=FILE: to FILE)")
 	flag.Parse()
-	if err := run(c, *asJSON, *svg, os.Stdout); err != nil {
+	if err := c.check(flag.Args()); err != nil {
+		fmt.Fprintln(os.Stderr, "exhaustion:", err)
+		os.Exit(2)
+	}
+	if svg.set && c.Mode != "latency" {
+		fmt.Fprintln(os.Stderr, "exhaustion: -svg draws the latency mode's chart: use it with -mode latency")
+		os.Exit(2)
+	}
+	chart := ""
+	if svg.set {
+		var err error
+		if chart, err = svg.file(); err != nil {
+			fmt.Fprintln(os.Stderr, "exhaustion:", err)
+			os.Exit(1)
+		}
+	}
+	if err := run(c, *asJSON, chart, os.Stdout); err != nil {
+		if svg.set && svg.path == "" {
+			os.Remove(chart)
+		}
 		fmt.Fprintln(os.Stderr, "exhaustion:", err)
 		os.Exit(1)
+	}
+	if chart != "" {
+		fmt.Fprintln(os.Stderr, "exhaustion: chart written to", chart)
 	}
 }
 
@@ -266,8 +290,8 @@ func inNamespaceRange(c config, lo, hi int, name string, out any) error {
 }
 
 func printResults(w io.Writer, c config, rows []result) {
-	fmt.Fprintf(w, "%s: range %d ports (%d-%d), %d destination addresses x %d ports\n\n",
-		c.Mode, c.Ports, portLo, portLo+c.Ports-1, c.Hosts, c.DestPorts)
+	fmt.Fprintf(w, "%s: range %d ports (%d-%d), %s x %s\n\n",
+		c.Mode, c.Ports, portLo, portLo+c.Ports-1, count(c.Hosts, "destination address", "destination addresses"), count(c.DestPorts, "port", "ports"))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if c.Mode == "churn" {
 		fmt.Fprintln(tw, "dialer\tconnections\tlimit\tsustained/s (28232 ports, 60 s TIME_WAIT)\tfirst error")
