@@ -198,7 +198,14 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			if err := checkProbe(network, src, dst); err != nil {
 				return nil, err
 			}
-			h, err := probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+			var h Headroom
+			if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && diagSupported {
+				// What a shared dial sees: the ports it can still take
+				// toward dst, and what holds the others.
+				h, err = sharedHeadroom(ctx, src, dst, d.PortRange)
+			} else {
+				h, err = probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+			}
 			if err != nil {
 				return nil, err
 			}

@@ -208,7 +208,7 @@ func (d *Dialer) dialShared(ctx context.Context, network, address string) outcom
 	if !shareSupported {
 		return outcome{err: &net.OpError{Op: "dial", Net: network, Source: d.Base.LocalAddr, Err: errNoShare}}
 	}
-	return d.dialHooked(ctx, network, address, d.newPoolDial(p))
+	return notPool(d.dialHooked(ctx, network, address, d.newPoolDial(p.forOneDial())))
 }
 
 // errNoShare is the error of ShareUDPPorts where it cannot be honoured.
@@ -357,6 +357,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 	var (
 		call string
 		err  error
+		held *Headroom // what held the ports of a shared dial's exhaustion
 	)
 	if pd.share && strings.HasPrefix(network, "udp") {
 		fresh := func() (int, error) {
@@ -369,6 +370,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 			return n, err
 		}
 		fd, err = shareConnect(ctx, fd, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange)
+		held = heldBy(err)
 		var se *os.SyscallError
 		if errors.As(err, &se) {
 			call, err = se.Syscall, se.Err
@@ -380,6 +382,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 	}
 	if err != nil {
 		if ee := pd.exhausted(network, s, dst, call, err); ee != nil {
+			ee.Held = held
 			return fd, ee
 		}
 		op := attemptError(network, s, dst, call, err)

@@ -119,7 +119,7 @@ func TestShareUDPPorts(t *testing.T) {
 				}
 				want := "is taken by a UDP socket"
 				if tc.d.ShareUDPPorts {
-					want = "is in use toward this destination"
+					want = "in use toward this destination"
 				}
 				if err == nil || !strings.Contains(err.Error(), want) {
 					t.Errorf("message %v lacks %q", err, want)
