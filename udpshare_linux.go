@@ -250,6 +250,9 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 	if !found || owner != cookie {
 		return lost, nil // another socket receives from the peer on this port
 	}
+	if shareBeforeConnect != nil {
+		shareBeforeConnect(fd, port)
+	}
 	dstZone, _ := zoneIndex(s.dst.Addr().Zone()) // unknown: connect reports it
 	if err := unix.Connect(fd, sockaddr(s.dst.Addr(), dstZone, s.dst.Port())); err != nil {
 		return lost, os.NewSyscallError("connect", err)
@@ -271,6 +274,10 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 	}
 	return claimed, nil
 }
+
+// shareBeforeConnect, when set by a test, runs while a claimed socket is
+// bound but not yet connected.
+var shareBeforeConnect func(fd int, port uint16)
 
 // peerOf returns the address fd is connected to, unmapped and without zone.
 func peerOf(fd int) netip.AddrPort {
