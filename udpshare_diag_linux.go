@@ -3,53 +3,18 @@ package safedial
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"net/netip"
 	"os"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
 
-// What sock_diag tells a shared UDP dial about the ports of its range. The
-// same answer serves the dial's search (which ports to try) and
-// Dialer.Headroom with ShareUDPPorts (how many are left): written once.
-
-// portState is what holds one port for a shared dial from a source toward a
-// peer, worst first when several sockets are on the port.
-type portState uint8
-
-const (
-	portFree   portState = iota // no UDP socket on the port
-	portShared                  // only ShareUDPPorts sockets of this user, connected to other peers: a shared bind joins them
-	portMaybe                   // a ShareUDPPorts socket of this user not connected yet (a dial in flight): try last
-	portToward                  // a socket connected to the peer: taken toward it
-	portBound                   // a socket a shared bind cannot join (see sharedPorts): taken for every destination
-	portOff                     // net.ipv4.ip_local_reserved_ports, or outside the namespace range: never handed out
-)
+// sock_diag and socket calls of shared UDP dials.
 
 // inetDiagSockopt is INET_DIAG_SOCKOPT (Linux 5.10+), the attribute with
 // struct inet_diag_sockopt: bit flags of IP-level options, sent with every
 // socket.
 const inetDiagSockopt = 22
-
-// The mark of a ShareUDPPorts socket, visible to every process in the
-// dumps: IP_RECVERR_RFC4884 set and IP_RECVERR not. RFC 4884 only changes
-// how ICMP errors are queued when IP_RECVERR is on, so without it the
-// option does nothing; no other program has a reason to set one without the
-// other. sock_diag does not show SO_REUSEPORT, so the mark is how a dump
-// tells a port a shared bind can join (ShareUDPPorts sockets keep
-// SO_REUSEPORT on) from one held by a plain socket of the same user.
-var markRefused atomic.Bool // the kernel refused IP_RECVERR_RFC4884 (before 5.9)
-
-func markShared(fd int) {
-	if markRefused.Load() {
-		return
-	}
-	if unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR_RFC4884, 1) != nil {
-		markRefused.Store(true)
-	}
-}
 
 // sockopt bit positions in struct inet_diag_sockopt, a pair of bit-field
 // bytes: the first field is the lowest bit on little-endian machines, the
@@ -103,146 +68,128 @@ func parseDiag(msg []byte) diagSocket {
 	return s
 }
 
-// shareRange returns the ports a shared dial may choose from: r (the
-// Dialer's PortRange, or the namespace range when zero) intersected with the
-// namespace's net.ipv4.ip_local_port_range, less
-// net.ipv4.ip_local_reserved_ports: the ports the kernel itself would hand
-// out. An unreadable setting is an error that says so, never an empty range.
-func shareRange(r PortRange) (PortRange, *portSet, error) {
-	ns, err := readPortRange()
+// peerOf returns the address fd is connected to, unmapped and without zone.
+func peerOf(fd int) netip.AddrPort {
+	sa, err := unix.Getpeername(fd)
 	if err != nil {
-		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_port_range, the ports a dial may use: %w", err)
+		return netip.AddrPort{}
 	}
-	if r == (PortRange{}) {
-		r = ns
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
 	}
-	in := PortRange{Lo: max(r.Lo, ns.Lo), Hi: min(r.Hi, ns.Hi)}
-	if in.Lo > in.Hi {
-		return r, nil, errConfig("ShareUDPPorts: PortRange %v does not intersect this network namespace's net.ipv4.ip_local_port_range %v", r, ns)
-	}
-	reserved, err := readReserved()
-	if err != nil {
-		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_reserved_ports, ports the kernel never hands out: %w", err)
-	}
-	off := new(portSet)
-	for p := int(r.Lo); p <= int(r.Hi); p++ {
-		if p < int(in.Lo) || p > int(in.Hi) || reserved.has(uint16(p)) {
-			off.add(uint16(p))
-		}
-	}
-	return r, off, nil
+	return netip.AddrPort{}
 }
 
-// Tests replace these to make the settings unreadable.
-var (
-	readPortRange = localPortRange
-	readReserved  = reservedPorts
-)
+// drain discards the datagrams queued on fd: they arrived while it was bound
+// but not yet connected, possibly from anyone.
+func drain(fd int) {
+	var buf [1]byte
+	for range 1 << 16 {
+		_, _, err := unix.Recvfrom(fd, buf[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		switch err {
+		case nil, unix.EINTR, unix.ECONNREFUSED:
+			continue // a datagram, or a pending ICMP error, gone
+		}
+		return // EAGAIN: nothing left
+	}
+}
 
-// sharedPorts lists, for each port of r, what holds it for a shared dial
-// from src toward peer (the address the kernel connects to): one dump per
-// address family (for an IPv4 source, also the IPv6 sockets that hold IPv4
-// ports: IPv4-mapped and the dual-stack wildcard), filtered by the kernel to
-// the range. A port is taken for every destination (portBound) when a socket
-// a bind of it with SO_REUSEPORT would conflict with, or that would share it
-// outside the scheme, is on src or the wildcard address: another user's
-// socket (the kernel never shares between users), a socket that is not a
-// ShareUDPPorts socket (a plain connected or bound UDP socket of this user
-// has no SO_REUSEPORT, or shares outside the scheme), or a ShareUDPPorts
-// socket bound without being connected for no dial in flight. off marks
-// the ports the kernel never hands out.
-func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r PortRange, off *portSet) ([]portState, error) {
-	states := make([]portState, r.size())
-	for p := int(r.Lo); p <= int(r.Hi); p++ {
-		if off.has(uint16(p)) {
-			states[p-int(r.Lo)] = portOff
-		}
-	}
+// othersConnected reports whether a UDP socket other than the one with
+// cookie is connected from src:port to peer: one dump per family (for an
+// IPv4 source, IPv6 sockets on IPv4-mapped addresses too), filtered by the
+// kernel to that 4-tuple.
+func othersConnected(ctx context.Context, src netip.Addr, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
 	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
-	reqs := requests(true, src.Is4(), src.Is6(), allStates, b.bytes())
-	if src.Is6() {
-		reqs = reqs[:1] // AF_INET6 only: IPv4 sockets never hold an IPv6 address's port
+	b.cond(bcSCond, src, int32(port))
+	b.cond(bcDCond, peer.Addr(), int32(peer.Port()))
+	// Connected sockets only, and the ports in the request itself: the
+	// kernel's UDP dump compares those before running the bytecode.
+	reqs := requests(true, src.Is4(), src.Is6(), 1<<tcpEstablished, b.bytes())
+	for _, req := range reqs {
+		id := req[unix.SizeofNlMsghdr+8:]
+		binary.BigEndian.PutUint16(id[0:], port)
+		binary.BigEndian.PutUint16(id[2:], peer.Port())
 	}
-	uid := uint32(os.Geteuid())
-	marks := !markRefused.Load()
+	others := false
 	err := dump(ctx, reqs, func(msg []byte) {
-		s := parseDiag(msg)
-		p := s.local.Port()
-		if p < r.Lo || p > r.Hi {
-			return
-		}
-		a := s.local.Addr()
-		switch {
-		case a == src.WithZone(""):
-		case a.IsUnspecified() && (a.Is4() == src.Is4() || s.family == unix.AF_INET6 && src.Is4()):
-			// The wildcard of src's family, or the dual-stack [::].
-		default:
-			return
-		}
-		st := portShared
-		switch {
-		case s.connected && s.remote == netip.AddrPortFrom(peer, peerPort):
-			st = portToward
-		case s.uid != uid:
-			st = portBound
-		case marks && s.hasOpts && !s.marked:
-			st = portBound // a plain socket of this user
-		case !s.connected:
-			st = portMaybe
-		}
-		if i := int(p - r.Lo); st > states[i] {
-			states[i] = st
+		if binary.NativeEndian.Uint64(msg[4+40:]) != cookie {
+			others = true
 		}
 	})
-	return states, err
+	return others, err
 }
 
-// sharedHeadroom is the headroom of a shared dial from src toward dst: the
-// ports of the range the kernel hands out, by what holds them.
-func sharedHeadroom(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
-	h := Headroom{Source: src, Dest: dst, Range: r}
-	rng, off, err := shareRange(r)
-	if err != nil {
-		return h, err
+func reusePort(fd, v int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, v); err != nil {
+		return &unsupportedError{what: "ShareUDPPorts needs SO_REUSEPORT", err: os.NewSyscallError("setsockopt", err)}
 	}
-	h.Range = rng
-	peer := kernelPeer(src, dst.Addr())
-	states, err := sharedPorts(ctx, src, peer, dst.Port(), rng, off)
-	if err != nil {
-		return h, probeError(err)
-	}
-	h.count(states)
-	return h, nil
+	return nil
 }
 
-// count fills h's counts from states: maybe counts as free (a dial in
-// flight connects somewhere or backs out).
-func (h *Headroom) count(states []portState) {
-	for _, st := range states {
-		switch st {
-		case portToward:
-			h.InUse++
-		case portBound:
-			h.Bound++
-		case portOff:
-			h.Reserved++
-		default:
-			h.Free++
+// udpOwner asks sock_diag which UDP socket would receive a datagram from
+// peer on local (bound to interface ifindex, for a link-local address with
+// a zone), and returns its cookie.
+func udpOwner(ctx context.Context, nl int, local, peer netip.AddrPort, ifindex uint32) (cookie uint64, found bool, err error) {
+	family := familyOf(local.Addr())
+	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil) // no bytecode: one lookup
+	req[0], req[1] = family, unix.IPPROTO_UDP
+	binary.NativeEndian.PutUint32(req[4:], allStates)
+	id := req[8:]
+	// The kernel's UDP lookup takes the datagram's source (the peer) as
+	// "src" and its destination (us) as "dst", "for historical reasons".
+	binary.BigEndian.PutUint16(id[0:], peer.Port())
+	binary.BigEndian.PutUint16(id[2:], local.Port())
+	copy(id[4:20], addrBytes(peer.Addr(), family))
+	copy(id[20:36], local.Addr().AsSlice())
+	binary.NativeEndian.PutUint32(id[36:], ifindex)    // idiag_if: the kernel matches a socket bound to a device only with it
+	binary.NativeEndian.PutUint64(id[40:], ^uint64(0)) // INET_DIAG_NOCOOKIE
+	if err := unix.Sendto(nl, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, false, os.NewSyscallError("sendto", err)
+	}
+	var buf [512]byte
+	n, err := unix.Read(nl, buf[:])
+	for err == unix.EINTR {
+		n, err = unix.Read(nl, buf[:])
+	}
+	if err == unix.EAGAIN {
+		if err := ctx.Err(); err != nil {
+			return 0, false, err
 		}
+		return 0, false, context.DeadlineExceeded
 	}
+	if err != nil {
+		return 0, false, os.NewSyscallError("read", err)
+	}
+	b := buf[:n]
+	if len(b) < unix.SizeofNlMsghdr {
+		return 0, false, os.NewSyscallError("read", unix.EBADMSG)
+	}
+	switch binary.NativeEndian.Uint16(b[4:]) {
+	case unix.NLMSG_ERROR:
+		errno := unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:])))
+		if errno == unix.ENOENT {
+			return 0, false, nil
+		}
+		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: os.NewSyscallError("sock_diag", errno)}
+	case unix.SOCK_DIAG_BY_FAMILY:
+		if len(b) < unix.SizeofNlMsghdr+sizeofDiagMsg {
+			return 0, false, os.NewSyscallError("read", unix.EBADMSG)
+		}
+		msg := b[unix.SizeofNlMsghdr:]
+		return binary.NativeEndian.Uint64(msg[4+40:]), true, nil
+	}
+	return 0, false, os.NewSyscallError("read", unix.EBADMSG)
 }
 
-// kernelPeer is the address the kernel connects a socket bound to src to
-// when asked for dst: dst itself, except for the unspecified address, which
-// the kernel replaces with src (IPv4) or ::1 (IPv6).
-func kernelPeer(src, dst netip.Addr) netip.Addr {
-	switch {
-	case !dst.IsUnspecified():
-		return dst.WithZone("")
-	case dst.Is4():
-		return src.WithZone("")
+// addrBytes is a's address as a socket of family sees it: 16 bytes
+// (IPv4-mapped for an IPv4 address) for AF_INET6.
+func addrBytes(a netip.Addr, family byte) []byte {
+	if family == unix.AF_INET6 {
+		b := a.As16()
+		return b[:]
 	}
-	return netip.IPv6Loopback()
+	return a.AsSlice()
 }
