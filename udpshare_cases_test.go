@@ -441,3 +441,44 @@ func TestShareUDPPortsSmall(t *testing.T) {
 		}
 	})
 }
+
+// TestShareUDPPortsDualStack (issue 16, defect 8): IPv6 sockets on
+// IPv4-mapped addresses connected to the peer (with SO_REUSEPORT, as a
+// same-user program can) hold their ports toward it: the search's dump sees
+// them, the dial takes none of those ports, and the exhaustion counts them
+// as in use toward the peer.
+func TestShareUDPPortsDualStack(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		needIPv6(t)
+		dst := udpEcho(t, "127.0.0.2:9000")[0]
+		mapped := func(a string, port int) *unix.SockaddrInet6 {
+			return &unix.SockaddrInet6{Addr: netip.MustParseAddr(a).As16(), Port: port}
+		}
+		for p := 40000; p <= 40003; p++ {
+			s, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(s)
+			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Bind(s, mapped("::ffff:127.0.0.1", p)); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Connect(s, mapped("::ffff:127.0.0.2", 9000)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+		c, err := d.Dial("udp", dst)
+		if err == nil {
+			c.Close()
+			t.Fatalf("dial connected from %v, a port an IPv6 socket holds toward the peer", c.LocalAddr())
+		}
+		var ee *safedial.ExhaustedError
+		if !errors.As(err, &ee) || ee.Held == nil || ee.Held.InUse != 4 {
+			t.Errorf("dial: %v, want exhaustion with the 4 ports in use toward the peer", err)
+		}
+	})
+}

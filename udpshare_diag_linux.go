@@ -98,16 +98,28 @@ func drain(fd int) {
 }
 
 // othersConnected reports whether a UDP socket other than the one with
-// cookie is connected from src:port to peer: one dump per family (for an
-// IPv4 source, IPv6 sockets on IPv4-mapped addresses too), filtered by the
-// kernel to that 4-tuple.
-func othersConnected(ctx context.Context, src netip.Addr, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
+// cookie is connected from src:port to peer: one dump of src's family,
+// filtered by the kernel to that 4-tuple (a dump walks the kernel's whole
+// UDP table). For an IPv4 source, IPv6 sockets can hold the 4-tuple too
+// (IPv4-mapped or the dual-stack wildcard); they are dumped only when a
+// lookup (no walk) finds an IPv6 socket that would receive from the peer
+// on that port, which any of them would.
+func othersConnected(ctx context.Context, nl int, src netip.Addr, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
 	var b bytecode
 	b.cond(bcSCond, src, int32(port))
 	b.cond(bcDCond, peer.Addr(), int32(peer.Port()))
 	// Connected sockets only, and the ports in the request itself: the
 	// kernel's UDP dump compares those before running the bytecode.
 	reqs := requests(true, src.Is4(), src.Is6(), 1<<tcpEstablished, b.bytes())
+	if src.Is4() {
+		_, v6, err := udpOwner(ctx, nl, unix.AF_INET6, netip.AddrPortFrom(src, port), peer, 0)
+		if err != nil {
+			return false, err
+		}
+		if !v6 {
+			reqs = reqs[1:] // AF_INET only
+		}
+	}
 	for _, req := range reqs {
 		id := req[unix.SizeofNlMsghdr+8:]
 		binary.BigEndian.PutUint16(id[0:], port)
@@ -129,11 +141,11 @@ func reusePort(fd, v int) error {
 	return nil
 }
 
-// udpOwner asks sock_diag which UDP socket would receive a datagram from
-// peer on local (bound to interface ifindex, for a link-local address with
-// a zone), and returns its cookie.
-func udpOwner(ctx context.Context, nl int, local, peer netip.AddrPort, ifindex uint32) (cookie uint64, found bool, err error) {
-	family := familyOf(local.Addr())
+// udpOwner asks sock_diag which UDP socket of family would receive a
+// datagram from peer on local (bound to interface ifindex, for a link-local
+// address with a zone), and returns its cookie. An IPv4 address asked of
+// AF_INET6 is IPv4-mapped.
+func udpOwner(ctx context.Context, nl int, family byte, local, peer netip.AddrPort, ifindex uint32) (cookie uint64, found bool, err error) {
 	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil) // no bytecode: one lookup
 	req[0], req[1] = family, unix.IPPROTO_UDP
 	binary.NativeEndian.PutUint32(req[4:], allStates)
@@ -143,7 +155,7 @@ func udpOwner(ctx context.Context, nl int, local, peer netip.AddrPort, ifindex u
 	binary.BigEndian.PutUint16(id[0:], peer.Port())
 	binary.BigEndian.PutUint16(id[2:], local.Port())
 	copy(id[4:20], addrBytes(peer.Addr(), family))
-	copy(id[20:36], local.Addr().AsSlice())
+	copy(id[20:36], addrBytes(local.Addr(), family))
 	binary.NativeEndian.PutUint32(id[36:], ifindex)    // idiag_if: the kernel matches a socket bound to a device only with it
 	binary.NativeEndian.PutUint64(id[40:], ^uint64(0)) // INET_DIAG_NOCOOKIE
 	if err := unix.Sendto(nl, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {

@@ -220,7 +220,7 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 	}
 	defer s.lock.unlock()
 	local := netip.AddrPortFrom(s.src, port)
-	if _, found, err := udpOwner(s.ctx, s.nl, local, s.peer, s.zone); err != nil || found {
+	if _, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone); err != nil || found {
 		return taken, err
 	}
 	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
@@ -241,7 +241,7 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 	if err := reusePort(fd, 0); err != nil {
 		return lost, err
 	}
-	owner, found, err := udpOwner(s.ctx, s.nl, local, s.peer, s.zone)
+	owner, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone)
 	if err != nil {
 		return lost, err
 	}
@@ -263,7 +263,7 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 	// peer and back out if any other is there. Of two sockets that
 	// connected to one 4-tuple, the second to connect always sees the
 	// first; at worst both back out and try other ports, never both stay.
-	if others, err := othersConnected(s.ctx, s.src, port, s.peer, cookie); err != nil || others {
+	if others, err := othersConnected(s.ctx, s.nl, s.src, port, s.peer, cookie); err != nil || others {
 		return lost, err
 	}
 	drain(fd)

@@ -13,7 +13,9 @@
 //	                of two full, every source full, ports coming free
 //	-mode udp       connected UDP sockets each dialer holds (ShareUDPPorts
 //	                shares ports between destinations), and the cost of a
-//	                shared dial at 0, 50 and 95% of the range in use
+//	                shared dial at 0, 50 and 95% of the range in use; with
+//	                -udp-sockets N,M,..., the cost of a dial with N unrelated
+//	                UDP sockets on the host
 //	-mode probe     the cost of a headroom probe (ProbeHeadroom) against
 //	                parsing /proc/net/tcp and running ss, at 1,000, 20,000
 //	                and 45,000 sockets
@@ -54,7 +56,8 @@ type config struct {
 	LatencyPort int    `json:"latency_ports"`
 	PoolPorts   int    `json:"pool_ports"`
 	Pairs       int    `json:"pairs"`
-	Sockets     int    `json:"sockets,omitempty"` // probe mode, per namespace
+	Sockets     int    `json:"sockets,omitempty"`     // probe mode, per namespace
+	UDPSockets  string `json:"udp_sockets,omitempty"` // udp mode: unrelated UDP socket counts for the cost table
 }
 
 // result is one row of capacity or churn output.
@@ -104,6 +107,7 @@ func main() {
 	flag.IntVar(&c.PoolPorts, "pool-ports", 4000, "range size for the pool mode")
 	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
 	flag.IntVar(&c.Sockets, "sockets", 0, "probe mode: measure at this many sockets only (default 1000, 20000 and 45000)")
+	flag.StringVar(&c.UDPSockets, "udp-sockets", "", "udp mode: only the cost of a dial with this many unrelated UDP sockets held, comma-separated (e.g. 0,1000,15000)")
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
 	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")
 	flag.Parse()
@@ -159,6 +163,9 @@ func run(c config, asJSON bool, svg string, w io.Writer) error {
 		}
 		printPool(w, c, f)
 	case "udp":
+		if c.UDPSockets != "" {
+			return udpTable(c, asJSON, w)
+		}
 		var rows []result
 		for _, v := range udpVariants(c) {
 			var r result
@@ -337,6 +344,10 @@ func runChild() error {
 		var err error
 		if name, ok := strings.CutPrefix(sc.Name, "cost:"); ok {
 			out, err = udpCost(c, name)
+		} else if n, ok := strings.CutPrefix(sc.Name, "table:"); ok {
+			out, err = udpTableCost(c, n)
+		} else if n, ok := strings.CutPrefix(sc.Name, "hold:"); ok {
+			return holdUDP(n)
 		} else {
 			for _, v := range udpVariants(c) {
 				if v.name == sc.Name {
