@@ -41,5 +41,9 @@ func BeforeSharedConnect(f func(fd int, port uint16)) (restore func()) {
 // unreadable; the returned func restores the real one.
 func UnreadablePortRange() (restore func()) {
 	readPortRange = func() (PortRange, error) { return PortRange{}, errors.New("permission denied (test)") }
-	return func() { readPortRange = localPortRange }
+	shareRanges.Store(nil)
+	return func() {
+		readPortRange = localPortRange
+		shareRanges.Store(nil)
+	}
 }

@@ -126,12 +126,28 @@ func othersConnected(ctx context.Context, nl int, src netip.Addr, port uint16, p
 		binary.BigEndian.PutUint16(id[2:], peer.Port())
 	}
 	others := false
-	err := dump(ctx, reqs, func(msg []byte) {
+	err := dumpOn(ctx, nl, reqs, func(msg []byte) {
 		if binary.NativeEndian.Uint64(msg[4+40:]) != cookie {
 			others = true
 		}
 	})
 	return others, err
+}
+
+// dumpOn is dump on the dial's own NETLINK_SOCK_DIAG socket nl (with its
+// read deadline set), which saves making one per dump.
+func dumpOn(ctx context.Context, nl int, reqs [][]byte, each func(msg []byte)) error {
+	bp := diagBufs.Get().(*[]byte)
+	defer diagBufs.Put(bp)
+	for _, req := range reqs {
+		if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return os.NewSyscallError("sendto", err)
+		}
+		if err := answers(ctx, nl, *bp, each); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func reusePort(fd, v int) error {

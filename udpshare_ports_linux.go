@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -50,11 +51,16 @@ func markShared(fd int) {
 // namespace's net.ipv4.ip_local_port_range, less
 // net.ipv4.ip_local_reserved_ports: the ports the kernel itself would hand
 // out. An unreadable setting is an error that says so, never an empty range.
+// The settings are read at most once a second.
 func shareRange(r PortRange) (PortRange, *portSet, error) {
+	if c := shareRanges.Load(); c != nil && c.asked == r && time.Since(c.at) < time.Second {
+		return c.r, c.off, nil
+	}
 	ns, err := readPortRange()
 	if err != nil {
 		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_port_range, the ports a dial may use: %w", err)
 	}
+	asked := r
 	if r == (PortRange{}) {
 		r = ns
 	}
@@ -72,7 +78,18 @@ func shareRange(r PortRange) (PortRange, *portSet, error) {
 			off.add(uint16(p))
 		}
 	}
+	shareRanges.Store(&rangeEntry{asked: asked, r: r, off: off, at: time.Now()})
 	return r, off, nil
+}
+
+// shareRanges caches the last answer of shareRange (its off set is never
+// modified).
+var shareRanges atomic.Pointer[rangeEntry]
+
+type rangeEntry struct {
+	asked, r PortRange
+	off      *portSet
+	at       time.Time
 }
 
 // Tests replace these to make the settings unreadable.
