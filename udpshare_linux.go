@@ -59,6 +59,7 @@ func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), 
 		rounds  int
 		last    []portState
 		random  = shareCandidates
+		cached  = false // the last dump of this pair (portCache) was tried
 		moves   int
 		ranking = func(states []portState, skipTried bool) []uint16 {
 			// Free ports first, then ports shared with other peers, then
@@ -92,6 +93,14 @@ func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), 
 			port = p
 		case len(queue) > 0:
 			port, queue = queue[0], queue[1:]
+		case !cached:
+			// A recent dump of this pair, if any, orders the next
+			// candidates without a walk of the table; it refuses none:
+			// when they fail, the dial dumps.
+			cached = true
+			if states := portCache.get(s.key()); states != nil {
+				queue = ranking(states, true)
+			}
 		default:
 			if rounds == shareRounds {
 				return fd, s.full(last)
@@ -102,6 +111,7 @@ func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), 
 				return fd, err
 			}
 			last = states
+			portCache.put(s.key(), states)
 			if queue = ranking(states, rounds == 1); len(queue) == 0 && rounds > 1 {
 				queue = ranking(states, false)
 			}
@@ -123,6 +133,7 @@ func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), 
 		}
 		switch res {
 		case claimed:
+			portCache.taken(s.key(), port)
 			return fd, nil
 		case taken:
 			continue // fd is not bound: it tries the next port
@@ -174,6 +185,8 @@ func (s *search) setPeer(peer netip.AddrPort) {
 	s.peer = peer
 	s.lock = pairLocks.acquire(sharePair{src: s.src.WithZone(""), peer: peer})
 }
+
+func (s *search) key() portKey { return portKey{s.src.WithZone(""), s.peer, s.rng} }
 
 // randomPort returns a random port of the range the kernel hands out, not
 // tried yet.
