@@ -112,7 +112,9 @@ func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), 
 			}
 			last = states
 			portCache.put(s.key(), states)
-			if queue = ranking(states, rounds == 1); len(queue) == 0 && rounds > 1 {
+			// The first dump skips the ports this dial tried already,
+			// unless they are all that is left.
+			if queue = ranking(states, rounds == 1); len(queue) == 0 {
 				queue = ranking(states, false)
 			}
 			if len(queue) == 0 {
