@@ -256,6 +256,9 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 	if err := reusePort(fd, 0); err != nil {
 		return lost, err
 	}
+	if err := s.ctx.Err(); err != nil {
+		return lost, err // the dial's time is up: back out
+	}
 	owner, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone)
 	if err != nil {
 		return lost, err
@@ -269,6 +272,9 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 	dstZone, _ := zoneIndex(s.dst.Addr().Zone()) // unknown: connect reports it
 	if err := unix.Connect(fd, sockaddr(s.dst.Addr(), dstZone, s.dst.Port())); err != nil {
 		return lost, os.NewSyscallError("connect", err)
+	}
+	if err := s.ctx.Err(); err != nil {
+		return lost, err
 	}
 	if peer := peerOf(fd); peer != s.peer {
 		s.moved = peer
