@@ -9,8 +9,17 @@ import (
 )
 
 // routeSource asks the kernel's routing which source address a packet to dst
-// would leave from, without making a socket or taking a port.
+// would leave from, without making a socket or taking a port. For the
+// unspecified address, which the kernel connects to this host, it is the
+// loopback address of dst's family, as the kernel picks for an unbound
+// socket.
 func routeSource(dst netip.Addr) (netip.Addr, error) {
+	if dst.IsUnspecified() {
+		if dst.Is4() {
+			return netip.AddrFrom4([4]byte{127, 0, 0, 1}), nil
+		}
+		return netip.IPv6Loopback(), nil
+	}
 	src, _, err := routeGet(dst)
 	if err == nil && !src.IsValid() {
 		err = os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
