@@ -231,12 +231,15 @@ func TestShareUDPPortsHookDials(t *testing.T) {
 	inNamespace(t, 40000, 40015, func(t *testing.T) {
 		dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
 		src := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
-		inner := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: src}}
+		innerSrc := src
 		var hookErrs, hookCalls int
 		outer := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: src,
 			ControlContext: func(ctx context.Context, _, _ string, _ syscall.RawConn) error {
 				hookCalls++
 				for _, dst := range dsts {
+					// A new Dialer each time: nothing remembered spares
+					// it the search.
+					inner := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: innerSrc}}
 					c, err := inner.DialContext(ctx, "udp", dst)
 					if err != nil {
 						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
@@ -260,6 +263,34 @@ func TestShareUDPPortsHookDials(t *testing.T) {
 			t.Errorf("hook ran %d times, %d of its dials failed other than by exhaustion", hookCalls, hookErrs)
 		}
 		checkUDP(t, conns)
+
+		// Every port of 127.0.0.7 held by an unconnected SO_REUSEPORT
+		// socket of this user: a shared bind succeeds but that socket
+		// wins the kernel's lookup, so each claim binds and backs out,
+		// and the dial replaces its socket (running the hook) again and
+		// again. Before, the dial went on alone holding a process-wide
+		// lock while the hook's own shared dial waited for it: it never
+		// returned.
+		for p := 40000; p <= 40015; p++ {
+			s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(s)
+			if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Bind(s, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 7}, Port: p}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		src7 := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 7)}
+		innerSrc, outer.Base.LocalAddr = src7, src7
+		hookCalls = 0
+		_, err = outer.DialContext(ctx, "udp", dsts[0])
+		if !errors.Is(err, safedial.ErrEphemeralExhausted) || hookCalls == 0 || hookErrs != 0 {
+			t.Errorf("dial from a source held by SO_REUSEPORT sockets: %v (hook ran %d times, %d failures), want exhaustion", err, hookCalls, hookErrs)
+		}
 	})
 }
 
