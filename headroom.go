@@ -172,8 +172,12 @@ type pairCount struct{ inUse, timeWait int }
 // picks for the address. The range is d's PortRange when set, else the
 // namespace's. Host names are resolved with Base.Resolver. An address with
 // no source of its family is left out; none at all is an error. With
-// ShareUDPPorts, UDP ports are counted per destination, as those dials use
-// them.
+// ShareUDPPorts, a UDP headroom is what a shared dial can still take toward
+// the address: InUse counts the ports connected toward it, Bound the ports
+// held for every destination by sockets a shared port cannot join (plain or
+// another user's UDP sockets, wildcard and dual-stack binds), Reserved the
+// ports of net.ipv4.ip_local_reserved_ports and those outside the
+// namespace range.
 func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headroom, error) {
 	if _, _, err := net.SplitHostPort(address); err != nil {
 		return nil, fmt.Errorf("safedial: Headroom: %w", err)
@@ -198,7 +202,14 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			if err := checkProbe(network, src, dst); err != nil {
 				return nil, err
 			}
-			h, err := probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+			var h Headroom
+			if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && diagSupported {
+				// What a shared dial sees: the ports it can still take
+				// toward dst, and what holds the others.
+				h, err = sharedHeadroom(ctx, src, dst, d.PortRange)
+			} else {
+				h, err = probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+			}
 			if err != nil {
 				return nil, err
 			}
