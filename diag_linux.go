@@ -23,6 +23,7 @@ const (
 
 	// Bytecode operations (enum in inet_diag.h).
 	bcJmp   = 1 // INET_DIAG_BC_JMP: always jumps by "no"
+	bcAuto  = 6 // INET_DIAG_BC_AUTO: the local port was not bound explicitly (bind with a port)
 	bcSGE   = 2 // INET_DIAG_BC_S_GE: local port >= next op's "no"
 	bcSLE   = 3 // INET_DIAG_BC_S_LE: local port <= next op's "no"
 	bcSCond = 7 // INET_DIAG_BC_S_COND: local address/prefix and port (-1: any)
@@ -43,8 +44,21 @@ const (
 
 	tcpEstablished = 1  // TCP_ESTABLISHED, also the state of a connected UDP socket
 	tcpTimeWait    = 6  // TCP_TIME_WAIT in inet_diag_msg.idiag_state
+	tcpClose       = 7  // TCP_CLOSE: a bound-inactive TCP socket, an unconnected UDP one
 	tcpListen      = 10 // TCP_LISTEN
 	allStates      = 0xFFF
+	// TCP_BOUND_INACTIVE (13), a state only sock_diag knows: asked for,
+	// Linux 6.8+ also dumps TCP sockets that are bound but neither
+	// connected nor listening (reported in TCP_CLOSE). Older kernels ignore
+	// the bit.
+	boundInactive = 1 << 13
+
+	inetDiagSKV6Only = 11 // INET_DIAG_SKV6ONLY: u8, for AF_INET6 sockets in LISTEN or CLOSE
+	inetDiagSockopt  = 22 // INET_DIAG_SOCKOPT: struct inet_diag_sockopt, for full sockets (Linux 5.10+)
+
+	// twLen is TCP_TIMEWAIT_LEN: a TIME_WAIT socket's timer starts at 60 s,
+	// so its age is twLen minus what sock_diag says is left.
+	twLen = 60 * time.Second
 )
 
 // bytecode builds a filter program. Each op jumps by "yes" when its test
@@ -56,8 +70,9 @@ type bytecode struct {
 }
 
 type bcOp struct {
-	b  []byte
-	no int // bytes to jump when false; 0: reject
+	b      []byte
+	no     int  // bytes to jump when false; 0: reject
+	accept bool // when false, jump to the end: accept
 }
 
 // cond adds S_COND or D_COND: address a exactly, and port (-1: any).
@@ -97,6 +112,16 @@ func (b *bytecode) port(code byte, p uint16) {
 	b.ops = append(b.ops, bcOp{b: op})
 }
 
+// auto adds AUTO: the socket's port was not bound explicitly (always true of
+// TIME_WAIT sockets, which do not keep the flag).
+func (b *bytecode) auto() { b.ops = append(b.ops, bcOp{b: []byte{bcAuto, sizeofBcOp, 0, 0}}) }
+
+// orAccept makes the last op accept the socket when its test fails.
+func (b *bytecode) orAccept() { b.ops[len(b.ops)-1].accept = true }
+
+// reject adds an op that rejects every socket reaching it.
+func (b *bytecode) reject() { b.ops = append(b.ops, bcOp{b: []byte{bcJmp, sizeofBcOp, 0, 0}}) }
+
 // bytes lays the program out with its jumps.
 func (b *bytecode) bytes() []byte {
 	total := 0
@@ -106,7 +131,9 @@ func (b *bytecode) bytes() []byte {
 	out := make([]byte, 0, total)
 	for _, op := range b.ops {
 		no := op.no
-		if no == 0 {
+		if op.accept {
+			no = total - len(out)
+		} else if no == 0 {
 			no = total - len(out) + 4
 		}
 		if op.b[0] != bcJmp {
@@ -164,6 +191,12 @@ var diagBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b 
 // dump sends req on a fresh NETLINK_SOCK_DIAG socket and calls each with
 // every inet_diag_msg of the answer.
 func dump(ctx context.Context, reqs [][]byte, each func(msg []byte)) error {
+	return dumpEach(ctx, reqs, func(_ int, msg []byte) { each(msg) })
+}
+
+// dumpEach is dump telling each which request (its index) a message
+// answers.
+func dumpEach(ctx context.Context, reqs [][]byte, each func(i int, msg []byte)) error {
 	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return &unsupportedError{what: "sock_diag is not available", err: os.NewSyscallError("socket", err)}
@@ -175,11 +208,11 @@ func dump(ctx context.Context, reqs [][]byte, each func(msg []byte)) error {
 	bp := diagBufs.Get().(*[]byte)
 	defer diagBufs.Put(bp)
 	buf := *bp
-	for _, req := range reqs {
+	for i, req := range reqs {
 		if err := unix.Sendto(s, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 			return os.NewSyscallError("sendto", err)
 		}
-		if err := answers(ctx, s, buf, each); err != nil {
+		if err := answers(ctx, s, buf, func(msg []byte) { each(i, msg) }); err != nil {
 			return err
 		}
 	}
@@ -286,34 +319,292 @@ func unspecified(a netip.Addr) netip.Addr {
 	return netip.IPv6Unspecified()
 }
 
-// diagPairs counts every socket with a local port in r, per (source,
-// destination) pair (UDP: per source), listeners left out.
-func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]pairCount, error) {
+// diagSock is what a probe reads of one inet_diag_msg and its attributes.
+type diagSock struct {
+	family   byte
+	state    byte
+	src, dst netip.Addr // IPv4-mapped addresses unmapped
+	sport    uint16
+	dport    uint16
+	expires  time.Duration // left on the socket's timer
+	sockopt  bool          // INET_DIAG_SOCKOPT came (full sockets, Linux 5.10+)
+	noPort   bool          // its IP_BIND_ADDRESS_NO_PORT
+	v6only   bool          // INET_DIAG_SKV6ONLY came and is set
+}
+
+// bigEndian tells how the compiler lays out C bit-fields: from the low bit
+// of a byte on little-endian machines, from the high bit on big-endian ones.
+var bigEndian = binary.NativeEndian.Uint16([]byte{0, 1}) == 1
+
+func parseSock(msg []byte) diagSock {
+	id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie
+	m := diagSock{family: msg[0], state: msg[1], sport: binary.BigEndian.Uint16(id[0:2]), dport: binary.BigEndian.Uint16(id[2:4])}
+	if m.family == unix.AF_INET {
+		m.src, m.dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
+	} else {
+		m.src, m.dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	}
+	m.expires = time.Duration(binary.NativeEndian.Uint32(msg[52:56])) * time.Millisecond
+	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
+		l := int(binary.NativeEndian.Uint16(a[0:]))
+		if l < unix.SizeofRtAttr || l > len(a) {
+			break
+		}
+		v := a[unix.SizeofRtAttr:l]
+		switch binary.NativeEndian.Uint16(a[2:]) {
+		case inetDiagSockopt:
+			if len(v) >= 2 {
+				// The second byte's first bit-field is bind_address_no_port.
+				bit := byte(1)
+				if bigEndian {
+					bit = 0x80
+				}
+				m.sockopt, m.noPort = true, v[1]&bit != 0
+			}
+		case inetDiagSKV6Only:
+			m.v6only = len(v) >= 1 && v[0] != 0
+		}
+		a = a[min((l+3)&^3, len(a)):]
+	}
+	return m
+}
+
+// hostOf reads the reserved ports and returns what holds ports of r for
+// every pair, with bound (nil for UDP).
+func hostOf(r PortRange, bound *portSet) (hostPorts, error) {
+	reserved, err := reservedPorts()
+	if err != nil {
+		return hostPorts{}, err
+	}
+	return newHostPorts(r, reserved, bound), nil
+}
+
+// diagTCP reads the ports of r used by the TCP pair src -> dst, and the
+// ports a bind() took. Two dumps of both families (one walk of the kernel's
+// tables each), filtered by the kernel:
+//
+//   - the pair's sockets, in every state, and every socket whose port was
+//     bound explicitly (listeners, bound sockets: connect() skips their
+//     port for every pair);
+//   - the other sockets with an automatic port, TIME_WAIT left out (the
+//     kernel does not say how their port was chosen): listeners and bound
+//     sockets again, and connected sockets whose IP_BIND_ADDRESS_NO_PORT is
+//     off, which took their port at bind() when their source is not the
+//     one the routing picks for their destination.
+func diagTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) (pairPorts, hostPorts, error) {
+	var pair, others bytecode
+	for _, b := range []*bytecode{&pair, &others} {
+		b.port(bcSGE, r.Lo)
+		b.port(bcSLE, r.Hi)
+	}
+	pair.auto()
+	pair.orAccept() // explicitly bound: any address
+	pair.cond(bcSCond, src, -1)
+	pair.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+	others.auto()
+	others.cond(bcSCond, src, -1)
+	others.orAccept()
+	others.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+	others.orAccept()
+	others.reject() // the pair's own
+	reqs := [][]byte{
+		tcpRequest(allStates|boundInactive, pair.bytes()),
+		tcpRequest(allStates&^(1<<tcpTimeWait)|boundInactive, others.bytes()),
+	}
+	tw := readTWReuse()
+	p := pairPorts{reusable: tw.reuses(src, dst.Addr())}
+	bound := new(portSet)
+	var rt router
+	err := dumpEach(ctx, reqs, func(i int, msg []byte) {
+		m := parseSock(msg)
+		if i == 0 && m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose {
+			p.add(m, tw)
+			return
+		}
+		if i == 0 || rt.boundAt(m) {
+			bound.add(m.sport)
+		}
+	})
+	if err != nil {
+		return p, hostPorts{}, err
+	}
+	host, err := hostOf(r, bound)
+	return p, host, err
+}
+
+// add counts m, a socket of the pair.
+func (p *pairPorts) add(m diagSock, tw twReuse) {
+	switch {
+	case m.state != tcpTimeWait:
+		p.live = append(p.live, m.sport)
+	case twLen-m.expires > tw.delay:
+		p.old = append(p.old, m.sport)
+	default:
+		p.tw = append(p.tw, m.sport)
+	}
+}
+
+// router answers, for the sockets of one probe, whether a socket with an
+// automatic port got it from bind() (the bind bucket then makes connect()
+// skip the port for everyone).
+type router struct {
+	routed map[netip.Addr]netip.Addr // destination -> source the routing picks
+}
+
+func (rt *router) boundAt(m diagSock) bool {
+	switch {
+	case m.state == tcpListen, m.state == tcpClose:
+		return true // listen() and bind() take the port at once
+	case !m.sockopt, m.noPort, m.state == tcpTimeWait:
+		return false // the port was chosen at connect(), or nothing is known
+	}
+	if rt.routed == nil {
+		rt.routed = map[netip.Addr]netip.Addr{}
+	}
+	src, ok := rt.routed[m.dst]
+	if !ok {
+		src, _ = routeSource(m.dst) // no route now: not known to be bound
+		rt.routed[m.dst] = src
+	}
+	return src.IsValid() && src != m.src
+}
+
+// diagUDP reads the ports of r held for src by UDP sockets: those on src, on
+// its family's wildcard address, and for IPv4 on [::] unless IPv6-only.
+func diagUDP(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
+	var b bytecode
+	conds := []netip.Addr{src, unspecified(src)}
+	if src.Is4() {
+		conds = append(conds, netip.IPv6Unspecified())
+	}
+	b.anyOf(conds)
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	var p pairPorts
+	err := dump(ctx, requests(true, src.Is4(), src.Is6(), allStates, b.bytes()), func(msg []byte) {
+		if m := parseSock(msg); m.src == src || m.src.IsUnspecified() && holdsFor(m, src) {
+			p.live = append(p.live, m.sport)
+		}
+	})
+	if err != nil {
+		return p, hostPorts{}, err
+	}
+	host, err := hostOf(r, nil)
+	return p, host, err
+}
+
+// holdsFor reports whether m, a UDP socket on a wildcard address, holds its
+// port for sources of src's family: 0.0.0.0 (or ::ffff:0.0.0.0) for IPv4,
+// [::] for IPv6 and, unless IPv6-only, for IPv4 too.
+func holdsFor(m diagSock, src netip.Addr) bool {
+	if m.src.Is4() {
+		return src.Is4()
+	}
+	return src.Is6() || !m.v6only
+}
+
+// anyOf adds "S_COND on any of as".
+func (b *bytecode) anyOf(as []netip.Addr) {
+	if len(as) == 1 {
+		b.cond(bcSCond, as[0], -1)
+		return
+	}
+	b.either(func(b *bytecode) { b.cond(bcSCond, as[0], -1) }, func(b *bytecode) { b.anyOf(as[1:]) })
+}
+
+// diagPairs reads every pair with sockets on ports of r (UDP: every source),
+// of IPv4 (v4), IPv6 (v6) or both, and what holds ports for all. TCP takes
+// two dumps: every socket in the range, and the explicitly bound ones.
+func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
+	if udp {
+		return udpPairs(ctx, v4, v6, r)
+	}
+	var all, explicit bytecode
+	for _, b := range []*bytecode{&all, &explicit} {
+		b.port(bcSGE, r.Lo)
+		b.port(bcSLE, r.Hi)
+	}
+	explicit.auto()
+	explicit.orAccept()
+	explicit.reject()
+	reqs := [][]byte{
+		tcpRequest(allStates|boundInactive, all.bytes()),
+		tcpRequest(allStates&^(1<<tcpTimeWait)|boundInactive, explicit.bytes()),
+	}
+	tw := readTWReuse()
+	pairs := map[pairKey]*pairPorts{}
+	bound := new(portSet)
+	var rt router
+	err := dumpEach(ctx, reqs, func(i int, msg []byte) {
+		m := parseSock(msg)
+		if i == 1 || rt.boundAt(m) {
+			bound.add(m.sport)
+		}
+		if i == 1 || m.state == tcpListen || m.state == tcpClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
+			return
+		}
+		k := pairKey{src: m.src, dst: netip.AddrPortFrom(m.dst, m.dport)}
+		p := pairs[k]
+		if p == nil {
+			p = &pairPorts{reusable: tw.reuses(m.src, m.dst)}
+			pairs[k] = p
+		}
+		p.add(m, tw)
+	})
+	if err != nil {
+		return nil, hostPorts{}, err
+	}
+	host, err := hostOf(r, bound)
+	return pairs, host, err
+}
+
+// udpPairs reads every UDP source with sockets on ports of r, wildcard
+// sockets counted against each source of the family they cover.
+func udpPairs(ctx context.Context, v4, v6 bool, r PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
 	var b bytecode
 	b.port(bcSGE, r.Lo)
 	b.port(bcSLE, r.Hi)
-	counts := map[pairKey]pairCount{}
-	err := dump(ctx, requests(udp, v4, v6, allStates&^(1<<tcpListen), b.bytes()), func(msg []byte) {
-		id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], ...
-		var src, dst netip.Addr
-		if msg[0] == unix.AF_INET {
-			src, dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
-		} else {
-			src, dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	own := map[netip.Addr][]uint16{}
+	var wild4, wild6 []uint16
+	err := dump(ctx, requests(true, v4, true, allStates, b.bytes()), func(msg []byte) {
+		m := parseSock(msg)
+		switch {
+		case !m.src.IsUnspecified():
+			own[m.src] = append(own[m.src], m.sport)
+		case m.src.Is4():
+			wild4 = append(wild4, m.sport)
+		default:
+			wild6 = append(wild6, m.sport)
+			if !m.v6only {
+				wild4 = append(wild4, m.sport)
+			}
 		}
-		if src.Is4() && !v4 || src.Is6() && !v6 {
-			return
-		}
-		k := pairKey{src: src, dst: netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4]))}
-		if udp {
-			k.dst = netip.AddrPort{}
-		}
-		c := counts[k]
-		c.inUse++
-		if msg[1] == tcpTimeWait {
-			c.timeWait++
-		}
-		counts[k] = c
 	})
-	return counts, err
+	if err != nil {
+		return nil, hostPorts{}, err
+	}
+	pairs := map[pairKey]*pairPorts{}
+	has4, has6 := false, false
+	for src, ports := range own {
+		if src.Is4() && !v4 || src.Is6() && !v6 {
+			continue
+		}
+		wild := wild6
+		if src.Is4() {
+			wild, has4 = wild4, true
+		} else {
+			has6 = true
+		}
+		pairs[pairKey{src: src}] = &pairPorts{live: append(ports, wild...)}
+	}
+	// Wildcard sockets alone: shown as the wildcard address, the ports an
+	// unbound socket of that family could not take.
+	if v4 && !has4 && len(wild4) > 0 {
+		pairs[pairKey{src: netip.IPv4Unspecified()}] = &pairPorts{live: wild4}
+	}
+	if v6 && !has6 && len(wild6) > 0 {
+		pairs[pairKey{src: netip.IPv6Unspecified()}] = &pairPorts{live: wild6}
+	}
+	host, err := hostOf(r, nil)
+	return pairs, host, err
 }
