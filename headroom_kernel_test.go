@@ -1,0 +1,255 @@
+//go:build linux
+
+package safedial_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/safedial/safedial"
+	"github.com/safedial/safedial/internal/netns"
+	"github.com/safedial/safedial/internal/netnstest"
+	"golang.org/x/sys/unix"
+)
+
+// A family of the kernel-equality tests: addresses, and whether the sockets
+// are dual-stack AF_INET6 sockets with IPv4-mapped addresses.
+type family struct {
+	name        string
+	src, other  netip.Addr // the pair's source; another local address
+	dst, elsewh netip.Addr // the pair's destination host; another one
+	dual        bool
+}
+
+var families = []family{
+	{"ipv4", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), false},
+	{"ipv6", netip.MustParseAddr("fd00::9"), netip.MustParseAddr("fd00::3"), netip.MustParseAddr("::1"), netip.MustParseAddr("fd00::4"), false},
+	{"dual-stack", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), true},
+}
+
+// sockaddrOf is a in f's socket family.
+func (f family) sockaddr(a netip.Addr, port uint16) unix.Sockaddr {
+	if a.Is4() && !f.dual {
+		return &unix.SockaddrInet4{Addr: a.As4(), Port: int(port)}
+	}
+	return &unix.SockaddrInet6{Addr: a.As16(), Port: int(port)}
+}
+
+func (f family) socket(t *testing.T, typ int) int {
+	t.Helper()
+	fam := unix.AF_INET
+	if f.src.Is6() || f.dual {
+		fam = unix.AF_INET6
+	}
+	s, err := unix.Socket(fam, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// connect makes a TCP connection from src to dst in f's socket family; with
+// noPort the port is chosen at connect (IP_BIND_ADDRESS_NO_PORT), as
+// safedial dials, else at bind, as net.Dialer with a LocalAddr does. The
+// socket is closed when the test ends, unless the caller closes it.
+func (f family) connect(t *testing.T, src netip.Addr, dst netip.AddrPort, noPort bool) (int, error) {
+	t.Helper()
+	s := f.socket(t, unix.SOCK_STREAM)
+	t.Cleanup(func() { unix.Close(s) })
+	if noPort {
+		if err := unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Bind(s, f.sockaddr(src, 0)); err != nil {
+		return s, fmt.Errorf("bind: %w", err)
+	}
+	if err := unix.Connect(s, f.sockaddr(dst.Addr(), dst.Port())); err != nil {
+		return s, fmt.Errorf("connect: %w", err)
+	}
+	return s, nil
+}
+
+// accepted dials from src to dst as safedial does until the kernel refuses
+// (EADDRNOTAVAIL), and returns how many connections it accepted.
+func (f family) accepted(t *testing.T, src netip.Addr, dst netip.AddrPort) int {
+	t.Helper()
+	for n := 0; ; n++ {
+		if _, err := f.connect(t, src, dst, true); err != nil {
+			if !errors.Is(err, unix.EADDRNOTAVAIL) {
+				t.Fatalf("dial %d from %v to %v: %v, want success or EADDRNOTAVAIL", n, src, dst, err)
+			}
+			return n
+		}
+		if n > 70000 {
+			t.Fatal("the kernel never refused")
+		}
+	}
+}
+
+// pairOf builds est held connections and tw connections in TIME_WAIT from
+// src to dst (connect-chosen ports), and waits until ss sees the TIME_WAIT
+// ones.
+func (f family) pairOf(t *testing.T, src netip.Addr, dst netip.AddrPort, est, tw int, closed <-chan struct{}) {
+	t.Helper()
+	for i := range est + tw {
+		s, err := f.connect(t, src, dst, true)
+		if err != nil {
+			t.Fatalf("connection %d from %v to %v: %v", i, src, dst, err)
+		}
+		if i >= est {
+			unix.Close(s)
+			<-closed // the server closed its side: ours is in TIME_WAIT
+		}
+	}
+}
+
+// addAddrs adds the IPv6 addresses of the tests to lo.
+func addAddrs(t *testing.T, as ...netip.Addr) {
+	t.Helper()
+	for _, a := range as {
+		if !a.Is6() || a.IsLoopback() {
+			continue
+		}
+		if out, err := exec.Command("ip", "-6", "addr", "add", a.String()+"/128", "dev", "lo", "nodad").CombinedOutput(); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("ip addr add %v: %v: %s", a, err, out)
+			}
+			t.Skipf("iproute2's ip is needed to add IPv6 addresses to lo: %v: %s", err, out)
+		}
+	}
+}
+
+// nsConfig is a namespace with range lo-hi and net.ipv4.tcp_tw_reuse set.
+func nsConfig(lo, hi uint16, twReuse int) netns.Config {
+	return netns.Config{PortLo: lo, PortHi: hi, TWReuse: twReuse}
+}
+
+func writeSysctl(t *testing.T, name, value string) {
+	t.Helper()
+	if err := os.WriteFile("/proc/sys/"+name, []byte(value), 0); err != nil {
+		t.Fatalf("set %s=%s in the test's namespace: %v", name, value, err)
+	}
+}
+
+// TestHeadroomEqualsKernel builds each case of issue 14's table in a fresh
+// namespace (range 40000-40099; 30 connections held and 30 in TIME_WAIT
+// toward the pair unless said otherwise), in IPv4, IPv6 and dual-stack
+// (AF_INET6 sockets with IPv4-mapped addresses), probes, then dials from the
+// pair's source to its destination until the kernel refuses: Free must be
+// the number of connections the kernel accepted, and the five counts must
+// add up to the range.
+func TestHeadroomEqualsKernel(t *testing.T) {
+	type want struct{ inUse, timeWait, reserved, bound, free int }
+	cases := []struct {
+		name    string
+		twReuse int // net.ipv4.tcp_tw_reuse
+		setup   func(t *testing.T, f family)
+		noPair  bool // the pair has no connection
+		want    want
+		reuse   bool // TimeWaitReusable
+	}{
+		{name: "plain", want: want{30, 30, 0, 0, 40}},
+		{name: "reserved", setup: func(t *testing.T, f family) {
+			writeSysctl(t, "net/ipv4/ip_local_reserved_ports", "40090-40099")
+		}, want: want{30, 30, 10, 0, 30}},
+		{name: "listener-other-address", setup: func(t *testing.T, f family) {
+			ln, err := net.Listen("tcp", netip.AddrPortFrom(f.other, 40050).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+		}, want: want{30, 30, 0, 1, 39}},
+		{name: "bound-wildcard", setup: func(t *testing.T, f family) {
+			s := f.socket(t, unix.SOCK_STREAM)
+			t.Cleanup(func() { unix.Close(s) })
+			wild := netip.IPv4Unspecified()
+			if f.src.Is6() || f.dual {
+				wild = netip.IPv6Unspecified()
+			}
+			if err := unix.Bind(s, f.sockaddr(wild, 40050)); err != nil {
+				t.Fatal(err)
+			}
+		}, want: want{30, 30, 0, 1, 39}},
+		{name: "pinned-elsewhere", noPair: true, setup: func(t *testing.T, f family) {
+			// 50 sockets bound to other:0 without IP_BIND_ADDRESS_NO_PORT,
+			// connected to another destination.
+			elsewhere, _ := netnstest.EOFServer(t, netip.AddrPortFrom(f.elsewh, 80).String())
+			for i := range 50 {
+				if _, err := f.connect(t, f.other, netip.MustParseAddrPort(elsewhere), false); err != nil {
+					t.Fatalf("pinned socket %d: %v", i, err)
+				}
+			}
+		}, want: want{0, 0, 0, 50, 50}},
+		{name: "tw_reuse=1", twReuse: 1, setup: func(t *testing.T, f family) {
+			writeSysctl(t, "net/ipv4/tcp_tw_reuse_delay", "1")
+		}, want: want{30, 0, 0, 0, 70}, reuse: true},
+		{name: "tw_reuse=2", twReuse: 2, setup: func(t *testing.T, f family) {
+			writeSysctl(t, "net/ipv4/tcp_tw_reuse_delay", "1")
+		}, want: want{30, 0, 0, 0, 70}, reuse: true},
+		{name: "tw_reuse=1-young", twReuse: 1, setup: func(t *testing.T, f family) {
+			writeSysctl(t, "net/ipv4/tcp_tw_reuse_delay", "60000")
+		}, want: want{30, 30, 0, 0, 40}, reuse: true},
+	}
+	for _, f := range families {
+		for _, tc := range cases {
+			t.Run(f.name+"/"+tc.name, func(t *testing.T) {
+				netnstest.Run(t, nsConfig(40000, 40099, tc.twReuse), func(t *testing.T) {
+					if f.src.Is6() || f.dual {
+						needIPv6(t)
+					}
+					if _, err := os.Stat("/proc/sys/net/ipv4/tcp_tw_reuse_delay"); err != nil && tc.twReuse != 0 {
+						t.Skip("this kernel has no net.ipv4.tcp_tw_reuse_delay (Linux 6.13+): the test would wait a second per case")
+					}
+					addAddrs(t, f.src, f.other, f.elsewh)
+					dstAddr, closed := netnstest.EOFServer(t, netip.AddrPortFrom(f.dst, 5432).String())
+					dst := netip.MustParseAddrPort(dstAddr)
+					if tc.setup != nil {
+						tc.setup(t, f)
+					}
+					if !tc.noPair {
+						f.pairOf(t, f.src, dst, 30, 30, closed)
+					}
+					if tc.twReuse != 0 && tc.want.timeWait == 0 {
+						// TIME_WAIT sockets are reused once older than
+						// tcp_tw_reuse_delay (1 ms here): real time, which
+						// only waiting provides.
+						time.Sleep(20 * time.Millisecond)
+					}
+					h, err := safedial.ProbeHeadroom(context.Background(), "tcp", f.src, dst)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got := want{h.InUse, h.TimeWait, h.Reserved, h.Bound, h.Free}
+					if got != tc.want || h.TimeWaitReusable != tc.reuse {
+						t.Errorf("ProbeHeadroom = %+v (TimeWaitReusable %v), want %+v (%v)", got, h.TimeWaitReusable, tc.want, tc.reuse)
+					}
+					if sum := h.InUse + h.TimeWait + h.Reserved + h.Bound + h.Free; sum != 100 {
+						t.Errorf("the five counts add up to %d, want the range's 100", sum)
+					}
+					all, err := safedial.ProbeAllHeadroom(context.Background(), "tcp")
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, a := range all {
+						if a.Source == f.src && a.Dest == dst && a != h {
+							t.Errorf("ProbeAllHeadroom says %+v, ProbeHeadroom %+v", a, h)
+						}
+					}
+					if n := f.accepted(t, f.src, dst); n != h.Free {
+						t.Errorf("the kernel accepted %d connections from %v to %v; ProbeHeadroom said Free %d (%+v)", n, f.src, dst, h.Free, h)
+					} else {
+						t.Logf("%s %s: ProbeHeadroom Free %d, the kernel accepted %d (%+v)", f.name, tc.name, h.Free, n, got)
+					}
+				})
+			})
+		}
+	}
+}
