@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/safedial/safedial"
 	"github.com/safedial/safedial/internal/netns"
 	"github.com/safedial/safedial/internal/netnstest"
@@ -250,6 +251,118 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 					}
 				})
 			})
+		}
+	}
+}
+
+// TestHeadroomUDPWildcards: UDP sockets on 0.0.0.0:P and on [::]:P (Go's
+// ListenPacket("udp", ":0"), dual-stack) hold P for every IPv4 source, and
+// [::]:P (IPv6-only or not) for every IPv6 one. Free must be what the kernel
+// then accepts from a socket bound to the source, as safedial dials UDP.
+func TestHeadroomUDPWildcards(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		hold := func(network, laddr string, n int) {
+			for range n {
+				c, err := net.ListenPacket(network, laddr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+			}
+		}
+		for i := range 5 {
+			c, err := (&net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}).Dial("udp", fmt.Sprintf("127.0.0.2:%d", 53+i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+		hold("udp", ":0", 3)           // [::]:P, dual-stack
+		hold("udp4", "0.0.0.0:0", 2)   // 0.0.0.0:P
+		hold("udp6", "[::]:0", 1)      // [::]:P, IPv6-only
+		hold("udp4", "127.0.0.5:0", 4) // another source
+
+		for _, tc := range []struct {
+			src         netip.Addr
+			inUse, free int
+		}{
+			{netip.MustParseAddr("127.0.0.1"), 10, 90}, // its 5, 3 dual-stack, 2 on 0.0.0.0
+			{netip.MustParseAddr("::1"), 4, 96},        // the 4 on [::]
+		} {
+			dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), 9)
+			if tc.src.Is6() {
+				dst = netip.MustParseAddrPort("[::1]:9")
+			}
+			h, err := safedial.ProbeHeadroom(context.Background(), "udp", tc.src, dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.InUse != tc.inUse || h.Free != tc.free || h.InUse+h.TimeWait+h.Reserved+h.Bound+h.Free != 100 {
+				t.Errorf("UDP headroom of %v: %+v, want %d in use, %d free", tc.src, h, tc.inUse, tc.free)
+			}
+			if n := acceptedUDP(t, tc.src, dst); n != h.Free {
+				t.Errorf("the kernel accepted %d UDP sockets from %v; ProbeHeadroom said Free %d", n, tc.src, h.Free)
+			} else {
+				t.Logf("UDP from %v: ProbeHeadroom Free %d, the kernel accepted %d", tc.src, h.Free, n)
+			}
+		}
+	})
+}
+
+// TestProbeAllHeadroomUDP: wildcard sockets count against each source of
+// the family they cover, not as rows of their own; alone, they show as the
+// wildcard address.
+func TestProbeAllHeadroomUDP(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		for _, la := range []struct {
+			network, addr string
+			n             int
+		}{{"udp4", "127.0.0.1:0", 5}, {"udp4", "127.0.0.5:0", 4}, {"udp", ":0", 3}, {"udp4", "0.0.0.0:0", 2}, {"udp6", "[::]:0", 1}} {
+			for range la.n {
+				c, err := net.ListenPacket(la.network, la.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+			}
+		}
+		hs, err := safedial.ProbeAllHeadroom(context.Background(), "udp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := safedial.PortRange{Lo: 40000, Hi: 40099}
+		want := []safedial.Headroom{
+			{Source: netip.MustParseAddr("127.0.0.1"), Range: r, InUse: 10, Free: 90},
+			{Source: netip.MustParseAddr("127.0.0.5"), Range: r, InUse: 9, Free: 91},
+			{Source: netip.IPv6Unspecified(), Range: r, InUse: 4, Free: 96},
+		}
+		if diff := cmp.Diff(want, hs, netipCmp); diff != "" {
+			t.Errorf("ProbeAllHeadroom(udp) (-want +got):\n%s", diff)
+		}
+	})
+}
+
+// acceptedUDP connects UDP sockets bound to src (IP_BIND_ADDRESS_NO_PORT, as
+// safedial dials) to dst until the kernel refuses (EAGAIN).
+func acceptedUDP(t *testing.T, src netip.Addr, dst netip.AddrPort) int {
+	t.Helper()
+	f := family{src: src}
+	for n := 0; ; n++ {
+		s := f.socket(t, unix.SOCK_DGRAM)
+		t.Cleanup(func() { unix.Close(s) })
+		if err := unix.SetsockoptInt(s, unix.SOL_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(s, f.sockaddr(src, 0)); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Connect(s, f.sockaddr(dst.Addr(), dst.Port())); err != nil {
+			if !errors.Is(err, unix.EAGAIN) {
+				t.Fatalf("UDP socket %d from %v: %v, want success or EAGAIN", n, src, err)
+			}
+			return n
 		}
 	}
 }

@@ -209,6 +209,17 @@ func TestProbeHeadroomInput(t *testing.T) {
 		{"tcp4", v6, d6, "network tcp4 does not match"},
 		{"tcp6", v4, d4, "network tcp6 does not match"},
 		{"unix", v4, d4, `unknown network "unix"`},
+		{"tcp", netip.IPv4Unspecified(), d4, "the source is the unspecified address"},
+		{"tcp", netip.IPv6Unspecified(), d6, "the source is the unspecified address"},
+		{"udp", netip.MustParseAddr("224.0.0.1"), d4, "the source is a multicast address"},
+		{"tcp", netip.MustParseAddr("ff02::1"), d6, "the source is a multicast address"},
+		{"tcp", netip.MustParseAddr("255.255.255.255"), d4, "the source is a broadcast address"},
+		{"tcp", netip.MustParseAddr("127.255.255.255"), d4, "the source is a broadcast address"},
+		{"tcp", v4, netip.MustParseAddrPort("0.0.0.0:80"), "the destination is the unspecified address"},
+		{"tcp", v6, netip.MustParseAddrPort("[::]:80"), "the destination is the unspecified address"},
+		{"tcp", v4, netip.MustParseAddrPort("127.0.0.2:0"), "the destination port is 0"},
+		{"tcp", netip.MustParseAddr("fe80::1%nosuchif0"), d6, `unknown zone "nosuchif0"`},
+		{"tcp", v6, netip.MustParseAddrPort("[fe80::1%nosuchif0]:80"), `unknown zone "nosuchif0"`},
 		{"", v4, d4, `unknown network ""`},
 	} {
 		h, err := safedial.ProbeHeadroom(context.Background(), tc.network, tc.src, tc.dst)
@@ -297,6 +308,34 @@ func TestProbeAllHeadroom(t *testing.T) {
 		}
 		if _, err := safedial.ProbeAllHeadroom(context.Background(), "sctp"); err == nil || errors.Is(err, errors.ErrUnsupported) {
 			t.Errorf("unknown network: %v, want a clear error", err)
+		}
+	})
+}
+
+// TestDialerHeadroomRoutedSource: without a source, Headroom asks the
+// routing (RTM_GETROUTE) and opens no socket: it answers even when every UDP
+// port is taken.
+func TestDialerHeadroomRoutedSource(t *testing.T) {
+	inNamespace(t, 40000, 40009, func(t *testing.T) {
+		for range 10 {
+			c, err := net.ListenPacket("udp4", "0.0.0.0:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+		if c, err := net.Dial("udp4", "127.0.0.2:53"); err == nil {
+			c.Close()
+			t.Fatal("the UDP ports are not exhausted: the test proves nothing")
+		}
+		dst := closingServer(t, "127.0.0.2:8080")
+		hs, err := (&safedial.Dialer{}).Headroom(context.Background(), "tcp", dst)
+		if err != nil {
+			t.Fatalf("Headroom with every UDP port taken: %v", err)
+		}
+		want := []safedial.Headroom{{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(dst), Range: safedial.PortRange{Lo: 40000, Hi: 40009}, Free: 10}}
+		if diff := cmp.Diff(want, hs, netipCmp); diff != "" {
+			t.Errorf("Headroom (-want +got):\n%s", diff)
 		}
 	})
 }
