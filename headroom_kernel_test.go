@@ -168,6 +168,18 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 			}
 			t.Cleanup(func() { ln.Close() })
 		}, want: want{30, 30, 0, 1, 39}},
+		{name: "listener-other-family", setup: func(t *testing.T, f family) {
+			// TCP ports are one space for IPv4 and IPv6.
+			other := "127.0.0.3:40050"
+			if f.src.Is4() {
+				other = "[::1]:40050"
+			}
+			ln, err := net.Listen("tcp", other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+		}, want: want{30, 30, 0, 1, 39}},
 		{name: "bound-wildcard", setup: func(t *testing.T, f family) {
 			s := f.socket(t, unix.SOCK_STREAM)
 			t.Cleanup(func() { unix.Close(s) })
@@ -189,6 +201,25 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 				}
 			}
 		}, want: want{0, 0, 0, 50, 50}},
+		{name: "explicit-port-connected", setup: func(t *testing.T, f family) {
+			// Bound to an explicit port on the source the routing picks
+			// for its destination, then connected: seen by how it was
+			// bound (INET_DIAG_BC_AUTO), not by its addresses.
+			elsewhere, _ := netnstest.EOFServer(t, netip.AddrPortFrom(f.elsewh, 80).String())
+			routed := netip.MustParseAddr("127.0.0.1")
+			if f.elsewh.Is6() {
+				routed = f.elsewh
+			}
+			s := f.socket(t, unix.SOCK_STREAM)
+			t.Cleanup(func() { unix.Close(s) })
+			to := netip.MustParseAddrPort(elsewhere)
+			if err := unix.Bind(s, f.sockaddr(routed, 40050)); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Connect(s, f.sockaddr(to.Addr(), to.Port())); err != nil {
+				t.Fatal(err)
+			}
+		}, want: want{30, 30, 0, 1, 39}},
 		{name: "tw_reuse=1", twReuse: 1, setup: func(t *testing.T, f family) {
 			writeSysctl(t, "net/ipv4/tcp_tw_reuse_delay", "1")
 		}, want: want{30, 0, 0, 0, 70}, reuse: true},
@@ -203,9 +234,7 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(f.name+"/"+tc.name, func(t *testing.T) {
 				netnstest.Run(t, nsConfig(40000, 40099, tc.twReuse), func(t *testing.T) {
-					if f.src.Is6() || f.dual {
-						needIPv6(t)
-					}
+					needIPv6(t)
 					if _, err := os.Stat("/proc/sys/net/ipv4/tcp_tw_reuse_delay"); err != nil && tc.twReuse != 0 {
 						t.Skip("this kernel has no net.ipv4.tcp_tw_reuse_delay (Linux 6.13+): the test would wait a second per case")
 					}
