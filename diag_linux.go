@@ -3,9 +3,11 @@ package safedial
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -22,12 +24,13 @@ const (
 	inetDiagReqBytecode = 1 // INET_DIAG_REQ_BYTECODE, the request's attribute
 
 	// Bytecode operations (enum in inet_diag.h).
-	bcJmp   = 1 // INET_DIAG_BC_JMP: always jumps by "no"
-	bcAuto  = 6 // INET_DIAG_BC_AUTO: the local port was not bound explicitly (bind with a port)
-	bcSGE   = 2 // INET_DIAG_BC_S_GE: local port >= next op's "no"
-	bcSLE   = 3 // INET_DIAG_BC_S_LE: local port <= next op's "no"
-	bcSCond = 7 // INET_DIAG_BC_S_COND: local address/prefix and port (-1: any)
-	bcDCond = 8 // INET_DIAG_BC_D_COND: remote address/prefix and port
+	bcJmp    = 1  // INET_DIAG_BC_JMP: always jumps by "no"
+	bcAuto   = 6  // INET_DIAG_BC_AUTO: the local port was not bound explicitly (bind with a port)
+	bcSGE    = 2  // INET_DIAG_BC_S_GE: local port >= next op's "no"
+	bcSLE    = 3  // INET_DIAG_BC_S_LE: local port <= next op's "no"
+	bcSCond  = 7  // INET_DIAG_BC_S_COND: local address/prefix and port (-1: any)
+	bcDCond  = 8  // INET_DIAG_BC_D_COND: remote address/prefix and port
+	bcCgroup = 13 // INET_DIAG_BC_CGROUP_COND: the socket's cgroup id (u64 after the op)
 
 	sizeofReqV2 = 56 // struct inet_diag_req_v2
 	sizeofReqV1 = 60 // struct inet_diag_req, of TCPDIAG_GETSOCK
@@ -115,6 +118,15 @@ func (b *bytecode) port(code byte, p uint16) {
 // auto adds AUTO: the socket's port was not bound explicitly (always true of
 // TIME_WAIT sockets, which do not keep the flag).
 func (b *bytecode) auto() { b.ops = append(b.ops, bcOp{b: []byte{bcAuto, sizeofBcOp, 0, 0}}) }
+
+// cgroup adds CGROUP_COND: the socket's cgroup is id (0 for TIME_WAIT and
+// SYN_RECV mini sockets, which have none). Linux 5.9+.
+func (b *bytecode) cgroup(id uint64) {
+	op := make([]byte, sizeofBcOp+8)
+	op[0] = bcCgroup
+	binary.NativeEndian.PutUint64(op[sizeofBcOp:], id)
+	b.ops = append(b.ops, bcOp{b: op})
+}
 
 // orAccept makes the last op accept the socket when its test fails.
 func (b *bytecode) orAccept() { b.ops[len(b.ops)-1].accept = true }
@@ -380,56 +392,112 @@ func hostOf(r PortRange, bound *portSet) (hostPorts, error) {
 }
 
 // diagTCP reads the ports of r used by the TCP pair src -> dst, and the
-// ports a bind() took. Two dumps of both families (one walk of the kernel's
-// tables each), filtered by the kernel:
-//
-//   - the pair's sockets, in every state, and every socket whose port was
-//     bound explicitly (listeners, bound sockets: connect() skips their
-//     port for every pair);
-//   - the other sockets with an automatic port, TIME_WAIT left out (the
-//     kernel does not say how their port was chosen): listeners and bound
-//     sockets again, and connected sockets whose IP_BIND_ADDRESS_NO_PORT is
-//     off, which took their port at bind() when their source is not the
-//     one the routing picks for their destination.
+// ports a bind() took. One walk of the kernel's tables (both families)
+// returns, filtered by the kernel, the pair's sockets in every state and
+// every full socket in the range (TIME_WAIT sockets of other pairs left out:
+// they say nothing of how their port was taken): listeners and bound
+// sockets, whose port bind() took, and connected sockets, whose port bind()
+// took when IP_BIND_ADDRESS_NO_PORT is off and their source is not the one
+// the routing picks for their destination. Sockets that remain in doubt
+// (option off, routed source) cost a second walk, for those bound to an
+// explicit port (INET_DIAG_BC_AUTO).
 func diagTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) (pairPorts, hostPorts, error) {
-	var pair, others bytecode
-	for _, b := range []*bytecode{&pair, &others} {
-		b.port(bcSGE, r.Lo)
-		b.port(bcSLE, r.Hi)
-	}
-	pair.auto()
-	pair.orAccept() // explicitly bound: any address
-	pair.cond(bcSCond, src, -1)
-	pair.cond(bcDCond, dst.Addr(), int32(dst.Port()))
-	others.auto()
-	others.cond(bcSCond, src, -1)
-	others.orAccept()
-	others.cond(bcDCond, dst.Addr(), int32(dst.Port()))
-	others.orAccept()
-	others.reject() // the pair's own
-	reqs := [][]byte{
-		tcpRequest(allStates|boundInactive, pair.bytes()),
-		tcpRequest(allStates&^(1<<tcpTimeWait)|boundInactive, others.bytes()),
-	}
 	tw := readTWReuse()
 	p := pairPorts{reusable: tw.reuses(src, dst.Addr())}
-	bound := new(portSet)
-	var rt router
-	err := dumpEach(ctx, reqs, func(i int, msg []byte) {
-		m := parseSock(msg)
-		if i == 0 && m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose {
+	isPair := func(m diagSock) bool {
+		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose
+	}
+	b := bindings{bound: new(portSet)}
+	err := fullOrPair(ctx, r, src, dst, func(m diagSock) {
+		if isPair(m) {
 			p.add(m, tw)
-			return
-		}
-		if i == 0 || rt.boundAt(m) {
-			bound.add(m.sport)
+		} else {
+			b.see(m)
 		}
 	})
+	if err == nil {
+		err = b.explicit(ctx, r)
+	}
 	if err != nil {
 		return p, hostPorts{}, err
 	}
-	host, err := hostOf(r, bound)
+	host, err := hostOf(r, b.bound)
 	return p, host, err
+}
+
+// noCgroupCond is set once the kernel refused INET_DIAG_BC_CGROUP_COND
+// (before Linux 5.9, or without CONFIG_SOCK_CGROUP_DATA).
+var noCgroupCond atomic.Bool
+
+// fullOrPair dumps, in one walk, the TCP sockets with a local port in r that
+// are full sockets (not TIME_WAIT or SYN_RECV mini sockets, whose cgroup is
+// 0) or of the pair src -> dst. Where the kernel lacks the cgroup condition,
+// it dumps every socket in r.
+func fullOrPair(ctx context.Context, r PortRange, src netip.Addr, dst netip.AddrPort, each func(diagSock)) error {
+	var b bytecode
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	if !noCgroupCond.Load() {
+		b.cgroup(0)  // a mini socket: the pair's only
+		b.orAccept() // a full socket: any
+		b.cond(bcSCond, src, -1)
+		b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+	}
+	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, b.bytes())}, func(msg []byte) { each(parseSock(msg)) })
+	if errors.Is(err, unix.EINVAL) && !noCgroupCond.Load() {
+		noCgroupCond.Store(true)
+		return fullOrPair(ctx, r, src, dst, each)
+	}
+	return err
+}
+
+// bindings learns which ports of a range a bind() took, from the sockets a
+// probe sees.
+type bindings struct {
+	bound  *portSet
+	doubt  bool                      // a socket left in doubt: ask for the explicit ports
+	routed map[netip.Addr]netip.Addr // destination -> source the routing picks
+}
+
+// see classifies m, a socket not of the pair in question.
+func (b *bindings) see(m diagSock) {
+	switch {
+	case m.state == tcpListen, m.state == tcpClose:
+		b.bound.add(m.sport) // listen() and bind() take the port at once
+		return
+	case !m.sockopt, m.noPort:
+		return // a mini socket, or a port chosen at connect()
+	}
+	if b.routed == nil {
+		b.routed = map[netip.Addr]netip.Addr{}
+	}
+	src, ok := b.routed[m.dst]
+	if !ok {
+		src, _ = routeSource(m.dst) // no route now: in doubt
+		b.routed[m.dst] = src
+	}
+	if src.IsValid() && src != m.src {
+		b.bound.add(m.sport) // bound to a source connect() would not pick
+	} else if !b.bound.has(m.sport) {
+		b.doubt = true
+	}
+}
+
+// explicit adds, when sockets were left in doubt, the ports of r of the
+// sockets bound to an explicit port (one more walk).
+func (b *bindings) explicit(ctx context.Context, r PortRange) error {
+	if !b.doubt {
+		return nil
+	}
+	var bc bytecode
+	bc.port(bcSGE, r.Lo)
+	bc.port(bcSLE, r.Hi)
+	bc.auto()
+	bc.orAccept()
+	bc.reject()
+	return dump(ctx, [][]byte{tcpRequest(allStates&^(1<<tcpTimeWait), bc.bytes())}, func(msg []byte) {
+		b.bound.add(binary.BigEndian.Uint16(msg[4:6]))
+	})
 }
 
 // add counts m, a socket of the pair.
@@ -442,31 +510,6 @@ func (p *pairPorts) add(m diagSock, tw twReuse) {
 	default:
 		p.tw = append(p.tw, m.sport)
 	}
-}
-
-// router answers, for the sockets of one probe, whether a socket with an
-// automatic port got it from bind() (the bind bucket then makes connect()
-// skip the port for everyone).
-type router struct {
-	routed map[netip.Addr]netip.Addr // destination -> source the routing picks
-}
-
-func (rt *router) boundAt(m diagSock) bool {
-	switch {
-	case m.state == tcpListen, m.state == tcpClose:
-		return true // listen() and bind() take the port at once
-	case !m.sockopt, m.noPort, m.state == tcpTimeWait:
-		return false // the port was chosen at connect(), or nothing is known
-	}
-	if rt.routed == nil {
-		rt.routed = map[netip.Addr]netip.Addr{}
-	}
-	src, ok := rt.routed[m.dst]
-	if !ok {
-		src, _ = routeSource(m.dst) // no route now: not known to be bound
-		rt.routed[m.dst] = src
-	}
-	return src.IsValid() && src != m.src
 }
 
 // diagUDP reads the ports of r held for src by UDP sockets: those on src, on
@@ -519,28 +562,16 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 	if udp {
 		return udpPairs(ctx, v4, v6, r)
 	}
-	var all, explicit bytecode
-	for _, b := range []*bytecode{&all, &explicit} {
-		b.port(bcSGE, r.Lo)
-		b.port(bcSLE, r.Hi)
-	}
-	explicit.auto()
-	explicit.orAccept()
-	explicit.reject()
-	reqs := [][]byte{
-		tcpRequest(allStates|boundInactive, all.bytes()),
-		tcpRequest(allStates&^(1<<tcpTimeWait)|boundInactive, explicit.bytes()),
-	}
+	var all bytecode
+	all.port(bcSGE, r.Lo)
+	all.port(bcSLE, r.Hi)
 	tw := readTWReuse()
 	pairs := map[pairKey]*pairPorts{}
-	bound := new(portSet)
-	var rt router
-	err := dumpEach(ctx, reqs, func(i int, msg []byte) {
+	b := bindings{bound: new(portSet)}
+	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, all.bytes())}, func(msg []byte) {
 		m := parseSock(msg)
-		if i == 1 || rt.boundAt(m) {
-			bound.add(m.sport)
-		}
-		if i == 1 || m.state == tcpListen || m.state == tcpClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
+		b.see(m)
+		if m.state == tcpListen || m.state == tcpClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
 			return
 		}
 		k := pairKey{src: m.src, dst: netip.AddrPortFrom(m.dst, m.dport)}
@@ -551,10 +582,13 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 		}
 		p.add(m, tw)
 	})
+	if err == nil {
+		err = b.explicit(ctx, r)
+	}
 	if err != nil {
 		return nil, hostPorts{}, err
 	}
-	host, err := hostOf(r, bound)
+	host, err := hostOf(r, b.bound)
 	return pairs, host, err
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,12 +28,14 @@ type family struct {
 	src, other  netip.Addr // the pair's source; another local address
 	dst, elsewh netip.Addr // the pair's destination host; another one
 	dual        bool
+	oldKernel   bool // probe as on a kernel without INET_DIAG_BC_CGROUP_COND
 }
 
 var families = []family{
-	{"ipv4", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), false},
-	{"ipv6", netip.MustParseAddr("fd00::9"), netip.MustParseAddr("fd00::3"), netip.MustParseAddr("::1"), netip.MustParseAddr("fd00::4"), false},
-	{"dual-stack", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), true},
+	{"ipv4", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), false, false},
+	{"ipv6", netip.MustParseAddr("fd00::9"), netip.MustParseAddr("fd00::3"), netip.MustParseAddr("::1"), netip.MustParseAddr("fd00::4"), false, false},
+	{"dual-stack", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), true, false},
+	{"ipv4-before-5.9", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), false, true},
 }
 
 // sockaddrOf is a in f's socket family.
@@ -112,7 +115,10 @@ func (f family) pairOf(t *testing.T, src netip.Addr, dst netip.AddrPort, est, tw
 	}
 }
 
-// addAddrs adds the IPv6 addresses of the tests to lo.
+// addAddrs adds the IPv6 addresses of the tests to lo, and waits until the
+// routing takes each for local: the kernel adds the local route from a work
+// queue, after the command returns (until then, packets to the address are
+// routed out of lo and back, and refused as unreachable).
 func addAddrs(t *testing.T, as ...netip.Addr) {
 	t.Helper()
 	for _, a := range as {
@@ -124,6 +130,19 @@ func addAddrs(t *testing.T, as ...netip.Addr) {
 				t.Fatalf("ip addr add %v: %v: %s", a, err, out)
 			}
 			t.Skipf("iproute2's ip is needed to add IPv6 addresses to lo: %v: %s", err, out)
+		}
+	}
+	for _, a := range as {
+		if !a.Is6() || a.IsLoopback() {
+			continue
+		}
+		for end := time.Now().Add(10 * time.Second); ; {
+			out, err := exec.Command("ip", "-6", "route", "get", a.String()).Output()
+			if err == nil && strings.HasPrefix(string(out), "local ") {
+				break
+			} else if time.Now().After(end) {
+				t.Fatalf("ip -6 route get %v: %s %v, 10 s after it was added to lo", a, out, err)
+			}
 		}
 	}
 }
@@ -252,6 +271,9 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 						// tcp_tw_reuse_delay (1 ms here): real time, which
 						// only waiting provides.
 						time.Sleep(20 * time.Millisecond)
+					}
+					if f.oldKernel {
+						defer safedial.WithoutCgroupCond()()
 					}
 					h, err := safedial.ProbeHeadroom(context.Background(), "tcp", f.src, dst)
 					if err != nil {
