@@ -12,11 +12,3 @@ func StopClock() (advance func(ns int64), restore func()) {
 
 // FullTTL is how long a full source is skipped, in nanoseconds.
 const FullTTL = int64(fullTTL)
-
-// WithoutCgroupCond makes the TCP probes act as on a kernel without
-// INET_DIAG_BC_CGROUP_COND (before Linux 5.9) until restore is called.
-func WithoutCgroupCond() (restore func()) {
-	was := noCgroupCond.Load()
-	noCgroupCond.Store(true)
-	return func() { noCgroupCond.Store(was) }
-}
