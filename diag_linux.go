@@ -642,3 +642,11 @@ func udpPairs(ctx context.Context, v4, v6 bool, r PortRange) (map[pairKey]*pairP
 	host, err := hostOf(r, nil)
 	return pairs, host, err
 }
+
+// localAddr reports whether a is an address of this host (its network
+// namespace), as the routing says: a local route. Where the routing cannot
+// be asked, it says yes and leaves the kernel to tell.
+func localAddr(a netip.Addr) bool {
+	_, typ, err := routeGet(a)
+	return err != nil || typ == unix.RTN_LOCAL
+}

@@ -27,3 +27,5 @@ func diagPairs(context.Context, bool, bool, bool, PortRange) (map[pairKey]*pairP
 }
 
 func hostOf(PortRange, *portSet) (hostPorts, error) { return hostPorts{}, errNoDiag }
+
+func localAddr(netip.Addr) bool { return true }

@@ -192,6 +192,10 @@ func checkProbe(network string, src netip.Addr, dst netip.AddrPort) error {
 			return bad("unknown zone %q: %v", z, err)
 		}
 	}
+	if s.Zone() == "" && !localAddr(s) {
+		// A typo must not read as "every port free".
+		return bad("%w: %v (see ip addr)", ErrSourceNotLocal, s)
+	}
 	return nil
 }
 
@@ -356,6 +360,9 @@ func uniq(ps []uint16) []uint16 {
 // ShareUDPPorts, UDP ports are counted per destination, as those dials use
 // them.
 func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headroom, error) {
+	if !diagSupported {
+		return nil, errNoDiag
+	}
 	if _, _, err := net.SplitHostPort(address); err != nil {
 		return nil, fmt.Errorf("safedial: Headroom: %w", err)
 	}

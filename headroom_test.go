@@ -209,6 +209,8 @@ func TestProbeHeadroomInput(t *testing.T) {
 		{"tcp4", v6, d6, "network tcp4 does not match"},
 		{"tcp6", v4, d4, "network tcp6 does not match"},
 		{"unix", v4, d4, `unknown network "unix"`},
+		{"tcp", netip.MustParseAddr("192.0.2.1"), d4, "source address is not an address of this host: 192.0.2.1"},
+		{"tcp", netip.MustParseAddr("2001:db8::1"), d6, "source address is not an address of this host: 2001:db8::1"},
 		{"tcp", netip.IPv4Unspecified(), d4, "the source is the unspecified address"},
 		{"tcp", netip.IPv6Unspecified(), d6, "the source is the unspecified address"},
 		{"udp", netip.MustParseAddr("224.0.0.1"), d4, "the source is a multicast address"},
@@ -229,6 +231,9 @@ func TestProbeHeadroomInput(t *testing.T) {
 		if h.InUse != 0 || h.Free != 0 {
 			t.Errorf("ProbeHeadroom(%q, %v, %v) counted %+v with an error", tc.network, tc.src, tc.dst, h)
 		}
+	}
+	if _, err := safedial.ProbeHeadroom(context.Background(), "tcp", netip.MustParseAddr("192.0.2.1"), d4); !errors.Is(err, safedial.ErrSourceNotLocal) {
+		t.Errorf("a source not of this host: %v, want an error matching ErrSourceNotLocal", err)
 	}
 	// IPv4-mapped IPv6 addresses count as IPv4.
 	if err := func() error {

@@ -102,6 +102,9 @@ func parse(args []string, help io.Writer) (options, error) {
 				}
 			}
 		}
+		if !local(o.src.WithZone("")) {
+			return o, usagef("-src %s is not an address of this host (see ip addr)", *src)
+		}
 	}
 	if o.dst != "" {
 		host, port, err := net.SplitHostPort(o.dst)
@@ -121,6 +124,27 @@ func parse(args []string, help io.Writer) (options, error) {
 		return o, usagef("-watch %v: must not be negative", o.watch)
 	}
 	return o, nil
+}
+
+// local reports whether a is an address of this host: one of its
+// interfaces', or a loopback address (Linux answers for all of 127.0.0.0/8).
+// Where the interfaces cannot be listed, it says yes.
+func local(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return true
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if b, ok := netip.AddrFromSlice(n.IP); ok && b.Unmap() == a {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

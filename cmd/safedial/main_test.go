@@ -140,6 +140,7 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"headroom", "-src", "127.0.0.1", "-dst", "[::1]:5432"}, code: 2, stderrOnce: "different address families"},
 		{args: []string{"headroom", "-src", "0.0.0.0"}, code: 2, stderrOnce: "the unspecified address is no source"},
 		{args: []string{"headroom", "-src", "::"}, code: 2, stderrOnce: "the unspecified address is no source"},
+		{args: []string{"headroom", "-src", "192.0.2.1"}, code: 2, stderrOnce: "-src 192.0.2.1 is not an address of this host"},
 		{args: []string{"headroom", "-src", "224.0.0.1"}, code: 2, stderrOnce: "multicast or broadcast"},
 		{args: []string{"headroom", "-src", "fe80::1%nosuchif0"}, code: 2, stderrOnce: `unknown zone "nosuchif0"`},
 		{args: []string{"headroom", "-dst", ":8080"}, code: 2, stderrOnce: "give the destination's host"},
