@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -38,13 +39,22 @@ func sockets(t *testing.T, src, dst string, est, tw int) {
 	}
 }
 
-// TestHeadroomCommand builds a host in a namespace with a 100-port range: a
-// database pool from 127.0.0.1 that has closed 20 of its 85 connections
-// (TIME_WAIT), a cache client, and a web client from 127.0.0.5; the output
-// in the README's "Watching headroom" is this test's log
+// TestHeadroomCommand builds a host in a namespace with a 100-port range, 5
+// of them reserved and one taken by a listener: a database pool from
+// 127.0.0.1 that has closed 20 of its 85 connections (TIME_WAIT), a cache
+// client, and a web client from 127.0.0.5; the output in the README's
+// "Watching headroom" is this test's log
 // (go test -count=1 -v -run TestHeadroomCommand ./cmd/safedial).
 func TestHeadroomCommand(t *testing.T) {
 	netnstest.Run(t, netns.Config{PortLo: 40000, PortHi: 40099}, func(t *testing.T) {
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_reserved_ports", []byte("40095-40099"), 0); err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.8:40050") // an admin endpoint on a port of the range
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
 		sockets(t, "127.0.0.1", "127.0.0.2:5432", 65, 20)
 		sockets(t, "127.0.0.1", "127.0.0.3:6379", 30, 0)
 		sockets(t, "127.0.0.5", "127.0.0.2:443", 7, 5)
@@ -54,12 +64,12 @@ func TestHeadroomCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("safedial headroom:\n%s", out.String())
-		wantText := `ip_local_port_range 40000-40099 (100 ports), tcp_tw_reuse 0 (TIME_WAIT never reused), ip_local_reserved_ports (none)
+		wantText := `ip_local_port_range 40000-40099 (100 ports), tcp_tw_reuse 0 (TIME_WAIT never reused), ip_local_reserved_ports 40095-40099
 
 source     destination     in use  TIME_WAIT  reserved  bound  free  used    
-127.0.0.1  127.0.0.2:5432  65      20         0         0      15     85.0%  [#################...]
-127.0.0.1  127.0.0.3:6379  30      0          0         0      70     30.0%  [######..............]
-127.0.0.5  127.0.0.2:443   7       5          0         0      88     12.0%  [##..................]
+127.0.0.1  127.0.0.2:5432  65      20         5         1      9      91.0%  [##################..]
+127.0.0.1  127.0.0.3:6379  30      0          5         1      64     36.0%  [#######.............]
+127.0.0.5  127.0.0.2:443   7       5          5         1      82     18.0%  [####................]
 `
 		if diff := cmp.Diff(wantText, out.String()); diff != "" {
 			t.Errorf("safedial headroom (-want +got):\n%s", diff)
@@ -74,10 +84,10 @@ source     destination     in use  TIME_WAIT  reserved  bound  free  used
 			t.Fatalf("%v: %s", err, out.String())
 		}
 		rng := safedial.PortRange{Lo: 40000, Hi: 40099}
-		want := report{Time: r.Time, Range: rng, TWReuse: "0", ReservedPorts: "(none)", Network: "tcp", Pairs: []safedial.Headroom{
-			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort("127.0.0.2:5432"), Range: rng, InUse: 65, TimeWait: 20, Free: 15},
-			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort("127.0.0.3:6379"), Range: rng, InUse: 30, Free: 70},
-			{Source: netip.MustParseAddr("127.0.0.5"), Dest: netip.MustParseAddrPort("127.0.0.2:443"), Range: rng, InUse: 7, TimeWait: 5, Free: 88},
+		want := report{Time: r.Time, Range: rng, TWReuse: "0", ReservedPorts: "40095-40099", Network: "tcp", Pairs: []safedial.Headroom{
+			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort("127.0.0.2:5432"), Range: rng, InUse: 65, TimeWait: 20, Reserved: 5, Bound: 1, Free: 9},
+			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort("127.0.0.3:6379"), Range: rng, InUse: 30, Reserved: 5, Bound: 1, Free: 64},
+			{Source: netip.MustParseAddr("127.0.0.5"), Dest: netip.MustParseAddrPort("127.0.0.2:443"), Range: rng, InUse: 7, TimeWait: 5, Reserved: 5, Bound: 1, Free: 82},
 		}}
 		if r.Time.IsZero() {
 			t.Errorf("-json has no time: %s", out.String())
@@ -92,7 +102,7 @@ source     destination     in use  TIME_WAIT  reserved  bound  free  used
 			t.Fatal(err)
 		}
 		text := out.String()
-		if !strings.Contains(text, "127.0.0.5  127.0.0.2:443  7       5          0         0      88     12.0%  [##..................]") || strings.Contains(text, "127.0.0.1 ") {
+		if !strings.Contains(text, "127.0.0.5  127.0.0.2:443  7       5          5         1      82     18.0%  [####................]") || strings.Contains(text, "127.0.0.1 ") {
 			t.Errorf("-src 127.0.0.5 shows:\n%s", text)
 		}
 		out.Reset()
@@ -108,7 +118,7 @@ source     destination     in use  TIME_WAIT  reserved  bound  free  used
 		if err := run(context.Background(), []string{"-json", "-src", "127.0.0.9", "-dst", "127.0.0.2:5432"}, &out); err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(out.String(), `"in_use":0`) || !strings.Contains(out.String(), `"free":100`) {
+		if !strings.Contains(out.String(), `"in_use":0`) || !strings.Contains(out.String(), `"free":94`) {
 			t.Errorf("an empty pair: %s", out.String())
 		}
 	})
