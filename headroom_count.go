@@ -1,0 +1,98 @@
+package safedial
+
+import "slices"
+
+// How a probe counts the ports of a range, from what the kernel showed
+// (headroom_linux.go): each port once, in the first of InUse, TimeWait,
+// Reserved, Bound that applies, and Free for the rest.
+
+// portSet is a set of ports, one bit each.
+type portSet [65536 / 64]uint64
+
+func (s *portSet) has(p uint16) bool { return s != nil && s[p/64]&(1<<(p%64)) != 0 }
+func (s *portSet) add(p uint16)      { s[p/64] |= 1 << (p % 64) }
+
+// count returns how many ports of r are in s.
+func (s *portSet) count(r PortRange) int {
+	n := 0
+	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
+		if s.has(uint16(p)) {
+			n++
+		}
+	}
+	return n
+}
+
+// pairPorts is what the kernel's tables show of one pair's ports of a range.
+type pairPorts struct {
+	live     []uint16 // ports of the pair's sockets not in TIME_WAIT
+	tw       []uint16 // ports of its TIME_WAIT sockets the kernel will not reuse now
+	old      []uint16 // ports of its TIME_WAIT sockets old enough to be reused when reusable
+	reusable bool     // the kernel reuses this pair's TIME_WAIT 4-tuples (tcp_tw_reuse)
+}
+
+// hostPorts is what holds ports of a range whatever the pair.
+type hostPorts struct {
+	r         PortRange
+	reserved  *portSet // net.ipv4.ip_local_reserved_ports
+	bound     *portSet // ports a bind() took (TCP); nil for UDP
+	nReserved int      // ports of r in reserved
+	nBound    int      // ports of r in bound and not in reserved
+}
+
+func newHostPorts(r PortRange, reserved, bound *portSet) hostPorts {
+	h := hostPorts{r: r, reserved: reserved, bound: bound}
+	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
+		switch {
+		case reserved.has(uint16(p)):
+			h.nReserved++
+		case bound.has(uint16(p)):
+			h.nBound++
+		}
+	}
+	return h
+}
+
+// fill sets h's counts for the pair p, each port of the range counted once:
+// InUse, then TimeWait, Reserved, Bound, and Free for the rest.
+func (host *hostPorts) fill(h *Headroom, p *pairPorts) {
+	reserved, bound := host.nReserved, host.nBound
+	take := func(port uint16) { // a port counted before Reserved and Bound
+		switch {
+		case host.reserved.has(port):
+			reserved--
+		case host.bound.has(port):
+			bound--
+		}
+	}
+	live := uniq(p.live)
+	for _, port := range live {
+		take(port)
+	}
+	h.InUse = len(live)
+	inLive := func(port uint16) bool { _, ok := slices.BinarySearch(live, port); return ok }
+	// A TIME_WAIT port is reused only when old enough, and never when
+	// connect() skips the port anyway.
+	young := uniq(p.tw)
+	tw := slices.Clone(young)
+	for _, port := range uniq(p.old) {
+		if _, y := slices.BinarySearch(young, port); !y && p.reusable && !host.reserved.has(port) && !host.bound.has(port) {
+			continue // Free
+		}
+		tw = append(tw, port)
+	}
+	for _, port := range uniq(tw) {
+		if !inLive(port) {
+			h.TimeWait++
+			take(port)
+		}
+	}
+	h.Reserved, h.Bound = reserved, bound
+	h.Free = max(host.r.size()-h.InUse-h.TimeWait-reserved-bound, 0)
+	h.TimeWaitReusable = p.reusable
+}
+
+// uniq returns the distinct ports of ps, sorted, in a new slice.
+func uniq(ps []uint16) []uint16 {
+	return slices.Compact(slices.Sorted(slices.Values(ps)))
+}
