@@ -11,8 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// What the headroom probes read from sock_diag's answers (diag_linux.go has
-// the requests and the bytecode), and how they count the ports of a range.
+// What the headroom probes ask sock_diag and read from its answers:
+// diag_linux.go has the requests, the bytecode and the dump loop,
+// headroom_count.go the counting.
 
 // diagSock is what a probe reads of one inet_diag_msg and its attributes.
 type diagSock struct {
@@ -231,7 +232,8 @@ func holdsFor(m diagSock, src netip.Addr) bool {
 
 // diagPairs reads every pair with sockets on ports of r (UDP: every source),
 // of IPv4 (v4), IPv6 (v6) or both, and what holds ports for all. TCP takes
-// two dumps: every socket in the range, and the explicitly bound ones.
+// one dump of every socket in the range, and a second of the explicitly
+// bound ones when a socket is left in doubt (see bindings.see).
 func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
 	if udp {
 		return udpPairs(ctx, v4, v6, r)
