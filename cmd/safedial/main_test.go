@@ -158,6 +158,8 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"headroom", "-dst", "127.0.0.2:0"}, code: 2, stderrOnce: "port 0 is no destination"},
 		{args: []string{"headroom", "-dst", "nohostport"}, code: 2, stderrOnce: "want host:port"},
 		{args: []string{"headroom", "-watch", "-1s"}, code: 2, stderrOnce: "must not be negative"},
+		// A failure at run time: exit 1.
+		{args: []string{"headroom", "-dst", "nohost.invalid:80"}, code: 1, stderrOnce: `-dst "nohost.invalid:80"`},
 	} {
 		var stdout, stderr strings.Builder
 		code := runMain(context.Background(), tc.args, &stdout, &stderr)
@@ -262,6 +264,28 @@ source     destination  in use  reserved  free  used
 		}
 		if diff := cmp.Diff([]time.Time{t0, t0.Add(time.Second), t0.Add(2 * time.Second)}, times); diff != "" {
 			t.Errorf("-watch sample times (-want +got):\n%s", diff)
+		}
+
+		// Without -json, each sample starts with its time.
+		now, o.json = t0, false
+		sleeps := 0
+		o.sleep = func(_ context.Context, d time.Duration) bool {
+			now = now.Add(d)
+			sleeps++
+			return sleeps < 3
+		}
+		out.Reset()
+		text := writerFunc(func(p []byte) (int, error) {
+			now = now.Add(time.Millisecond) // the probe's and the printing's time
+			return out.Write(p)
+		})
+		if err := watchLoop(ctx, o, text); err != nil {
+			t.Fatal(err)
+		}
+		for _, at := range []time.Time{t0, t0.Add(time.Second), t0.Add(2 * time.Second)} {
+			if want := "\033[H\033[2J" + at.Format(time.RFC3339) + "\nip_local_port_range"; !strings.Contains(out.String(), want) {
+				t.Errorf("-watch output lacks the sample at %v:\n%q", at, out.String())
+			}
 		}
 	})
 }
