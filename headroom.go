@@ -263,7 +263,9 @@ type pairKey struct {
 // Headroom returns the headroom of each of d's sources toward each address
 // address resolves to: the sources of Sources of the address's family, or
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
-// picks for the address. The range is d's PortRange when set, else the
+// picks for the address (asked with RTM_GETROUTE: no socket is opened, so
+// the answer comes even when every port is taken). The range is d's
+// PortRange when set, else the
 // namespace's. Host names are resolved with Base.Resolver. An address with
 // no source of its family is left out; none at all is an error. With
 // ShareUDPPorts, UDP ports are counted per destination, as those dials use
