@@ -65,24 +65,26 @@ func (host *hostPorts) fill(h *Headroom, p *pairPorts) {
 			bound--
 		}
 	}
-	live := uniq(p.live)
+	live, young, old := uniq(p.live), uniq(p.tw), uniq(p.old)
+	has := func(ps []uint16, port uint16) bool { _, ok := slices.BinarySearch(ps, port); return ok }
 	for _, port := range live {
 		take(port)
 	}
 	h.InUse = len(live)
-	inLive := func(port uint16) bool { _, ok := slices.BinarySearch(live, port); return ok }
-	// A TIME_WAIT port is reused only when old enough, and never when
-	// connect() skips the port anyway.
-	young := uniq(p.tw)
-	tw := slices.Clone(young)
-	for _, port := range uniq(p.old) {
-		if _, y := slices.BinarySearch(young, port); !y && p.reusable && !host.reserved.has(port) && !host.bound.has(port) {
-			continue // Free
+	for _, port := range young {
+		if !has(live, port) {
+			h.TimeWait++
+			take(port)
 		}
-		tw = append(tw, port)
 	}
-	for _, port := range uniq(tw) {
-		if !inLive(port) {
+	// An old enough TIME_WAIT port is reused when the kernel reuses the
+	// pair's, and never when connect() skips the port anyway.
+	for _, port := range old {
+		switch {
+		case has(live, port), has(young, port):
+		case p.reusable && !host.reserved.has(port) && !host.bound.has(port):
+			// Free
+		default:
 			h.TimeWait++
 			take(port)
 		}
@@ -92,7 +94,8 @@ func (host *hostPorts) fill(h *Headroom, p *pairPorts) {
 	h.TimeWaitReusable = p.reusable
 }
 
-// uniq returns the distinct ports of ps, sorted, in a new slice.
+// uniq sorts ps and returns its distinct ports, in place.
 func uniq(ps []uint16) []uint16 {
-	return slices.Compact(slices.Sorted(slices.Values(ps)))
+	slices.Sort(ps)
+	return slices.Compact(ps)
 }
