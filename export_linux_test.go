@@ -7,3 +7,11 @@ func WithoutCgroupCond() (restore func()) {
 	noCgroupCond.Store(true)
 	return func() { noCgroupCond.Store(was) }
 }
+
+// ForgetIdlePorts drops the cached ports of bound-inactive TCP sockets, as a
+// second's wait would.
+func ForgetIdlePorts() {
+	idleCache.mu.Lock()
+	defer idleCache.mu.Unlock()
+	idleCache.set = nil
+}

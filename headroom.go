@@ -47,7 +47,9 @@ type Headroom struct {
 	// Bound counts the ports (TCP) that connect() skips for every source
 	// and destination because a bind() took them: a listener, a socket
 	// bound to an explicit port (on any address, the wildcard included,
-	// connected or not), and a socket that was bound to ip:0 without
+	// connected or not: bound but idle sockets, which the kernel shows
+	// since Linux 6.8, are read at most once a second), and a socket that
+	// was bound to ip:0 without
 	// IP_BIND_ADDRESS_NO_PORT before connecting (Go's net.Dialer with a
 	// LocalAddr). The kernel does not tell which way the last kind got its
 	// port; the probe counts it when the socket's option

@@ -417,3 +417,39 @@ func acceptedUDP(t *testing.T, src netip.Addr, dst netip.AddrPort) int {
 		}
 	}
 }
+
+// TestHeadroomIdleSockets: the ports of bound-inactive TCP sockets (bound,
+// neither listening nor connected) are read at most once a second; once
+// read again, a socket bound since counts in Bound.
+func TestHeadroomIdleSockets(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		dst := netip.MustParseAddrPort(closingServer(t, "127.0.0.2:5432"))
+		src := netip.MustParseAddr("127.0.0.1")
+		probe := func() safedial.Headroom {
+			t.Helper()
+			h, err := safedial.ProbeHeadroom(context.Background(), "tcp", src, dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return h
+		}
+		if h := probe(); h.Bound != 0 || h.Free != 100 {
+			t.Fatalf("an empty namespace: %+v", h)
+		}
+		s, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(s)
+		if err := unix.Bind(s, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 7}}); err != nil { // an automatic port of the range
+			t.Fatal(err)
+		}
+		safedial.ForgetIdlePorts() // as a second's wait would
+		if h := probe(); h.Bound != 1 || h.Free != 99 {
+			t.Errorf("with a socket bound to 127.0.0.7:0: %+v, want Bound 1, Free 99", h)
+		}
+		if n := (family{src: src}).accepted(t, src, dst); n != 99 {
+			t.Errorf("the kernel accepted %d, want 99", n)
+		}
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -92,14 +93,17 @@ func diagTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRang
 		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose
 	}
 	b := bindings{bound: new(portSet)}
-	err := fullOrPair(ctx, r, src, dst, func(m diagSock) {
+	states, idle := idleStates(r, b.bound)
+	err := fullOrPair(ctx, r, src, dst, states, func(m diagSock) {
 		if isPair(m) {
 			p.add(m, tw)
 		} else {
 			b.see(m)
+			idle.see(m)
 		}
 	})
 	if err == nil {
+		idle.store(r)
 		err = b.explicit(ctx, r)
 	}
 	if err != nil {
@@ -117,7 +121,7 @@ var noCgroupCond atomic.Bool
 // are full sockets (not TIME_WAIT or SYN_RECV mini sockets, whose cgroup is
 // 0) or of the pair src -> dst. Where the kernel lacks the cgroup condition,
 // it dumps every socket in r.
-func fullOrPair(ctx context.Context, r PortRange, src netip.Addr, dst netip.AddrPort, each func(diagSock)) error {
+func fullOrPair(ctx context.Context, r PortRange, src netip.Addr, dst netip.AddrPort, states uint32, each func(diagSock)) error {
 	var b bytecode
 	b.port(bcSGE, r.Lo)
 	b.port(bcSLE, r.Hi)
@@ -127,12 +131,60 @@ func fullOrPair(ctx context.Context, r PortRange, src netip.Addr, dst netip.Addr
 		b.cond(bcSCond, src, -1)
 		b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
 	}
-	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, b.bytes())}, func(msg []byte) { each(parseSock(msg)) })
+	err := dump(ctx, [][]byte{tcpRequest(states, b.bytes())}, func(msg []byte) { each(parseSock(msg)) })
 	if errors.Is(err, unix.EINVAL) && !noCgroupCond.Load() {
 		noCgroupCond.Store(true)
-		return fullOrPair(ctx, r, src, dst, each)
+		return fullOrPair(ctx, r, src, dst, states, each)
 	}
 	return err
+}
+
+// Bound-inactive TCP sockets (bound, neither listening nor connected) are
+// in no table but the bind hash, which the kernel walks for them (Linux
+// 6.8+) at a cost like that of the socket walk itself: with 20,000 sockets,
+// the probe would take half as long again. They are few, and change as
+// seldom as the sysctls, so their ports are read at most once a second, per
+// range; a probe within the second reuses them.
+var idleCache struct {
+	mu  sync.Mutex
+	at  time.Time
+	r   PortRange
+	set *portSet
+}
+
+// idlePorts collects the ports of bound-inactive sockets during a dump that
+// asked for them (fresh is nil when it did not).
+type idlePorts struct{ fresh *portSet }
+
+// idleStates returns the states a TCP dump of r asks for: all, and the
+// bound-inactive sockets when the cached ports of r are over a second old;
+// else it adds the cached ports to bound.
+func idleStates(r PortRange, bound *portSet) (uint32, idlePorts) {
+	idleCache.mu.Lock()
+	defer idleCache.mu.Unlock()
+	if idleCache.set == nil || idleCache.r != r || time.Since(idleCache.at) >= time.Second {
+		return allStates | boundInactive, idlePorts{fresh: new(portSet)}
+	}
+	for i, w := range idleCache.set {
+		bound[i] |= w
+	}
+	return allStates, idlePorts{}
+}
+
+func (ip idlePorts) see(m diagSock) {
+	if ip.fresh != nil && m.state == tcpClose {
+		ip.fresh.add(m.sport)
+	}
+}
+
+// store caches the ports seen, when the dump asked for them.
+func (ip idlePorts) store(r PortRange) {
+	if ip.fresh == nil {
+		return
+	}
+	idleCache.mu.Lock()
+	defer idleCache.mu.Unlock()
+	idleCache.at, idleCache.r, idleCache.set = time.Now(), r, ip.fresh
 }
 
 // bindings learns which ports of a range a bind() took, from the sockets a
@@ -244,9 +296,11 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 	tw := readTWReuse()
 	pairs := map[pairKey]*pairPorts{}
 	b := bindings{bound: new(portSet)}
-	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, all.bytes())}, func(msg []byte) {
+	states, idle := idleStates(r, b.bound)
+	err := dump(ctx, [][]byte{tcpRequest(states, all.bytes())}, func(msg []byte) {
 		m := parseSock(msg)
 		b.see(m)
+		idle.see(m)
 		if m.state == tcpListen || m.state == tcpClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
 			return
 		}
@@ -259,6 +313,7 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 		p.add(m, tw)
 	})
 	if err == nil {
+		idle.store(r)
 		err = b.explicit(ctx, r)
 	}
 	if err != nil {
