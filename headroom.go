@@ -38,27 +38,27 @@ type Headroom struct {
 	// TimeWait counts the ports of the pair's TIME_WAIT sockets that the
 	// kernel will not reuse for a new connection now: all of them when
 	// TimeWaitReusable is false, else those younger than the reuse delay
-	// (net.ipv4.tcp_tw_reuse_delay, one second by default) or on a port
-	// that is reserved or bound. Always 0 for UDP.
+	// (net.ipv4.tcp_tw_reuse_delay, one second by default; two seconds
+	// before Linux 6.13, whose rule has a one-second granularity) or on a
+	// port that is reserved or bound. Always 0 for UDP.
 	TimeWait int `json:"time_wait"`
 	// Reserved counts the ports of net.ipv4.ip_local_reserved_ports, which
 	// the kernel never hands out to a connect() or an automatic bind.
 	Reserved int `json:"reserved"`
 	// Bound counts the ports (TCP) that connect() skips for every source
-	// and destination because a bind() took them: a listener, a socket
-	// bound to an explicit port (on any address, the wildcard included,
-	// connected or not: bound but idle sockets, which the kernel shows
-	// since Linux 6.8, are read at most once a second), and a socket that
-	// was bound to ip:0 without
+	// and destination because a bind() took them: a listener; a socket
+	// bound to an explicit port, on any address (the wildcard included),
+	// connected or not (bound but idle sockets, which Linux shows since
+	// 6.8, are read at most once a second); a socket bound to ip:0 without
 	// IP_BIND_ADDRESS_NO_PORT before connecting (Go's net.Dialer with a
-	// LocalAddr). The kernel does not tell which way the last kind got its
-	// port; the probe counts it when the socket's option
+	// LocalAddr). The kernel does not say how a connected socket got its
+	// port: the probe counts the last kind when the socket's
 	// IP_BIND_ADDRESS_NO_PORT is off and its source is not the one the
-	// routing picks for its destination (so it must have been bound).
-	// Not seen, and so counted as Free although connect() skips them: such
-	// a socket bound to the routed source itself, and the TIME_WAIT
-	// sockets left by any of these (a port bound that way stays skipped
-	// until its TIME_WAIT ends, a minute).
+	// routing picks for its destination (so it must have been bound). Not
+	// seen, and so counted in Free although connect() skips them: such a
+	// socket bound to the routed source itself, and the TIME_WAIT sockets
+	// any of these leave (the port stays skipped until the TIME_WAIT ends,
+	// a minute).
 	Bound int `json:"bound"`
 	// Free counts the ports a new connection from Source to Dest can still
 	// use: Range's size minus the four counts above.
