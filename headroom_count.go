@@ -10,18 +10,6 @@ import "slices"
 type portSet [65536 / 64]uint64
 
 func (s *portSet) has(p uint16) bool { return s != nil && s[p/64]&(1<<(p%64)) != 0 }
-func (s *portSet) add(p uint16)      { s[p/64] |= 1 << (p % 64) }
-
-// count returns how many ports of r are in s.
-func (s *portSet) count(r PortRange) int {
-	n := 0
-	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
-		if s.has(uint16(p)) {
-			n++
-		}
-	}
-	return n
-}
 
 // pairPorts is what the kernel's tables show of one pair's ports of a range.
 type pairPorts struct {
@@ -38,19 +26,6 @@ type hostPorts struct {
 	bound     *portSet // ports a bind() took (TCP); nil for UDP
 	nReserved int      // ports of r in reserved
 	nBound    int      // ports of r in bound and not in reserved
-}
-
-func newHostPorts(r PortRange, reserved, bound *portSet) hostPorts {
-	h := hostPorts{r: r, reserved: reserved, bound: bound}
-	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
-		switch {
-		case reserved.has(uint16(p)):
-			h.nReserved++
-		case bound.has(uint16(p)):
-			h.nBound++
-		}
-	}
-	return h
 }
 
 // fill sets h's counts for the pair p, each port of the range counted once:

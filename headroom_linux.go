@@ -76,6 +76,20 @@ func hostOf(r PortRange, bound *portSet) (hostPorts, error) {
 	return newHostPorts(r, reserved, bound), nil
 }
 
+// newHostPorts counts the ports of r that reserved and bound hold.
+func newHostPorts(r PortRange, reserved, bound *portSet) hostPorts {
+	h := hostPorts{r: r, reserved: reserved, bound: bound}
+	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
+		switch {
+		case reserved.has(uint16(p)):
+			h.nReserved++
+		case bound.has(uint16(p)):
+			h.nBound++
+		}
+	}
+	return h
+}
+
 // diagTCP reads the ports of r used by the TCP pair src -> dst, and the
 // ports a bind() took. One walk of the kernel's tables (both families)
 // returns, filtered by the kernel, the pair's sockets in every state and

@@ -10,6 +10,20 @@ import (
 	"time"
 )
 
+// add puts p in s (portSet is in headroom_count.go).
+func (s *portSet) add(p uint16) { s[p/64] |= 1 << (p % 64) }
+
+// count returns how many ports of r are in s.
+func (s *portSet) count(r PortRange) int {
+	n := 0
+	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
+		if s.has(uint16(p)) {
+			n++
+		}
+	}
+	return n
+}
+
 // parsePortList parses the format of net.ipv4.ip_local_reserved_ports:
 // comma-separated ports and inclusive ranges ("8080,9000-9010"), or nothing.
 func parsePortList(text string) (*portSet, error) {
