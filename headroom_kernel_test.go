@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,13 +30,20 @@ type family struct {
 	dst, elsewh netip.Addr // the pair's destination host; another one
 	dual        bool
 	oldKernel   bool // probe as on a kernel without INET_DIAG_BC_CGROUP_COND
+	// A pair of addresses on lo that are not loopback addresses, for
+	// tcp_tw_reuse=2, which reuses only loopback pairs' TIME_WAIT.
+	awaySrc, awayDst netip.Addr
 }
 
 var families = []family{
-	{"ipv4", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), false, false},
-	{"ipv6", netip.MustParseAddr("fd00::9"), netip.MustParseAddr("fd00::3"), netip.MustParseAddr("::1"), netip.MustParseAddr("fd00::4"), false, false},
-	{"dual-stack", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), true, false},
-	{"ipv4-before-5.9", netip.MustParseAddr("127.0.0.9"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.4"), false, true},
+	{name: "ipv4", src: netip.MustParseAddr("127.0.0.9"), other: netip.MustParseAddr("127.0.0.3"), dst: netip.MustParseAddr("127.0.0.2"), elsewh: netip.MustParseAddr("127.0.0.4"),
+		awaySrc: netip.MustParseAddr("10.1.0.9"), awayDst: netip.MustParseAddr("10.1.0.2")},
+	{name: "ipv6", src: netip.MustParseAddr("fd00::9"), other: netip.MustParseAddr("fd00::3"), dst: netip.MustParseAddr("::1"), elsewh: netip.MustParseAddr("fd00::4"),
+		awaySrc: netip.MustParseAddr("fd00::9"), awayDst: netip.MustParseAddr("fd00::2")},
+	{name: "dual-stack", src: netip.MustParseAddr("127.0.0.9"), other: netip.MustParseAddr("127.0.0.3"), dst: netip.MustParseAddr("127.0.0.2"), elsewh: netip.MustParseAddr("127.0.0.4"), dual: true,
+		awaySrc: netip.MustParseAddr("10.1.0.9"), awayDst: netip.MustParseAddr("10.1.0.2")},
+	{name: "ipv4-before-5.9", src: netip.MustParseAddr("127.0.0.9"), other: netip.MustParseAddr("127.0.0.3"), dst: netip.MustParseAddr("127.0.0.2"), elsewh: netip.MustParseAddr("127.0.0.4"), oldKernel: true,
+		awaySrc: netip.MustParseAddr("10.1.0.9"), awayDst: netip.MustParseAddr("10.1.0.2")},
 }
 
 // sockaddrOf is a in f's socket family.
@@ -115,33 +123,42 @@ func (f family) pairOf(t *testing.T, src netip.Addr, dst netip.AddrPort, est, tw
 	}
 }
 
-// addAddrs adds the IPv6 addresses of the tests to lo, and waits until the
+// addAddrs adds the addresses of the tests to lo, and waits until the
 // routing takes each for local: the kernel adds the local route from a work
 // queue, after the command returns (until then, packets to the address are
 // routed out of lo and back, and refused as unreachable).
 func addAddrs(t *testing.T, as ...netip.Addr) {
 	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("iproute2's ip is needed to add addresses to lo (CI=true, so this fails instead of skipping): %v", err)
+		}
+		t.Skipf("iproute2's ip is needed to add addresses to lo: %v", err)
+	}
+	slices.SortFunc(as, netip.Addr.Compare)
+	as = slices.Compact(as)
 	for _, a := range as {
-		if !a.Is6() || a.IsLoopback() {
+		if a.IsLoopback() {
 			continue
 		}
-		if out, err := exec.Command("ip", "-6", "addr", "add", a.String()+"/128", "dev", "lo", "nodad").CombinedOutput(); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("ip addr add %v: %v: %s", a, err, out)
-			}
-			t.Skipf("iproute2's ip is needed to add IPv6 addresses to lo: %v: %s", err, out)
+		args := []string{"-6", "addr", "add", a.String() + "/128", "dev", "lo", "nodad"}
+		if a.Is4() {
+			args = []string{"-4", "addr", "add", a.String() + "/32", "dev", "lo"}
+		}
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
 	}
 	for _, a := range as {
-		if !a.Is6() || a.IsLoopback() {
+		if a.IsLoopback() {
 			continue
 		}
 		for end := time.Now().Add(10 * time.Second); ; {
-			out, err := exec.Command("ip", "-6", "route", "get", a.String()).Output()
+			out, err := exec.Command("ip", "route", "get", a.String()).Output()
 			if err == nil && strings.HasPrefix(string(out), "local ") {
 				break
 			} else if time.Now().After(end) {
-				t.Fatalf("ip -6 route get %v: %s %v, 10 s after it was added to lo", a, out, err)
+				t.Fatalf("ip route get %v: %s %v, 10 s after it was added to lo", a, out, err)
 			}
 		}
 	}
@@ -173,6 +190,7 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 		twReuse int // net.ipv4.tcp_tw_reuse
 		setup   func(t *testing.T, f family)
 		noPair  bool // the pair has no connection
+		away    bool // the pair is awaySrc -> awayDst
 		want    want
 		reuse   bool // TimeWaitReusable
 	}{
@@ -245,6 +263,9 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 		{name: "tw_reuse=2", twReuse: 2, setup: func(t *testing.T, f family) {
 			writeSysctl(t, "net/ipv4/tcp_tw_reuse_delay", "1")
 		}, want: want{30, 0, 0, 0, 70}, reuse: true},
+		{name: "tw_reuse=2-not-loopback", twReuse: 2, away: true, setup: func(t *testing.T, f family) {
+			writeSysctl(t, "net/ipv4/tcp_tw_reuse_delay", "1")
+		}, want: want{30, 30, 0, 0, 40}},
 		{name: "tw_reuse=1-young", twReuse: 1, setup: func(t *testing.T, f family) {
 			writeSysctl(t, "net/ipv4/tcp_tw_reuse_delay", "60000")
 		}, want: want{30, 30, 0, 0, 40}, reuse: true},
@@ -257,16 +278,20 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 					if _, err := os.Stat("/proc/sys/net/ipv4/tcp_tw_reuse_delay"); err != nil && tc.twReuse != 0 {
 						t.Skip("this kernel has no net.ipv4.tcp_tw_reuse_delay (Linux 6.13+): the test would wait a second per case")
 					}
-					addAddrs(t, f.src, f.other, f.elsewh)
-					dstAddr, closed := netnstest.EOFServer(t, netip.AddrPortFrom(f.dst, 5432).String())
+					addAddrs(t, f.src, f.other, f.elsewh, f.awaySrc, f.awayDst)
+					src, dstHost := f.src, f.dst
+					if tc.away {
+						src, dstHost = f.awaySrc, f.awayDst
+					}
+					dstAddr, closed := netnstest.EOFServer(t, netip.AddrPortFrom(dstHost, 5432).String())
 					dst := netip.MustParseAddrPort(dstAddr)
 					if tc.setup != nil {
 						tc.setup(t, f)
 					}
 					if !tc.noPair {
-						f.pairOf(t, f.src, dst, 30, 30, closed)
+						f.pairOf(t, src, dst, 30, 30, closed)
 					}
-					if tc.twReuse != 0 && tc.want.timeWait == 0 {
+					if tc.twReuse != 0 {
 						// TIME_WAIT sockets are reused once older than
 						// tcp_tw_reuse_delay (1 ms here): real time, which
 						// only waiting provides.
@@ -275,7 +300,7 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 					if f.oldKernel {
 						defer safedial.WithoutCgroupCond()()
 					}
-					h, err := safedial.ProbeHeadroom(context.Background(), "tcp", f.src, dst)
+					h, err := safedial.ProbeHeadroom(context.Background(), "tcp", src, dst)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -291,12 +316,12 @@ func TestHeadroomEqualsKernel(t *testing.T) {
 						t.Fatal(err)
 					}
 					for _, a := range all {
-						if a.Source == f.src && a.Dest == dst && a != h {
+						if a.Source == src && a.Dest == dst && a != h {
 							t.Errorf("ProbeAllHeadroom says %+v, ProbeHeadroom %+v", a, h)
 						}
 					}
-					if n := f.accepted(t, f.src, dst); n != h.Free {
-						t.Errorf("the kernel accepted %d connections from %v to %v; ProbeHeadroom said Free %d (%+v)", n, f.src, dst, h.Free, h)
+					if n := f.accepted(t, src, dst); n != h.Free {
+						t.Errorf("the kernel accepted %d connections from %v to %v; ProbeHeadroom said Free %d (%+v)", n, src, dst, h.Free, h)
 					} else {
 						t.Logf("%s %s: ProbeHeadroom Free %d, the kernel accepted %d (%+v)", f.name, tc.name, h.Free, n, got)
 					}
