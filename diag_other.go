@@ -29,3 +29,7 @@ func diagPairs(context.Context, bool, bool, bool, PortRange) (map[pairKey]*pairP
 func hostOf(PortRange, *portSet) (hostPorts, error) { return hostPorts{}, errNoDiag }
 
 func localAddr(netip.Addr) bool { return true }
+
+func diagUDPAny(context.Context, bool, bool, PortRange) (pairPorts, hostPorts, error) {
+	return pairPorts{}, hostPorts{}, errNoDiag
+}

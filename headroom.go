@@ -271,7 +271,10 @@ type pairKey struct {
 // namespace's. Host names are resolved with Base.Resolver. An address with
 // no source of its family is left out; none at all is an error. With
 // ShareUDPPorts, UDP ports are counted per destination, as those dials use
-// them.
+// them. Without a source, UDP dials bind nothing: the kernel gives the
+// socket a port that no UDP socket of the family holds, on any address (an
+// IPv6 "udp" socket is dual-stack, so IPv4 sockets count too), and Headroom
+// counts them all.
 func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headroom, error) {
 	if !diagSupported {
 		return nil, errNoDiag
@@ -299,7 +302,12 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			if err := checkProbe(network, src, dst); err != nil {
 				return nil, err
 			}
-			h, err := probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+			var h Headroom
+			if strings.HasPrefix(network, "udp") && !d.ShareUDPPorts && d.unbound() {
+				h, err = probeUnboundUDP(ctx, network, src, dst, r)
+			} else {
+				h, err = probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -348,6 +356,28 @@ func (d *Dialer) resolve(ctx context.Context, network, address string) ([]netip.
 		dsts[i] = netip.AddrPortFrom(ip.Unmap(), uint16(port))
 	}
 	return dsts, nil
+}
+
+// unbound reports whether d's dials leave the source to the kernel: no
+// Sources, and no LocalAddr or an unspecified one.
+func (d *Dialer) unbound() bool {
+	a := addrPort(d.Base.LocalAddr).Addr()
+	return len(d.Sources) == 0 && (!a.IsValid() || a.IsUnspecified())
+}
+
+// probeUnboundUDP is the headroom of UDP dials that bind no address: the
+// socket takes its port on the wildcard address before connect() picks the
+// source, so a port any UDP socket of the family holds (on any address) is
+// taken for it; with network "udp", an IPv6 socket is dual-stack and
+// IPv4 sockets count too.
+func probeUnboundUDP(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+	h := Headroom{Source: src, Dest: dst, Range: r}
+	p, host, err := diagUDPAny(ctx, dst.Addr().Unmap().Is4(), network == "udp6", r)
+	if err != nil {
+		return h, probeError(err)
+	}
+	host.fill(&h, &p)
+	return h, nil
 }
 
 // sourcesFor returns the sources a dial from d to dst would use.

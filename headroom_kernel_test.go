@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -475,6 +476,80 @@ func TestHeadroomIdleSockets(t *testing.T) {
 		}
 		if n := (family{src: src}).accepted(t, src, dst); n != 99 {
 			t.Errorf("the kernel accepted %d, want 99", n)
+		}
+	})
+}
+
+// TestDialerHeadroomUnboundUDP: a Dialer without a source dials UDP from an
+// unbound socket, whose port no UDP socket of the family may hold on any
+// address (an IPv6 "udp" socket is dual-stack: IPv4 sockets count too;
+// "udp6" is IPv6-only). Free must be what the kernel then accepts.
+func TestDialerHeadroomUnboundUDP(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		// Ports held: by the IPv4 sockets, by those on IPv6 addresses,
+		// and by [::]. (An IPv4 and an IPv6-only socket may share a port.)
+		ports := map[string]map[int]bool{"v4": {}, "v6": {}, "wild": {}}
+		for _, la := range []struct {
+			network, addr, kind string
+			n                   int
+		}{{"udp4", "127.0.0.5:0", "v4", 5}, {"udp6", "[::1]:0", "v6", 3}, {"udp", "[::1]:0", "v6", 2}, {"udp", ":0", "wild", 1}} {
+			for range la.n {
+				c, err := net.ListenPacket(la.network, la.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				ports[la.kind][c.LocalAddr().(*net.UDPAddr).Port] = true
+			}
+		}
+		held := func(kinds ...string) int {
+			all := map[int]bool{}
+			for _, k := range kinds {
+				maps.Copy(all, ports[k])
+			}
+			return len(all)
+		}
+		// A bind to a specific IPv6 address makes the socket IPv6-only
+		// (the kernel sets it), whatever the network: only [::] is
+		// dual-stack here.
+		for _, tc := range []struct {
+			network, dst string
+			free         int
+		}{
+			{"udp", "127.0.0.2:53", 100 - held("v4", "wild")},
+			{"udp4", "127.0.0.2:53", 100 - held("v4", "wild")},
+			{"udp", "[::1]:53", 100 - held("v4", "v6", "wild")}, // dual-stack: all
+			{"udp6", "[::1]:53", 100 - held("v6", "wild")},
+		} {
+			hs, err := (&safedial.Dialer{}).Headroom(context.Background(), tc.network, tc.dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(hs) != 1 || hs[0].Free != tc.free {
+				t.Errorf("Headroom(%s, %s) = %+v, want Free %d", tc.network, tc.dst, hs, tc.free)
+			}
+			n := 0
+			var conns []net.Conn
+			for {
+				c, err := net.Dial(tc.network, tc.dst)
+				if err != nil {
+					if !errors.Is(err, unix.EAGAIN) {
+						t.Fatalf("dial %s %s: %v, want EAGAIN at the end", tc.network, tc.dst, err)
+					}
+					break
+				}
+				conns = append(conns, c)
+				n++
+			}
+			for _, c := range conns {
+				c.Close()
+			}
+			if len(hs) == 1 && n != hs[0].Free {
+				t.Errorf("the kernel accepted %d unbound %s sockets to %s; Headroom said Free %d", n, tc.network, tc.dst, hs[0].Free)
+			} else {
+				t.Logf("unbound %s to %s: Headroom Free %d, the kernel accepted %d", tc.network, tc.dst, hs[0].Free, n)
+			}
 		}
 	})
 }

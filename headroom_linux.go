@@ -395,3 +395,37 @@ func localAddr(a netip.Addr) bool {
 	_, typ, err := routeGet(a)
 	return err != nil || typ == unix.RTN_LOCAL
 }
+
+// diagUDPAny reads the ports of r that a UDP socket bound to no address
+// cannot take (its port is chosen as for the wildcard address): for an IPv4
+// socket, those of every IPv4 socket and of the IPv6 sockets that are not
+// IPv6-only (a bind to an IPv6 address makes a socket IPv6-only; a connected
+// IPv6 socket does not say, and counts); for an IPv6-only socket, those of
+// the IPv6 sockets on IPv6 addresses; for a dual-stack IPv6 socket, every
+// one.
+func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, hostPorts, error) {
+	var b bytecode
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	var p pairPorts
+	err := dump(ctx, requests(true, true, true, allStates, b.bytes()), func(msg []byte) {
+		m := parseSock(msg)
+		var takes bool
+		switch {
+		case v4:
+			takes = m.family == unix.AF_INET || !m.v6only
+		case v6only:
+			takes = m.family == unix.AF_INET6 && m.src.Is6() // IPv4-mapped addresses are unmapped
+		default:
+			takes = true
+		}
+		if takes {
+			p.live = append(p.live, m.sport)
+		}
+	})
+	if err != nil {
+		return p, hostPorts{}, err
+	}
+	host, err := hostOf(r, nil)
+	return p, host, err
+}
