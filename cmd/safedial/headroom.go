@@ -35,7 +35,10 @@ disjoint counts that add up to its size:
 
 With -udp a UDP port is held for every destination: a row is a source, and
 its ports in use include those of sockets on the wildcard address (0.0.0.0,
-and [::] unless IPv6-only). There is no TIME_WAIT column.
+and [::] unless IPv6-only). There is no TIME_WAIT column. With -udp and
+-dst, a row is the headroom of a socket bound to -src toward each address,
+or without -src that of an unbound socket (as net.Dial makes it), whose
+port no UDP socket of the family may hold on any address.
 
 Flags:
 
@@ -233,7 +236,8 @@ func look(ctx context.Context, o options) (report, error) {
 	}
 	if len(dsts) > 0 && (o.src.IsValid() || o.udp) {
 		// A source and a destination: probe each pair, shown even
-		// without sockets. UDP without -src: the routed source.
+		// without sockets. UDP without -src: an unbound socket's, from
+		// the routed source.
 		for _, dst := range dsts {
 			src := o.src
 			if !src.IsValid() {

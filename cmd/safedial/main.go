@@ -15,7 +15,8 @@
 // ip_local_reserved_ports. -src and -dst narrow the list (with both, the pair
 // is shown even when it has no socket); -udp counts UDP ports per source
 // instead (wildcard sockets count against every source they cover; with
-// -dst, the source is -src or the one the routing picks for each address);
+// -dst, a row is a socket bound to -src, or else an unbound one, toward each
+// address);
 // -json prints the same as JSON, one object per sample; -watch refreshes it
 // at a fixed period, printing the time of each sample.
 //
