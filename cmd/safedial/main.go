@@ -16,9 +16,8 @@
 // is shown even when it has no socket); -udp counts UDP ports per source
 // instead (wildcard sockets count against every source they cover; with
 // -dst, a row is a socket bound to -src, or else an unbound one, toward each
-// address);
-// -json prints the same as JSON, one object per sample; -watch refreshes it
-// at a fixed period, printing the time of each sample.
+// address); -json prints the same as JSON, one object per sample; -watch
+// refreshes it at a fixed period, printing the time of each sample.
 //
 // safedial, -h, --help and help print this description of the subcommands
 // to standard output and exit 0, except a bare safedial, which prints it to
