@@ -23,9 +23,9 @@ const (
 
 	// Bytecode operations (enum in inet_diag.h).
 	bcJmp    = 1  // INET_DIAG_BC_JMP: always jumps by "no"
-	bcAuto   = 6  // INET_DIAG_BC_AUTO: the local port was not bound explicitly (bind with a port)
 	bcSGE    = 2  // INET_DIAG_BC_S_GE: local port >= next op's "no"
 	bcSLE    = 3  // INET_DIAG_BC_S_LE: local port <= next op's "no"
+	bcAuto   = 6  // INET_DIAG_BC_AUTO: the local port was not bound explicitly (bind with a port)
 	bcSCond  = 7  // INET_DIAG_BC_S_COND: local address/prefix and port (-1: any)
 	bcDCond  = 8  // INET_DIAG_BC_D_COND: remote address/prefix and port
 	bcCgroup = 13 // INET_DIAG_BC_CGROUP_COND: the socket's cgroup id (u64 after the op)
@@ -73,7 +73,7 @@ type bytecode struct {
 type bcOp struct {
 	b      []byte
 	no     int  // bytes to jump when false; 0: reject
-	accept bool // when false, jump to the end: accept
+	accept bool // when false, jump to the end (accept) instead of rejecting
 }
 
 // cond adds S_COND or D_COND: address a exactly, and port (-1: any).
@@ -210,12 +210,6 @@ var diagBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b 
 // dump sends req on a fresh NETLINK_SOCK_DIAG socket and calls each with
 // every inet_diag_msg of the answer.
 func dump(ctx context.Context, reqs [][]byte, each func(msg []byte)) error {
-	return dumpEach(ctx, reqs, func(_ int, msg []byte) { each(msg) })
-}
-
-// dumpEach is dump telling each which request (its index) a message
-// answers.
-func dumpEach(ctx context.Context, reqs [][]byte, each func(i int, msg []byte)) error {
 	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return &unsupportedError{what: "sock_diag is not available", err: os.NewSyscallError("socket", err)}
@@ -227,11 +221,11 @@ func dumpEach(ctx context.Context, reqs [][]byte, each func(i int, msg []byte)) 
 	bp := diagBufs.Get().(*[]byte)
 	defer diagBufs.Put(bp)
 	buf := *bp
-	for i, req := range reqs {
+	for _, req := range reqs {
 		if err := unix.Sendto(s, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 			return os.NewSyscallError("sendto", err)
 		}
-		if err := answers(ctx, s, buf, func(msg []byte) { each(i, msg) }); err != nil {
+		if err := answers(ctx, s, buf, each); err != nil {
 			return err
 		}
 	}
