@@ -104,11 +104,17 @@ func (r PortRange) size() int {
 // counts the ports of the UDP sockets on src, or on a wildcard address that
 // covers it (0.0.0.0:P, and [::]:P unless it is IPv6-only, for an IPv4
 // source; [::]:P for an IPv6 one), whatever their destination; dst must
-// still be given. src must be an address a connection can be made from (not
-// unspecified, multicast or broadcast), dst a specified address with a
-// port, both of one family (IPv4-mapped IPv6 addresses count as IPv4), and
-// a zone must name an interface. Where sock_diag is not available (systems
-// other than Linux) the error matches errors.ErrUnsupported.
+// still be given. The counts are for sockets bound to src (as safedial's
+// pools and a Dialer with a LocalAddr dial); see [Dialer.Headroom] for
+// unbound ones.
+//
+// Bad input is an error, never "every port free": src must be an address of
+// this host (else the error matches [ErrSourceNotLocal]) that a connection
+// can leave from (not unspecified, multicast or broadcast), dst a specified
+// address with a non-zero port, both of one family (IPv4-mapped IPv6
+// addresses count as IPv4), and a zone must name an interface. Where
+// sock_diag is not available (systems other than Linux) the error matches
+// errors.ErrUnsupported.
 func ProbeHeadroom(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort) (Headroom, error) {
 	h := Headroom{Source: src, Dest: dst}
 	if err := checkProbe(network, src, dst); err != nil {
