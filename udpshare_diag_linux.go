@@ -11,11 +11,6 @@ import (
 
 // sock_diag and socket calls of shared UDP dials.
 
-// inetDiagSockopt is INET_DIAG_SOCKOPT (Linux 5.10+), the attribute with
-// struct inet_diag_sockopt: bit flags of IP-level options, sent with every
-// socket.
-const inetDiagSockopt = 22
-
 // sockopt bit positions in struct inet_diag_sockopt, a pair of bit-field
 // bytes: the first field is the lowest bit on little-endian machines, the
 // highest on big-endian ones.
