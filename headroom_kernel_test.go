@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -154,14 +153,7 @@ func addAddrs(t *testing.T, as ...netip.Addr) {
 		if a.IsLoopback() {
 			continue
 		}
-		for end := time.Now().Add(10 * time.Second); ; {
-			out, err := exec.Command("ip", "route", "get", a.String()).Output()
-			if err == nil && strings.HasPrefix(string(out), "local ") {
-				break
-			} else if time.Now().After(end) {
-				t.Fatalf("ip route get %v: %s %v, 10 s after it was added to lo", a, out, err)
-			}
-		}
+		waitLocal(t, a.String())
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"reflect"
 	"strings"
 	"sync"
@@ -273,6 +274,44 @@ func serveDNS(c net.Conn, names map[string][]netip.Addr, delay time.Duration) {
 		}
 		if _, err := c.Write(append([]byte{byte(len(resp) >> 8), byte(len(resp))}, resp...)); err != nil {
 			return
+		}
+	}
+}
+
+// addLinkLocal adds fe80::1/64 to lo in the test's namespace and waits until
+// the routing takes it for local.
+func addLinkLocal(t *testing.T) {
+	t.Helper()
+	needIPv6(t)
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("iproute2's ip is needed to add a link-local address (CI=true, so this fails instead of skipping): %v", err)
+		}
+		t.Skipf("iproute2's ip is needed to add a link-local address: %v", err)
+	}
+	if out, err := exec.Command(ip, "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad").CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add: %v: %s", err, out)
+	}
+	waitLocal(t, "fe80::1", "oif", "lo")
+}
+
+// waitLocal waits until the routing takes addr for an address of this host.
+// The kernel adds an address's local route from a work queue, after ip addr
+// add returns: until then a connect to it fails with ENETUNREACH (seen in a
+// third of the runs of TestSourcesLinkLocal). ip route get asks the same
+// routing the dial will, so this waits for the condition itself; 10 s is a
+// bound, not a pace.
+func waitLocal(t *testing.T, addr string, routeArgs ...string) {
+	t.Helper()
+	args := append([]string{"route", "get", addr}, routeArgs...)
+	for end := time.Now().Add(10 * time.Second); ; {
+		out, err := exec.Command("ip", args...).Output()
+		if err == nil && strings.HasPrefix(string(out), "local ") {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("ip %v: %s %v, 10 s after the address was added to lo", args, out, err)
 		}
 	}
 }

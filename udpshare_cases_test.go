@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,22 +111,6 @@ func TestShareUDPPortsUnspecified(t *testing.T) {
 				checkUDP(t, conns)
 			})
 		})
-	}
-}
-
-// addLinkLocal adds fe80::1/64 to lo in the test's namespace.
-func addLinkLocal(t *testing.T) {
-	t.Helper()
-	needIPv6(t)
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("iproute2's ip is needed to add a link-local address (CI=true, so this fails instead of skipping): %v", err)
-		}
-		t.Skipf("iproute2's ip is needed to add a link-local address: %v", err)
-	}
-	if out, err := exec.Command(ip, "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad").CombinedOutput(); err != nil {
-		t.Fatalf("ip addr add: %v: %s", err, out)
 	}
 }
 
