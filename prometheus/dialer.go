@@ -35,6 +35,9 @@ type DialerOpts struct {
 	MinInterval time.Duration
 	// Timeout bounds the probes of one scrape. Zero means 10 seconds.
 	Timeout time.Duration
+	// OnError, when set, is called with each headroom probe error, for
+	// example to log it.
+	OnError func(t Target, err error)
 }
 
 // DialerCollector is a [prometheus.Collector] of a [safedial.Dialer]'s
@@ -170,6 +173,9 @@ func (c *DialerCollector) probeLocked() {
 		proto := protocol(t.Network)
 		hs, err := c.d.Headroom(ctx, t.Network, t.Address)
 		if err != nil {
+			if c.opts.OnError != nil {
+				c.opts.OnError(t, err)
+			}
 			if proto == "udp" {
 				c.errors[1]++
 			} else {

@@ -50,6 +50,10 @@ type HeadroomOpts struct {
 	MinInterval time.Duration
 	// Timeout bounds one probe of one protocol. Zero means 10 seconds.
 	Timeout time.Duration
+	// OnError, when set, is called with each probe error (network is tcp
+	// or udp), for example to log it; at most once per MinInterval and
+	// network.
+	OnError func(network string, err error)
 }
 
 // HeadroomCollector is a [prometheus.Collector] of the headroom of every
@@ -187,6 +191,9 @@ func (c *HeadroomCollector) probeLocked() {
 		cancel()
 		if err != nil {
 			c.errors[i]++
+			if c.opts.OnError != nil {
+				c.opts.OnError(network, err)
+			}
 			r = protoResult{pairs: r.pairs[:0], duration: r.duration, failed: true}
 		}
 		c.last[i] = r
