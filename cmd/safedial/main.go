@@ -38,6 +38,9 @@ import (
 )
 
 func main() {
+	if isExporter(os.Args[1:]) { // safedial exporter, or headroom -listen: exporter.go
+		os.Exit(exporterMain(os.Args[2:]))
+	}
 	if len(os.Args) < 2 || os.Args[1] != "headroom" {
 		fmt.Fprintln(os.Stderr, "usage: safedial headroom [-src ADDR] [-dst HOST:PORT] [-udp] [-json] [-watch 2s]")
 		os.Exit(2)
