@@ -274,7 +274,10 @@ func TestHeadroomCollectorMinInterval(t *testing.T) {
 // are left out, and the other protocol and the scrape go on.
 func TestHeadroomCollectorProbeError(t *testing.T) {
 	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}, udp: []safedial.Headroom{pair("127.0.0.1", "*", 1, 0, 0, 0)}, udpErr: errors.New("boom")}
-	c := collector(f, safedialprom.HeadroomOpts{MinInterval: -1})
+	var reported []string
+	c := collector(f, safedialprom.HeadroomOpts{MinInterval: -1, OnError: func(network string, err error) {
+		reported = append(reported, network+": "+err.Error())
+	}})
 	testutil.CollectAndCount(c)
 	got := exposition(t, c, "safedial_headroom_probe_errors_total", "safedial_headroom_pairs", "safedial_headroom_used_ratio")
 	want := `safedial_headroom_pairs{protocol="tcp"} 1
@@ -284,5 +287,8 @@ safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="1
 `
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("after two scrapes with the UDP probe failing (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"udp: boom", "udp: boom"}, reported); diff != "" {
+		t.Errorf("OnError (-want +got):\n%s", diff)
 	}
 }
