@@ -2,6 +2,10 @@ module github.com/safedial/safedial/cmd/safedial
 
 go 1.26.0
 
+// The replace directives build the command from this repository (go.work
+// does the same from the root). go install ...@version refuses a module
+// with replace directives: a release tags the root and prometheus modules
+// first, then requires those versions here instead.
 replace (
 	github.com/safedial/safedial => ../..
 	github.com/safedial/safedial/prometheus => ../../prometheus
