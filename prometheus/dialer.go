@@ -27,7 +27,9 @@ type DialerOpts struct {
 	// is exported in safedial_headroom_ports and
 	// safedial_headroom_used_ratio, from [safedial.Dialer.Headroom] (the
 	// Dialer's PortRange when it has one, and its ShareUDPPorts
-	// counting).
+	// counting). These are the HeadroomCollector's series, so that one
+	// alert covers both: a registry holds one or the other (Register
+	// refuses the second).
 	Headroom []Target
 	// MinInterval is the least time between two headroom probes, as in
 	// [HeadroomOpts]. Zero means DefaultMinInterval; negative, every
