@@ -52,6 +52,9 @@ func (f *fake) all(_ context.Context, network string) ([]safedial.Headroom, erro
 
 func (f *fake) probe(_ context.Context, network string, src netip.Addr, dst netip.AddrPort) (safedial.Headroom, error) {
 	f.one.Add(1)
+	if src == netip.MustParseAddr("192.0.2.99") {
+		return safedial.Headroom{}, errors.New("bad pair")
+	}
 	h := pair(src.String(), dst.String(), 0, 0, 0, 0)
 	return h, nil
 }
@@ -290,5 +293,28 @@ safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="1
 	}
 	if diff := cmp.Diff([]string{"udp: boom", "udp: boom"}, reported); diff != "" {
 		t.Errorf("OnError (-want +got):\n%s", diff)
+	}
+}
+
+// TestHeadroomCollectorNamedPairError: a named pair whose own probe fails
+// is left out and counted; the other pairs are exported.
+func TestHeadroomCollectorNamedPairError(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}}
+	c := collector(f, safedialprom.HeadroomOpts{
+		Sources: []netip.Addr{netip.MustParseAddr("192.0.2.99"), netip.MustParseAddr("192.0.2.1")},
+		Dests:   []netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:80")},
+	})
+	got := exposition(t, c, "safedial_headroom_probe_errors_total", "safedial_headroom_pairs", "safedial_headroom_pairs_exported", "safedial_headroom_used_ratio")
+	want := `safedial_headroom_pairs{protocol="tcp"} 3
+safedial_headroom_pairs{protocol="udp"} 0
+safedial_headroom_pairs_exported{protocol="tcp"} 2
+safedial_headroom_pairs_exported{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 1
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.010000000000000009
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="192.0.2.1"} 0
+`
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("exposition (-want +got):\n%s", diff)
 	}
 }

@@ -37,7 +37,9 @@ type HeadroomOpts struct {
 	// Dests only, the TCP pairs toward those destinations; with both, the
 	// TCP pairs from one of Sources to one of Dests of the same family,
 	// each exported even when it has no socket (probed then with
-	// [safedial.ProbeHeadroom]), and the UDP pairs from one of Sources.
+	// [safedial.ProbeHeadroom], one more walk of the kernel's table each;
+	// should that probe fail, the pair is left out and the error counted),
+	// and the UDP pairs from one of Sources.
 	// Every pair named counts in safedial_headroom_pairs_exported: a source
 	// named alone may have many destinations.
 	Sources []netip.Addr
@@ -185,15 +187,18 @@ func (c *HeadroomCollector) probeLocked() {
 	c.rng, c.twRe = readRange(), readInt("net/ipv4/tcp_tw_reuse")
 	for i, network := range networks {
 		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
-		start := c.now()
-		pairs, seen, err := c.pick(ctx, network, c.last[i].pairs[:0])
-		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start)}
-		cancel()
-		if err != nil {
+		fail := func(err error) {
 			c.errors[i]++
 			if c.opts.OnError != nil {
 				c.opts.OnError(network, err)
 			}
+		}
+		start := c.now()
+		pairs, seen, err := c.pick(ctx, network, c.last[i].pairs[:0], fail)
+		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start)}
+		cancel()
+		if err != nil {
+			fail(err)
 			r = protoResult{pairs: r.pairs[:0], duration: r.duration, failed: true}
 		}
 		c.last[i] = r
@@ -201,8 +206,10 @@ func (c *HeadroomCollector) probeLocked() {
 }
 
 // pick probes network and appends the pairs to export to out: the named
-// ones and the Top others with the highest used ratio.
-func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safedial.Headroom) ([]safedial.Headroom, int, error) {
+// ones and the Top others with the highest used ratio. A named pair whose
+// own probe fails is left out and reported to fail; an error of the probe
+// of every pair is returned.
+func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safedial.Headroom, fail func(error)) ([]safedial.Headroom, int, error) {
 	all, err := c.probeAll(ctx, network)
 	if err != nil {
 		return out, 0, err
@@ -234,12 +241,13 @@ func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safe
 				if s.Is4() != d.Addr().Is4() || slices.ContainsFunc(out, func(h safedial.Headroom) bool { return h.Source == s && h.Dest == d }) {
 					continue
 				}
+				seen++
 				h, err := c.probe(ctx, network, s, d)
 				if err != nil {
-					return out, seen, err
+					fail(err)
+					continue
 				}
 				out = append(out, h)
-				seen++
 			}
 		}
 	}
