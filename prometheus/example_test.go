@@ -52,3 +52,15 @@ func ExampleNewDialerCollector() {
 	// # TYPE safedial_dials_total counter
 	// safedial_dials_total{dialer="db"} 0
 }
+
+// The README's snippet: a service's Dialer on its /metrics.
+func ExampleDialerOpts() {
+	d := &safedial.Dialer{}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(safedialprom.NewDialerCollector(d, safedialprom.DialerOpts{
+		ConstLabels: prometheus.Labels{"dialer": "db"}, // tells several Dialers apart
+		// Optional: the Dialer's own headroom toward its database.
+		Headroom: []safedialprom.Target{{Network: "tcp", Address: "db.internal:5432"}},
+	}))
+	http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+}
