@@ -130,9 +130,9 @@ safedial_headroom_ports{destination="[::1]:443",protocol="tcp",source="::1",stat
 safedial_headroom_ports{destination="[::1]:443",protocol="tcp",source="::1",state="time_wait"} 1
 safedial_headroom_probe_errors_total{protocol="tcp"} 0
 safedial_headroom_probe_errors_total{protocol="udp"} 0
-safedial_headroom_used_ratio{destination="*",protocol="udp",source="127.0.0.1"} 0.050000000000000044
+safedial_headroom_used_ratio{destination="*",protocol="udp",source="127.0.0.1"} 0.05
 safedial_headroom_used_ratio{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1"} 0.8
-safedial_headroom_used_ratio{destination="[::1]:443",protocol="tcp",source="::1"} 0.16000000000000003
+safedial_headroom_used_ratio{destination="[::1]:443",protocol="tcp",source="::1"} 0.16
 `
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("exposition (-want +got):\n%s", diff)
@@ -286,7 +286,7 @@ func TestHeadroomCollectorProbeError(t *testing.T) {
 	want := `safedial_headroom_pairs{protocol="tcp"} 1
 safedial_headroom_probe_errors_total{protocol="tcp"} 0
 safedial_headroom_probe_errors_total{protocol="udp"} 2
-safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.010000000000000009
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.01
 `
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("after two scrapes with the UDP probe failing (-want +got):\n%s", diff)
@@ -311,7 +311,7 @@ safedial_headroom_pairs_exported{protocol="tcp"} 2
 safedial_headroom_pairs_exported{protocol="udp"} 0
 safedial_headroom_probe_errors_total{protocol="tcp"} 1
 safedial_headroom_probe_errors_total{protocol="udp"} 0
-safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.010000000000000009
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.01
 safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="192.0.2.1"} 0
 `
 	if diff := cmp.Diff(want, got); diff != "" {

@@ -77,7 +77,7 @@ func TestDialerCollector(t *testing.T) {
 		fmt.Fprintf(&want, "safedial_headroom_probe_errors_total{dialer=\"db\",protocol=\"tcp\"} 1\n")
 		fmt.Fprintf(&want, "safedial_headroom_probe_errors_total{dialer=\"db\",protocol=\"udp\"} 0\n")
 		for _, h := range hs {
-			fmt.Fprintf(&want, "safedial_headroom_used_ratio{destination=%q,dialer=\"db\",protocol=\"tcp\",source=%q} %g\n", h.Dest, h.Source, 1-float64(h.Free)/10)
+			fmt.Fprintf(&want, "safedial_headroom_used_ratio{destination=%q,dialer=\"db\",protocol=\"tcp\",source=%q} %g\n", h.Dest, h.Source, float64(10-h.Free)/10)
 		}
 		for _, m := range []struct {
 			name string

@@ -65,7 +65,7 @@ func usedRatio(h *safedial.Headroom) float64 {
 	if n <= 0 {
 		return 0
 	}
-	return 1 - float64(min(max(h.Free, 0), n))/float64(n)
+	return float64(n-min(max(h.Free, 0), n)) / float64(n)
 }
 
 // sendPair sends the six series of one pair.

@@ -271,7 +271,7 @@ func TestPrometheus(t *testing.T) {
 					t.Errorf("%v -> %v %s: Prometheus has %g, ProbeHeadroom says %d", src, dst, state, got, want)
 				}
 			}
-			if want := 1 - float64(h.Free)/100; ratios[dst.String()] != want {
+			if want := float64(100-h.Free) / 100; ratios[dst.String()] != want {
 				t.Errorf("%v -> %v: used ratio %g in Prometheus, want 1 - free/100 = %g", src, dst, ratios[dst.String()], want)
 			}
 
