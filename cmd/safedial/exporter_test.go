@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -30,7 +32,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 
 // TestExporter runs the exporter in a namespace with a 100-port range and
 // checks what /metrics and / serve, with -top 0 (the named pairs only),
-// -src and -dst.
+// -src and -dst, and that promtool check metrics finds nothing to say.
 func TestExporter(t *testing.T) {
 	netnstest.Run(t, netns.Config{PortLo: 40000, PortHi: 40099}, func(t *testing.T) {
 		sockets(t, "127.0.0.1", "127.0.0.2:5432", 12, 3)
@@ -81,6 +83,18 @@ func TestExporter(t *testing.T) {
 			if !strings.Contains(body, want+"\n") && !strings.Contains(body, want) {
 				t.Errorf("/metrics lacks %s", want)
 			}
+		}
+		if promtool, err := exec.LookPath("promtool"); err == nil {
+			// The command's whole exposition, Go and process metrics too.
+			cmd := exec.Command(promtool, "check", "metrics")
+			cmd.Stdin = strings.NewReader(body)
+			if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+				t.Errorf("promtool check metrics: %v\n%s", err, out)
+			}
+		} else if os.Getenv("CI") == "true" {
+			t.Errorf("promtool is needed (CI=true): %v", err)
+		} else {
+			t.Logf("promtool check metrics skipped: %v", err)
 		}
 		if strings.Contains(body, "6379") {
 			t.Errorf("/metrics has the pair toward 6379, which -top 0 cuts")
