@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
-	"syscall"
 )
 
 // Dialer dials like [net.Dialer], with the socket options that keep a bound
@@ -63,10 +62,29 @@ type Dialer struct {
 	// taking them in turn. When a source has no port left toward the
 	// destination, the attempt fails over to the next source of that
 	// family; only when all are exhausted does the attempt fail with an
-	// error matching ErrEphemeralExhausted, naming every source tried. A
-	// source found full toward a destination is remembered as full for
-	// half a second, so later dials skip it without a system call; when
-	// every source is known full, a dial fails at once.
+	// error matching ErrEphemeralExhausted, naming every source tried.
+	// Before each failover step the context is checked: a dial whose
+	// context ended returns net.Dialer's error for it, from the source
+	// last used. Errors name the source used, as those of
+	// net.Dialer{LocalAddr: that source} do.
+	//
+	// A source found full toward a destination (per protocol: TCP and UDP
+	// ports are separate) is remembered, in a bounded table, until a
+	// connection through it gets a port. The memory only orders sources,
+	// it never refuses one: an attempt tries the sources not known full
+	// first, in turn, then those known full, found full longest ago
+	// first. When every source is known full, the attempt asks the kernel
+	// about that one source only, so a failing dial costs one scan of the
+	// range, as net.Dialer's does, and a port freed on any source is found
+	// within one pass over the sources. (On Windows and the BSDs, where
+	// the hook cannot bind, the source is chosen before each dial and a
+	// full one is followed by a new dial from the next, without memory.)
+	//
+	// When every source is of one family, a host name is resolved and
+	// dialed for that family only (tcp4 or tcp6, visible as such in
+	// httptrace's ConnectStart), as net.Dialer does with a LocalAddr;
+	// errors keep the network as written. An IP literal of the other
+	// family is a configuration error naming the missing family.
 	//
 	// Every source must be a unicast address of this host. An unspecified,
 	// multicast or broadcast address (the limited broadcast, or one of this
@@ -76,12 +94,16 @@ type Dialer struct {
 	// unknown one, is a configuration error (ErrInvalidConfig) before any
 	// socket is made; should the kernel still choose another source for a
 	// connection, the dial fails with ErrInvalidConfig, saying so (checked
-	// once per source); an address that is not on this host
-	// fails the dial that reaches it with ErrSourceNotLocal, naming it, and
-	// failover does not continue past it, so a misconfiguration shows
-	// instead of silently shrinking the pool.
+	// once per source). SetSources also checks, on Linux, that every
+	// source is an address of this host. An address that is not (or no longer, as when
+	// a secondary address is removed) is treated like a full source: the
+	// attempt fails over to the others, later attempts try it last, and
+	// Stats counts it as NotLocal; a dial fails with ErrSourceNotLocal,
+	// naming it, only when no source was exhausted (every source tried
+	// was not local).
 	//
-	// Sources and Base.LocalAddr are mutually exclusive. Sources apply to
+	// Sources and Base.LocalAddr are mutually exclusive (a typed nil
+	// Base.LocalAddr is no address, as for net.Dialer). Sources apply to
 	// the tcp and udp networks; with Sources, the unix and ip networks are
 	// a configuration error instead of an unpinned dial. To change Sources
 	// while Stats may be read concurrently, use SetSources.
@@ -194,22 +216,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		}
 		return d.finish(d.result(c, err, d.options(bind), network))
 	}
-	return d.finish(d.dial(ctx, network, address))
-}
-
-// DialTCP connects to raddr from laddr on a TCP network, like
-// [net.Dialer.DialTCP]. A zero laddr means no local address: unlike
-// net.Dialer.DialTCP, which then binds the wildcard address, the socket is not
-// bound before connect, so the kernel picks the source port knowing the
-// destination (or binds a source of the pool). With Sources, laddr must be
-// zero. A zero raddr is an error ("missing address"), where net.Dialer.DialTCP
-// would dial the wildcard address.
-func (d *Dialer) DialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) (*net.TCPConn, error) {
-	c, err := d.finish(d.dialTCP(ctx, network, laddr, raddr))
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.TCPConn), nil
+	return d.finish(d.dial(ctx, network, address, d.Base.LocalAddr))
 }
 
 // outcome is what one dial leaves for finish: the connection or error, and
@@ -256,21 +263,24 @@ func (d *Dialer) report(o outcome) (net.Conn, error) {
 	return o.c, o.err
 }
 
-func (d *Dialer) dial(ctx context.Context, network, address string) outcome {
+// dial is the general path: la is the local address the call asks for
+// (Base.LocalAddr, or none for DialTCP with a zero laddr).
+func (d *Dialer) dial(ctx context.Context, network, address string, la net.Addr) outcome {
 	if err := d.PortRange.check(); err != nil {
 		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
 	}
 	if len(d.Sources) > 0 {
-		return d.dialPool(ctx, network, address)
+		return d.dialPool(ctx, network, address, la)
 	}
-	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(d.Base.LocalAddr) {
-		return d.dialShared(ctx, network, address)
+	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(la) {
+		return d.dialShared(ctx, network, address, la)
 	}
 	if d.pool.Load() != nil {
 		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
 	}
-	bind := d.Base.LocalAddr != nil
+	bind := la != nil
 	nd := d.Base
+	nd.LocalAddr = la
 	nd.ControlContext = d.control(bind)
 	c, err := nd.DialContext(ctx, network, address)
 	return d.result(c, err, d.options(bind), network)
@@ -293,33 +303,6 @@ func (d *Dialer) result(c net.Conn, err error, o options, network string) outcom
 	return out
 }
 
-func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip.AddrPort) outcome {
-	fail := func(err error) outcome {
-		return outcome{err: &net.OpError{Op: "dial", Net: network, Source: opAddr(network, laddr), Addr: opAddr(network, raddr), Err: err}}
-	}
-	switch {
-	case !raddr.IsValid() && (network == "tcp" || network == "tcp4" || network == "tcp6"):
-		return fail(&net.AddrError{Err: "missing address"})
-	case !laddr.IsValid() && !familyMismatch(network, raddr.Addr()):
-		// No local address: connect without binding, or from the pool.
-		return d.dial(ctx, network, raddr.String())
-	case laddr.IsValid() && len(d.Sources) > 0:
-		return fail(errConfig("Sources and a local address are both set: use one of them"))
-	}
-	// A local address, or an input net.Dialer.DialTCP rejects with its own
-	// error (an unknown network, an address of the other family): let it.
-	if err := d.PortRange.check(); err != nil {
-		return fail(err)
-	}
-	nd := d.Base
-	nd.ControlContext = d.control(true)
-	c, err := nd.DialTCP(ctx, network, laddr, raddr)
-	if err != nil {
-		return d.result(nil, err, d.options(true), network)
-	}
-	return d.result(c, nil, d.options(true), network)
-}
-
 // sharesLocal reports whether a UDP dial from la can share ports: not when
 // la names an explicit port, nor when it is not a *net.UDPAddr (net.Dialer
 // then reports the mismatch).
@@ -329,20 +312,6 @@ func sharesLocal(la net.Addr) bool {
 	}
 	u, ok := la.(*net.UDPAddr)
 	return ok && u.Port == 0
-}
-
-// familyMismatch reports a destination of the other family than a tcp4 or
-// tcp6 network names.
-func familyMismatch(network string, a netip.Addr) bool {
-	switch network {
-	case "tcp4":
-		return a.Is6() && !a.Is4In6()
-	case "tcp6":
-		return a.Is4()
-	case "tcp":
-		return false
-	}
-	return true // not a TCP network: net.Dialer.DialTCP says so
 }
 
 // count records the outcome of one call: one atomic add on success.
@@ -357,34 +326,6 @@ func (d *Dialer) count(err error) {
 			d.counters.exhausted.Add(1)
 		}
 	}
-}
-
-// ControlContext sets d's socket options (SO_REUSEADDR,
-// IP_BIND_ADDRESS_NO_PORT and PortRange, as the platform and d's fields
-// allow) on the socket c, for code that must keep its own net.Dialer:
-//
-//	nd := &net.Dialer{LocalAddr: src, ControlContext: sd.ControlContext}
-//
-// It cannot know whether the dial will bind, so it sets the options always.
-// The optional ones are best-effort, as in a Dialer's own dials: a refusal is
-// counted in [Stats.Refused] and reported to OnRefused, and the socket is
-// used without them. PortRange is strict. It does not run d.Base's hooks; to
-// combine it with a hook of your own, call it first from that hook. It leaves
-// sockets of networks other than tcp and udp untouched. Errors from it are
-// not classified: use [Classify] on the dial's error.
-func (d *Dialer) ControlContext(ctx context.Context, network, address string, c syscall.RawConn) error {
-	if err := d.PortRange.check(); err != nil {
-		return err
-	}
-	o := d.options(true)
-	if err := o.apply(network, c); err != nil {
-		return err
-	}
-	if r := o.refusedNow(network); r != 0 {
-		d.counters.refused.Add(1)
-		d.reportRefused(r)
-	}
-	return nil
 }
 
 func opAddr(network string, ap netip.AddrPort) net.Addr {

@@ -80,10 +80,14 @@
 // connections. [Dialer.Sources] adds source addresses: connection attempts
 // are spread over them in turn and fail over to the next one when a source
 // is exhausted toward the destination, so capacity grows linearly with the
-// number of sources. A source found full is remembered for half a second
-// (in a bounded table), so a pool with one full source costs about what a
-// healthy one does, and a pool with every source full fails at once instead
-// of scanning the range from each source. [Dialer.PortRange] gives each
+// number of sources. A source found full is remembered (in a bounded table,
+// per protocol) to order the sources, never to refuse one: sources not known
+// full are tried first, so a pool with one full source costs about what a
+// healthy one does, and a pool with every source full asks the kernel about
+// one source per dial, so a failing dial costs one scan of the range, as
+// net.Dialer's does, and a freed port is found within one pass over the
+// sources. A source that is not (or no longer) local is passed over the
+// same way. [Dialer.PortRange] gives each
 // socket its own slice of the ephemeral range (Linux 6.3+), so processes or
 // containers sharing one address never compete for the same ports.
 // [Dialer.Stats] and [Dialer.OnExhausted] report what happened.

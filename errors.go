@@ -3,10 +3,7 @@ package safedial
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"net/url"
-	"os"
 	"strings"
 	"syscall"
 )
@@ -18,13 +15,18 @@ var ErrEphemeralExhausted = errors.New("ephemeral ports exhausted")
 
 // ErrSourceNotLocal matches, with [errors.Is], the error a [Dialer] returns
 // when a source address (Base.LocalAddr or one of Sources) is not an address
-// of this host or network namespace: bind(2) answered EADDRNOTAVAIL. It is a
-// configuration error, never exhaustion.
+// of this host or network namespace: bind(2) answered EADDRNOTAVAIL.
+// SetSources returns it for such a source; a dial with Sources fails over
+// past such a source and returns it only when no source was exhausted. It is
+// a configuration error, never exhaustion.
 var ErrSourceNotLocal = errors.New("source address is not an address of this host")
 
 // ErrInvalidConfig matches, with [errors.Is], the errors a [Dialer] returns
 // for a configuration that cannot work (for example Sources together with
-// Base.LocalAddr, or an inverted PortRange). No socket is made.
+// Base.LocalAddr, or an inverted PortRange). Most are found before any socket
+// is made; a few only once the kernel has answered: a source whose bind does
+// not pin the connection (the kernel chose another source address), and a
+// connection from a port outside PortRange (closed before it is returned).
 var ErrInvalidConfig = errors.New("invalid safedial configuration")
 
 // Winsock error codes. On Windows, syscall.EADDRINUSE and friends are values
@@ -62,13 +64,17 @@ type ExhaustedError struct {
 	// PerSocket reports that Range is the dialer's PortRange rather than the
 	// namespace's net.ipv4.ip_local_port_range.
 	PerSocket bool
-	// Tried lists the sources of a [Dialer.Sources] pool that were tried,
-	// all exhausted, in the order tried. Nil outside pools.
+	// Tried lists the sources of a [Dialer.Sources] pool found full in this
+	// dial, in the order tried: by the kernel, or, when every source was
+	// known full, the one the kernel was asked about (Source) followed by
+	// those it was not asked about. Sources found not local are left out.
+	// Nil outside pools.
 	Tried []netip.Addr
 	// Err is the underlying error, an [*os.SyscallError].
 	Err error
 	// Refused, when not nil, is the system's refusal of
-	// IP_BIND_ADDRESS_NO_PORT, which explains a bind-time exhaustion: the
+	// IP_BIND_ADDRESS_NO_PORT (SO_REUSE_UNICASTPORT on Windows), which
+	// explains a bind-time exhaustion: the
 	// dial went on without it, and a bound source is then capped at one
 	// connection per port.
 	Refused *RefusedError
@@ -182,127 +188,17 @@ func errConfig(format string, args ...any) error {
 	return &configError{msg: fmt.Sprintf(format, args...)}
 }
 
-// Classify applies safedial's exhaustion rules to an error from any dialer:
-// a plain [net.Dialer], an [http.Client] (whose errors are [*url.Error]), or
-// code that wrapped them. When err reports ephemeral-port exhaustion, Classify
-// returns an error that matches [ErrEphemeralExhausted] and wraps an
-// [*ExhaustedError]; a *url.Error or *net.OpError on the outside stays on the
-// outside. Otherwise, and for errors that already match, it returns err
-// unchanged (nil stays nil).
-//
-// The rules, from the system call that failed:
-//   - bind, EADDRINUSE, requested local port 0: exhaustion (Op "bind");
-//   - TCP connect, EADDRNOTAVAIL, no explicit local port: exhaustion (Op "connect");
-//   - UDP connect, EAGAIN, no explicit local port: exhaustion (Op "connect");
-//   - Windows: bind, WSAENOBUFS; connectex, WSAEADDRINUSE, no explicit
-//     local port: exhaustion;
-//   - anything else is not: bind EADDRNOTAVAIL (the source is not local),
-//     EADDRINUSE on an explicit port (a conflict), refused, unreachable,
-//     timeouts and cancellation.
-func Classify(err error) error {
-	if err == nil || errors.Is(err, ErrEphemeralExhausted) {
-		return err
-	}
-	switch e := err.(type) {
-	case *net.OpError:
-		if ee := exhausted(e, PortRange{}); ee != nil {
-			return withErr(e, ee)
-		}
-		return err
-	case *url.Error:
-		if inner := Classify(e.Err); inner != e.Err {
-			return &url.Error{Op: e.Op, URL: e.URL, Err: inner}
-		}
-		return err
-	}
-	var op *net.OpError
-	if errors.As(err, &op) {
-		if ee := exhausted(op, PortRange{}); ee != nil {
-			return &classified{err: err, ee: ee}
-		}
-	}
-	return err
-}
-
-// classified adds an ExhaustedError to an error chain Classify cannot rebuild.
-type classified struct {
-	err error
-	ee  *ExhaustedError
-}
-
-func (c *classified) Error() string   { return c.err.Error() + ": " + ErrEphemeralExhausted.Error() }
-func (c *classified) Unwrap() []error { return []error{c.ee, c.err} }
-
-// withErr returns a copy of op with Err replaced.
-func withErr(op *net.OpError, err error) *net.OpError {
-	c := *op
-	c.Err = err
-	return &c
-}
-
-// exhausted returns the ExhaustedError that op reports, or nil when op is not
-// exhaustion. pr is the dialer's per-socket range, if any.
-func exhausted(op *net.OpError, pr PortRange) *ExhaustedError {
-	sc, ok := op.Err.(*os.SyscallError)
-	if !ok || op.Op != "dial" {
-		return nil
-	}
-	errno, ok := sc.Err.(syscall.Errno)
-	if !ok {
-		return nil
-	}
-	src := addrPort(op.Source)
-	ephemeral := src.Port() == 0
-	var what string
-	switch {
-	case sc.Syscall == "bind" && ephemeral && (errno == syscall.EADDRINUSE || errno == wsaENOBUFS):
-		what = "bind"
-	case sc.Syscall == "connect" && ephemeral && errno == syscall.EADDRNOTAVAIL && strings.HasPrefix(op.Net, "tcp"):
-		what = "connect"
-	case sc.Syscall == "connect" && ephemeral && errno == syscall.EAGAIN && strings.HasPrefix(op.Net, "udp"):
-		what = "connect"
-	case sc.Syscall == "connectex" && ephemeral && errno == wsaEADDRINUSE:
-		what = "connect"
-	default:
-		return nil
-	}
-	ee := &ExhaustedError{Op: what, Net: op.Net, Source: src, Dest: addrPort(op.Addr), Err: sc}
-	if pr != (PortRange{}) {
-		ee.Range, ee.PerSocket = pr, true
-	} else {
-		ee.Range, _ = namespaceRange()
-	}
-	return ee
-}
-
-// addrPort converts a *net.TCPAddr or *net.UDPAddr; anything else, including
-// nil, gives the zero AddrPort.
-func addrPort(a net.Addr) netip.AddrPort {
-	var ap netip.AddrPort
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		if a != nil {
-			ap = a.AddrPort()
-		}
-	case *net.UDPAddr:
-		if a != nil {
-			ap = a.AddrPort()
-		}
-	}
-	// net.ParseIP gives 16-byte IPv4 addresses, which convert to IPv4-mapped
-	// IPv6; report them as the IPv4 addresses they are.
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
-
 // RefusedError reports that the system refused an optional socket option
-// (IP_BIND_ADDRESS_NO_PORT or SO_REUSEADDR): kernels before 4.2, sandboxes
-// and seccomp profiles do. Those options only improve things, so a dial does
-// not fail for them: it goes on as net.Dialer's would. A Dialer reports the
-// first refusal of each option to its OnRefused hook, counts the dials made
-// without an option in [Stats].Refused, and names the refusal in an
-// exhaustion it explains.
+// (IP_BIND_ADDRESS_NO_PORT or SO_REUSEADDR on Linux, SO_REUSEADDR on the
+// BSDs and macOS, SO_REUSE_UNICASTPORT on Windows): kernels before 4.2,
+// Windows before 10 and Server 2016, sandboxes and seccomp profiles do.
+// Those options only improve things, so a dial does not fail for them: it
+// goes on as net.Dialer's would. A Dialer reports the first refusal of each
+// option to its OnRefused hook, counts the dials made without an option in
+// [Stats].Refused, and names the refusal in an exhaustion it explains.
 type RefusedError struct {
-	// Option is the option's name, such as "IP_BIND_ADDRESS_NO_PORT".
+	// Option is the option's name, such as "IP_BIND_ADDRESS_NO_PORT" or
+	// "SO_REUSE_UNICASTPORT".
 	Option string
 	// Consequence says what dials lose without the option.
 	Consequence string
@@ -317,35 +213,6 @@ func (e *RefusedError) Error() string {
 
 // Unwrap returns the setsockopt error.
 func (e *RefusedError) Unwrap() error { return e.Err }
-
-// classify turns the error of one dial into safedial's: exhaustion is
-// returned as an *ExhaustedError inside the *net.OpError (and as ee), a
-// source that is not local as a sourceError. Other errors come back
-// unchanged. refused holds the optional options the dial went without.
-func (d *Dialer) classify(err error, refused uint32) (ee *ExhaustedError, _ error) {
-	op, ok := err.(*net.OpError)
-	if !ok {
-		return nil, err
-	}
-	if ee = exhausted(op, d.PortRange); ee != nil {
-		ee.noteRefused(refused)
-		return ee, withErr(op, ee)
-	}
-	if se := notLocal(op); se != nil {
-		return nil, withErr(op, se)
-	}
-	return nil, err
-}
-
-// notLocal returns the sourceError for a bind that failed with
-// EADDRNOTAVAIL, or nil.
-func notLocal(op *net.OpError) *sourceError {
-	sc, ok := op.Err.(*os.SyscallError)
-	if ok && sc.Syscall == "bind" && errors.Is(sc.Err, syscall.EADDRNOTAVAIL) {
-		return &sourceError{src: addrPort(op.Source).Addr(), err: sc}
-	}
-	return nil
-}
 
 // unsupportedError reports a feature this system lacks or refuses; it
 // matches errors.ErrUnsupported and wraps the system's answer, if any.

@@ -16,7 +16,7 @@ import (
 // This file holds what runs inside net.Dialer's Control hook: the options a
 // dial sets, best-effort for the optional ones and strict for PortRange, and
 // the hook that composes them with the user's. The pool's hook, which also
-// binds a source, is in pool.go.
+// binds a source, is in poolhook.go.
 
 // options is the set of socket options one dial sets.
 type options struct {
@@ -268,4 +268,32 @@ func namespaceRange() (PortRange, bool) {
 		at int64
 	}{r, now})
 	return r, true
+}
+
+// ControlContext sets d's socket options (SO_REUSEADDR,
+// IP_BIND_ADDRESS_NO_PORT and PortRange, as the platform and d's fields
+// allow) on the socket c, for code that must keep its own net.Dialer:
+//
+//	nd := &net.Dialer{LocalAddr: src, ControlContext: sd.ControlContext}
+//
+// It cannot know whether the dial will bind, so it sets the options always.
+// The optional ones are best-effort, as in a Dialer's own dials: a refusal is
+// counted in [Stats.Refused] and reported to OnRefused, and the socket is
+// used without them. PortRange is strict. It does not run d.Base's hooks; to
+// combine it with a hook of your own, call it first from that hook. It leaves
+// sockets of networks other than tcp and udp untouched. Errors from it are
+// not classified: use [Classify] on the dial's error.
+func (d *Dialer) ControlContext(ctx context.Context, network, address string, c syscall.RawConn) error {
+	if err := d.PortRange.check(); err != nil {
+		return err
+	}
+	o := d.options(true)
+	if err := o.apply(network, c); err != nil {
+		return err
+	}
+	if r := o.refusedNow(network); r != 0 {
+		d.counters.refused.Add(1)
+		d.reportRefused(r)
+	}
+	return nil
 }

@@ -17,6 +17,11 @@ func socketLike(int) (int, error)                              { return -1, erro
 func replaceFD(int, int) error                                 { return errors.ErrUnsupported }
 func closeFD(int)                                              {}
 func boundAddr(int) netip.Addr                                 { return netip.Addr{} }
+func dupFD(int) (int, error)                                   { return -1, errors.ErrUnsupported }
+
+// checkLocal does not check elsewhere: a source that is not local fails
+// over at dial time.
+func checkLocal(*source) error { return nil }
 
 const shareSupported = false
 

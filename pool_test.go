@@ -76,13 +76,12 @@ func TestPoolCapacity(t *testing.T) {
 }
 
 // TestPoolFailover: one source is filled first by another dialer; the pool
-// still connects through the other, and remembers the full source: after the
-// first failover it is skipped without a system call until the memory
-// expires (the clock is stopped, so the counts are exact).
+// still connects through the other. The full source is remembered: later
+// dials try the other first and do not ask the kernel about the full one
+// while the other has ports; when both are full, the dial asks about both,
+// and the next one only about the source marked longest ago.
 func TestPoolFailover(t *testing.T) {
 	inNamespace(t, 40000, 40023, func(t *testing.T) {
-		_, restore := safedial.StopClock()
-		defer restore()
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		a, b := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
 		other := &safedial.Dialer{Base: net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))}}
@@ -108,23 +107,37 @@ func TestPoolFailover(t *testing.T) {
 		}
 		var ee *safedial.ExhaustedError
 		if errors.As(err, &ee) {
-			// The 25th dial starts at a (known full, skipped), then b.
-			if diff := cmp.Diff([]netip.Addr{a, b}, ee.Tried, netipCmp); diff != "" {
+			// The 25th dial tries b (not known full) first, then a.
+			if diff := cmp.Diff([]netip.Addr{b, a}, ee.Tried, netipCmp); diff != "" {
 				t.Errorf("Tried (-want +got):\n%s", diff)
 			}
 		}
-		// Dials 0, 2, ..., 24 start at a: dial 0 finds it full, the 12
-		// others skip it. The kernel reports exhaustion twice: a in dial 0,
-		// b in dial 24.
-		want := safedial.Stats{Dials: 25, Succeeded: 24, Exhausted: 1, Failovers: 13, Sources: []safedial.SourceStats{
-			{Addr: a, Dials: 1, Exhausted: 1, Skipped: 12},
+		// Dial 0 finds a full and fails over; dials 1-23 go to b alone; dial
+		// 24 finds b full, then a.
+		want := safedial.Stats{Dials: 25, Succeeded: 24, Exhausted: 1, Failovers: 2, Sources: []safedial.SourceStats{
+			{Addr: a, Dials: 2, Exhausted: 2},
 			{Addr: b, Dials: 25, Succeeded: 24, Exhausted: 1},
 		}}
 		if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
 			t.Errorf("Stats (-want +got):\n%s", diff)
 		}
-		if diff := cmp.Diff([]string{a.String(), b.String()}, events); diff != "" {
+		if diff := cmp.Diff([]string{a.String(), b.String(), a.String()}, events); diff != "" {
 			t.Errorf("OnExhausted calls (-want +got):\n%s", diff)
+		}
+		// Both known full: one kernel attempt, from b (marked before a).
+		_, err = d.Dial("tcp", dst)
+		if errors.As(err, &ee) {
+			if diff := cmp.Diff([]netip.Addr{b, a}, ee.Tried, netipCmp); diff != "" || ee.Source.Addr() != b {
+				t.Errorf("both known full: Tried (-want +got):\n%s; Source %v, want %v", diff, ee.Source, b)
+			}
+		} else {
+			t.Errorf("both known full: %v, want exhaustion", err)
+		}
+		want.Dials, want.Exhausted, want.Failovers = 26, 2, 3
+		want.Sources[1].Dials, want.Sources[1].Exhausted = 26, 2
+		want.Sources[0].Skipped = 1
+		if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
+			t.Errorf("Stats after a dial with both known full (-want +got):\n%s", diff)
 		}
 	})
 }
@@ -203,40 +216,42 @@ func sourceFor(dst netip.Addr, srcs []netip.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// TestPoolNotLocal: a source that is not on this host fails the dial with a
-// configuration error naming it, also when reached by failover.
+// TestPoolNotLocal: a source that is not on this host fails the dial with an
+// error naming it when it is the only one; reached by failover from a full
+// source, the dial reports the exhaustion (the not-local source is counted
+// in Stats).
 func TestPoolNotLocal(t *testing.T) {
 	inNamespace(t, 40000, 40023, func(t *testing.T) {
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		bad := netip.MustParseAddr("192.0.2.1")
-		for _, tc := range []struct {
-			name    string
-			sources []netip.Addr
-			prefill bool
-		}{
-			{"only source", []netip.Addr{bad}, false},
-			{"reached by failover", []netip.Addr{netip.MustParseAddr("127.0.0.1"), bad}, true},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				if tc.prefill {
-					other := &safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0")}}
-					if n, err := fill(t, other.DialContext, "tcp", []string{dst}, 100); n != 24 {
-						t.Fatalf("filled %d (%v), want 24", n, err)
-					}
-				}
-				d := &safedial.Dialer{Sources: tc.sources}
-				_, err := d.Dial("tcp", dst)
-				if !errors.Is(err, safedial.ErrSourceNotLocal) || errors.Is(err, safedial.ErrEphemeralExhausted) {
-					t.Fatalf("err = %v, want ErrSourceNotLocal and not exhaustion", err)
-				}
-				if !strings.Contains(err.Error(), "source address 192.0.2.1 is not an address of this host") {
-					t.Errorf("message %q does not name the source", err)
-				}
-				if st := d.Stats(); st.Exhausted != 0 || st.Succeeded != 0 || st.Dials != 1 {
-					t.Errorf("Stats = %+v", st)
-				}
-			})
-		}
+		t.Run("only source", func(t *testing.T) {
+			d := &safedial.Dialer{Sources: []netip.Addr{bad}}
+			_, err := d.Dial("tcp", dst)
+			if !errors.Is(err, safedial.ErrSourceNotLocal) || errors.Is(err, safedial.ErrEphemeralExhausted) {
+				t.Fatalf("err = %v, want ErrSourceNotLocal and not exhaustion", err)
+			}
+			if want := "dial tcp 192.0.2.1:0->127.0.1.1:8080: source address 192.0.2.1 is not an address of this host"; !strings.HasPrefix(err.Error(), want) {
+				t.Errorf("message %q, want it to start with %q", err, want)
+			}
+			want := safedial.Stats{Dials: 1, Sources: []safedial.SourceStats{{Addr: bad, Dials: 1, NotLocal: 1}}}
+			if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
+				t.Errorf("Stats (-want +got):\n%s", diff)
+			}
+		})
+		t.Run("reached by failover", func(t *testing.T) {
+			other := &safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0")}}
+			if n, err := fill(t, other.DialContext, "tcp", []string{dst}, 100); n != 24 {
+				t.Fatalf("filled %d (%v), want 24", n, err)
+			}
+			d := &safedial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1"), bad}}
+			_, err := d.Dial("tcp", dst)
+			if diff := cmp.Diff(exhaustedChain("tcp", "connect", "EADDRNOTAVAIL"), chain(err)); diff != "" {
+				t.Errorf("error chain (-want +got):\n%s", diff)
+			}
+			if st := d.Stats(); st.Exhausted != 1 || st.Sources[1].NotLocal != 1 {
+				t.Errorf("Stats = %+v, want 1 exhausted, the second source not local once", st)
+			}
+		})
 	})
 }
 

@@ -17,11 +17,13 @@ type Stats struct {
 	// Exhausted counts calls that returned an error matching
 	// ErrEphemeralExhausted (after every failover step failed).
 	Exhausted uint64 `json:"exhausted"`
-	// Failovers counts moves from an exhausted source, or one known to be
-	// full toward the destination, to the next one of a Sources pool.
+	// Failovers counts moves from one source of a Sources pool to the next
+	// within an attempt: from a source found exhausted or not local, or
+	// passed over because every source was known full.
 	Failovers uint64 `json:"failovers"`
 	// Refused counts calls that went on without an optional socket option
-	// (IP_BIND_ADDRESS_NO_PORT, SO_REUSEADDR) because the system refused it
+	// (IP_BIND_ADDRESS_NO_PORT, SO_REUSEADDR, Windows'
+	// SO_REUSE_UNICASTPORT) because the system refused it
 	// (see RefusedError). Such dials are unprotected: a non-zero count on
 	// a host that binds source addresses deserves attention. Left out of
 	// the JSON while zero, so that the JSON of a healthy Dialer is as it
@@ -35,7 +37,9 @@ type Stats struct {
 
 // SourceStats counts the attempts made from one source address of a pool.
 type SourceStats struct {
-	// Addr is the source address, as in Sources.
+	// Addr is the source address as configured in Sources (an
+	// IPv4-mapped IPv6 address stays mapped, though it binds as IPv4). An
+	// address given twice has two entries, each counting its own attempts.
 	Addr netip.Addr `json:"addr"`
 	// Dials counts attempts from this source, failover steps included.
 	Dials uint64 `json:"dials"`
@@ -45,11 +49,13 @@ type SourceStats struct {
 	// destination.
 	Exhausted uint64 `json:"exhausted"`
 	// Skipped counts attempts that passed this source over without a
-	// system call, because it had been found full toward the destination
-	// less than half a second before. Left out of the JSON while zero.
+	// system call: every source of the pool was known full toward the
+	// destination, and the kernel, asked about the one found full longest
+	// ago, confirmed it. Left out of the JSON while zero.
 	Skipped uint64 `json:"skipped,omitempty"`
-	// NotLocal counts attempts that found this source no longer an
-	// address of this host. Left out of the JSON while zero.
+	// NotLocal counts attempts that found this source not (or no longer)
+	// an address of this host (bind answered EADDRNOTAVAIL); the attempt
+	// failed over to the next source. Left out of the JSON while zero.
 	NotLocal uint64 `json:"not_local,omitempty"`
 }
 
@@ -64,7 +70,7 @@ type counters struct {
 }
 
 type sourceCounters struct {
-	dials, succeeded, exhausted, skipped atomic.Uint64
+	dials, succeeded, exhausted, skipped, notLocal atomic.Uint64
 }
 
 // Stats returns a snapshot of d's counters. It is safe to call while dials
@@ -85,7 +91,8 @@ func (d *Dialer) Stats() Stats {
 		s.Sources = make([]SourceStats, len(p.srcs))
 		for i := range p.srcs {
 			src := &p.srcs[i]
-			s.Sources[i] = SourceStats{Addr: src.addr, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load(), Skipped: src.skipped.Load()}
+			s.Sources[i] = SourceStats{Addr: src.conf, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load(),
+				Skipped: src.skipped.Load(), NotLocal: src.notLocal.Load()}
 			s.Sources[i].Dials = src.dials.Load()
 		}
 	}

@@ -121,7 +121,9 @@ func TestNoLeaks(t *testing.T) {
 		}{
 			{full, "tcp", dst, safedial.ErrEphemeralExhausted},
 			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1", "127.0.0.3")}, "tcp", dst, safedial.ErrEphemeralExhausted},
-			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1", "192.0.2.1")}, "tcp", dst, safedial.ErrSourceNotLocal},
+			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1", "192.0.2.1")}, "tcp", dst, safedial.ErrEphemeralExhausted}, // fails over past the source not local
+			{&safedial.Dialer{Sources: mustAddrs("192.0.2.1")}, "tcp", dst, safedial.ErrSourceNotLocal},
+			{&safedial.Dialer{Sources: mustAddrs("127.0.0.3")}, "tcp", "127.0.0.2:9", syscall.ECONNREFUSED}, // the source named in the error
 			{&safedial.Dialer{Sources: mustAddrs("127.255.255.255")}, "tcp", dst, safedial.ErrInvalidConfig},
 			{&safedial.Dialer{PortRange: safedial.PortRange{Lo: 50000, Hi: 50009}}, "tcp", dst, safedial.ErrInvalidConfig},
 			{shared, "udp", udpDst, safedial.ErrEphemeralExhausted},

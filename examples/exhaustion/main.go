@@ -8,7 +8,8 @@
 //	-mode churn     dial + client-side close until the first error (TIME_WAIT
 //	                piles up), and the sustained rate that implies
 //	-mode latency   median and p99 connect latency at 0, 50, 90, 99% of the
-//	                range in use (-svg writes a chart)
+//	                range in use (-svg writes a chart to a new file in the
+//	                temporary directory, -svg=FILE to FILE)
 //	-mode pool      the cost of a pool whose sources fill unevenly: one source
 //	                of two full, every source full, ports coming free
 //	-mode udp       connected UDP sockets each dialer holds (ShareUDPPorts
@@ -17,6 +18,9 @@
 //	-mode probe     the cost of a headroom probe (ProbeHeadroom) against
 //	                parsing /proc/net/tcp and running ss, at 1,000, 20,000
 //	                and 45,000 sockets
+//	-mode poolchurn connections churning at capacity (workers dial, hold,
+//	                close, dial again): pools against net.Dialers of the
+//	                same capacity
 //
 // It needs root, or unprivileged user namespaces, on Linux.
 package main
@@ -55,6 +59,14 @@ type config struct {
 	PoolPorts   int    `json:"pool_ports"`
 	Pairs       int    `json:"pairs"`
 	Sockets     int    `json:"sockets,omitempty"` // probe mode, per namespace
+
+	// poolchurn mode (churn.go)
+	ChurnPorts int           `json:"churn_ports,omitempty"`
+	Workers    int           `json:"workers,omitempty"`
+	Hold       time.Duration `json:"hold,omitempty"`
+	Duration   time.Duration `json:"duration,omitempty"`
+	Retry      time.Duration `json:"retry,omitempty"`
+	Rounds     int           `json:"rounds,omitempty"`
 }
 
 // result is one row of capacity or churn output.
@@ -94,7 +106,8 @@ func main() {
 	}
 
 	var c config
-	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency, pool, udp or probe")
+	flag.StringVar(&c.Mode, "mode", "capacity", "capacity, churn, latency, pool, udp, probe or poolchurn")
+	churnFlags(&c) // the poolchurn mode's (churn.go)
 	flag.IntVar(&c.Ports, "ports", 100, "size of the namespace's ephemeral port range (from 40000)")
 	flag.IntVar(&c.Hosts, "hosts", 3, "destination addresses (127.0.0.1 up)")
 	flag.IntVar(&c.DestPorts, "dports", 2, "listening ports per destination address")
@@ -105,11 +118,34 @@ func main() {
 	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
 	flag.IntVar(&c.Sockets, "sockets", 0, "probe mode: measure at this many sockets only (default 1000, 20000 and 45000)")
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
-	svg := flag.String("svg", "", "latency mode: write a chart of latency vs fill to this file")
+	var svg svgFlag
+	flag.Var(&svg, "svg", "latency mode: write a chart of latency vs fill to a new file in the temporary directory (-svg=FILE: to FILE)")
 	flag.Parse()
-	if err := run(c, *asJSON, *svg, os.Stdout); err != nil {
+	if err := c.check(flag.Args()); err != nil {
+		fmt.Fprintln(os.Stderr, "exhaustion:", err)
+		os.Exit(2)
+	}
+	if svg.set && c.Mode != "latency" {
+		fmt.Fprintln(os.Stderr, "exhaustion: -svg draws the latency mode's chart: use it with -mode latency")
+		os.Exit(2)
+	}
+	chart := ""
+	if svg.set {
+		var err error
+		if chart, err = svg.file(); err != nil {
+			fmt.Fprintln(os.Stderr, "exhaustion:", err)
+			os.Exit(1)
+		}
+	}
+	if err := run(c, *asJSON, chart, os.Stdout); err != nil {
+		if svg.set && svg.path == "" {
+			os.Remove(chart)
+		}
 		fmt.Fprintln(os.Stderr, "exhaustion:", err)
 		os.Exit(1)
+	}
+	if chart != "" {
+		fmt.Fprintln(os.Stderr, "exhaustion: chart written to", chart)
 	}
 }
 
@@ -200,8 +236,17 @@ func run(c config, asJSON bool, svg string, w io.Writer) error {
 			return json.NewEncoder(w).Encode(rows)
 		}
 		printProbe(w, rows)
+	case "poolchurn":
+		rows, err := runPoolChurn(c)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return json.NewEncoder(w).Encode(rows)
+		}
+		printPoolChurn(w, c, rows)
 	default:
-		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency, pool, udp or probe", c.Mode)
+		return fmt.Errorf("unknown -mode %q: use capacity, churn, latency, pool, udp, probe or poolchurn", c.Mode)
 	}
 	return nil
 }
@@ -245,8 +290,8 @@ func inNamespaceRange(c config, lo, hi int, name string, out any) error {
 }
 
 func printResults(w io.Writer, c config, rows []result) {
-	fmt.Fprintf(w, "%s: range %d ports (%d-%d), %d destination addresses x %d ports\n\n",
-		c.Mode, c.Ports, portLo, portLo+c.Ports-1, c.Hosts, c.DestPorts)
+	fmt.Fprintf(w, "%s: range %d ports (%d-%d), %s x %s\n\n",
+		c.Mode, c.Ports, portLo, portLo+c.Ports-1, count(c.Hosts, "destination address", "destination addresses"), count(c.DestPorts, "port", "ports"))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if c.Mode == "churn" {
 		fmt.Fprintln(tw, "dialer\tconnections\tlimit\tsustained/s (28232 ports, 60 s TIME_WAIT)\tfirst error")
@@ -326,6 +371,12 @@ func runChild() error {
 			return err
 		}
 		return json.NewEncoder(os.Stdout).Encode(f)
+	case "poolchurn":
+		r, err := poolChurn(c, strings.TrimPrefix(sc.Name, "poolchurn:"))
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(r)
 	case "probe":
 		r, err := probeCost(c)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -163,6 +164,29 @@ func TestUDPMode(t *testing.T) {
 	for _, r := range got.Cost {
 		if r.FirstFail != "" {
 			t.Errorf("cost row %+v: a dial failed", r)
+		}
+	}
+}
+
+// TestPoolChurn runs the poolchurn mode briefly: every dialer connects, and
+// no dial fails for any reason but exhaustion. (Its figures are timing: the
+// README shows a full run.)
+func TestPoolChurn(t *testing.T) {
+	var out strings.Builder
+	c := config{Mode: "poolchurn", ChurnPorts: 4, Workers: 8, Hold: 5 * time.Millisecond, Duration: 200 * time.Millisecond, Retry: time.Millisecond, Rounds: 1}
+	if err := run(c, true, "", &out); err != nil {
+		unavailable(t, err)
+	}
+	var rows []churnRow
+	if err := json.Unmarshal([]byte(out.String()), &rows); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 5 {
+		t.Fatalf("%d rows, want 5: %+v", len(rows), rows)
+	}
+	for _, r := range rows {
+		if r.Connections == 0 || r.OtherErrors != 0 {
+			t.Errorf("%s: %d connections, %d other errors (%s); want connections and only exhaustion errors", r.Dialer, r.Connections, r.OtherErrors, r.FirstOther)
 		}
 	}
 }

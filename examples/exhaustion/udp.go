@@ -107,7 +107,7 @@ func udpCost(c config, name string) ([]latencyRow, error) {
 }
 
 func printUDP(w io.Writer, c config, rows []result, cost []latencyRow) {
-	fmt.Fprintf(w, "udp capacity: range %d ports (%d-%d), %d destination addresses\n\n", c.Ports, portLo, portLo+c.Ports-1, c.Hosts)
+	fmt.Fprintf(w, "udp capacity: range %d ports (%d-%d), %s\n\n", c.Ports, portLo, portLo+c.Ports-1, count(c.Hosts, "destination address", "destination addresses"))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "dialer\tconnected sockets\tlimit\tfirst error")
 	for _, r := range rows {

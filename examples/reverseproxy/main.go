@@ -1,7 +1,9 @@
 // Command reverseproxy is an HTTP reverse proxy whose upstream connections
 // are dialed with safedial: a pool of source addresses, an optional
 // per-socket port range, statistics on /debug/vars, and exhaustion answered
-// as 503 Service Unavailable with a clear body, logged once per burst.
+// as 503 Service Unavailable with a clear body, logged once when a burst
+// starts, with the count of requests turned away every 10 s while it lasts
+// and when it ends.
 //
 //	go run ./examples/reverseproxy -listen 127.0.0.1:8080 \
 //		-upstream http://127.0.0.2:8000,http://127.0.0.3:8000 \
@@ -103,7 +105,12 @@ func parseConfig(upstreams, sources, portRange, dialer string) (config, error) {
 type proxy struct {
 	http.Handler
 	dialer *safedial.Dialer // nil with -dialer net
+	burst  *burstLogger
+	stop   chan struct{} // closed by Close
 }
+
+// Close stops the proxy's background logging.
+func (p *proxy) Close() { close(p.stop) }
 
 // published is the dialer whose Stats /debug/vars shows; expvar names are
 // global, so it is published once and follows the newest proxy.
@@ -113,7 +120,7 @@ var (
 )
 
 func newProxy(cfg config, logger *log.Logger) *proxy {
-	p := &proxy{}
+	p := &proxy{stop: make(chan struct{})}
 	tr := &http.Transport{
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
@@ -143,7 +150,9 @@ func newProxy(cfg config, logger *log.Logger) *proxy {
 		})
 	}
 
-	burst := &burstLogger{logger: logger, quiet: time.Second, now: time.Now}
+	burst := &burstLogger{logger: logger, quiet: time.Second, every: 10 * time.Second, now: time.Now}
+	p.burst = burst
+	go burst.run(p.stop)
 	var next atomic.Uint64
 	rp := &httputil.ReverseProxy{
 		Transport: tr,
@@ -172,32 +181,80 @@ func newProxy(cfg config, logger *log.Logger) *proxy {
 	return p
 }
 
-// burstLogger logs the first exhaustion of a burst and counts the rest; a
-// burst ends after quiet passes without exhaustion, and the next one's first
-// line says how many were not logged.
+// burstLogger logs the first exhaustion of a burst and counts the requests
+// turned away: every so often while the burst lasts, and when it ends (after
+// quiet passes without exhaustion), it logs how many.
 type burstLogger struct {
 	logger *log.Logger
-	quiet  time.Duration
+	quiet  time.Duration // a burst ends after this long without exhaustion
+	every  time.Duration // a lasting burst's count is logged this often
 	now    func() time.Time
 
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
+	mu       sync.Mutex
+	start    time.Time // of the open burst; zero while none is open
+	last     time.Time // the open burst's latest exhaustion
+	reported time.Time // when the open burst's count was last logged
+	count    int       // requests answered 503 in the open burst
 }
 
+// exhausted counts one request answered 503, and logs it if it starts a
+// burst.
 func (b *burstLogger) exhausted(ee *safedial.ExhaustedError) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
-	if !b.last.IsZero() && now.Sub(b.last) < b.quiet {
-		b.last = now
-		b.suppressed++
+	b.endIfQuiet(now)
+	if b.start.IsZero() {
+		b.logger.Printf("proxy: ephemeral ports exhausted toward %v, answering 503 until ports free up: %v", ee.Dest, ee)
+		b.start, b.reported = now, now
+	}
+	b.last = now
+	b.count++
+}
+
+// tick ends a burst that has gone quiet, logging its count, and logs the
+// count of a burst that lasts, every so often. run calls it; tests call it
+// with their own clock.
+func (b *burstLogger) tick() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	if b.endIfQuiet(now) || b.start.IsZero() || now.Sub(b.reported) < b.every {
 		return
 	}
-	prev := ""
-	if b.suppressed > 0 {
-		prev = fmt.Sprintf(" (%d more in the previous burst were not logged)", b.suppressed)
+	b.logger.Printf("proxy: ports still exhausted: %s answered 503 in the %v since this burst began", requests(b.count), now.Sub(b.start).Round(time.Second))
+	b.reported = now
+}
+
+// endIfQuiet ends the open burst if it has been quiet long enough, and
+// reports whether it did.
+func (b *burstLogger) endIfQuiet(now time.Time) bool {
+	if b.start.IsZero() || now.Sub(b.last) < b.quiet {
+		return false
 	}
-	b.logger.Printf("proxy: ephemeral ports exhausted toward %v, answering 503 until ports free up: %v%s", ee.Dest, ee, prev)
-	b.last, b.suppressed = now, 0
+	b.logger.Printf("proxy: exhaustion over: %s answered 503 in %v", requests(b.count), b.last.Sub(b.start).Round(time.Millisecond))
+	b.start, b.count = time.Time{}, 0
+	return true
+}
+
+func requests(n int) string {
+	if n == 1 {
+		return "1 request"
+	}
+	return fmt.Sprintf("%d requests", n)
+}
+
+// run calls tick often enough that a burst's end is logged within a quarter
+// of quiet, until stop is closed.
+func (b *burstLogger) run(stop <-chan struct{}) {
+	t := time.NewTicker(b.quiet / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			b.tick()
+		}
+	}
 }

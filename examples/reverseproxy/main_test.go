@@ -55,6 +55,7 @@ func loadTest(t *testing.T, dialer string, n int) (reached int, got outcome, bod
 	}
 	var logs bytes.Buffer
 	p = newProxy(cfg, log.New(&logs, "", 0))
+	t.Cleanup(p.Close)
 	ln, err := net.Listen("tcp", "127.0.0.1:8080")
 	if err != nil {
 		t.Fatal(err)
@@ -115,12 +116,21 @@ func loadTest(t *testing.T, dialer string, n int) (reached int, got outcome, bod
 		got[a.code]++
 		bodies[a.code] = a.body
 	}
-	t.Logf("proxy log:\n%s", logs.String())
 	if dialer == "safedial" && got[503] > 0 {
+		// Every 503 was counted before it was answered; end the burst
+		// with a clock past its quiet time.
+		p.burst.mu.Lock()
+		p.burst.now = func() time.Time { return time.Now().Add(time.Hour) }
+		p.burst.mu.Unlock()
+		p.burst.tick()
 		if c := strings.Count(logs.String(), "ephemeral ports exhausted toward"); c != 1 {
 			t.Errorf("exhaustion logged %d times for one burst, want once", c)
 		}
+		if want := fmt.Sprintf("proxy: exhaustion over: %d requests answered 503", got[503]); !strings.Contains(logs.String(), want) {
+			t.Errorf("the log does not say %q", want)
+		}
 	}
+	t.Logf("proxy log:\n%s", logs.String())
 	return reached, got, bodies, p
 }
 
@@ -178,22 +188,53 @@ func TestSafedialUpToLimit(t *testing.T) {
 	})
 }
 
-// TestBurstLogger: one line per burst; the next burst's line counts what the
-// previous one did not log.
+// TestBurstLogger: one line when a burst starts, its count every 10 s while
+// it lasts, and its total when it ends, whether a tick or the next burst
+// finds it over.
 func TestBurstLogger(t *testing.T) {
 	var buf bytes.Buffer
 	now := time.Unix(1000, 0)
-	b := &burstLogger{logger: log.New(&buf, "", 0), quiet: time.Second, now: func() time.Time { return now }}
+	b := &burstLogger{logger: log.New(&buf, "", 0), quiet: time.Second, every: 10 * time.Second, now: func() time.Time { return now }}
 	ee := &safedial.ExhaustedError{Op: "connect", Dest: netip.MustParseAddrPort("127.0.0.2:80")}
-	for range 5 {
+	step := func(d time.Duration) { now = now.Add(d); b.tick() }
+
+	// A burst of 25 s, 10 answers a second, ticks every 250 ms.
+	for range 250 {
 		b.exhausted(ee)
-		now = now.Add(100 * time.Millisecond)
+		for range 4 {
+			step(25 * time.Millisecond)
+		}
 	}
+	step(500 * time.Millisecond) // quiet, but not for long enough
+	step(500 * time.Millisecond) // over
+	step(time.Minute)            // nothing more to say
+	// Two short bursts with no tick between them.
+	b.exhausted(ee)
+	b.exhausted(ee)
 	now = now.Add(2 * time.Second)
 	b.exhausted(ee)
-	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(lines) != 2 || strings.Contains(lines[0], "not logged") || !strings.Contains(lines[1], "(4 more in the previous burst were not logged)") {
-		t.Errorf("log lines:\n%s", buf.String())
+	step(2 * time.Second)
+
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		if i := strings.Index(l, "free up: "); i >= 0 {
+			l = l[:i+len("free up")] // without the error's own text
+		}
+		got = append(got, l)
+	}
+	start := "proxy: ephemeral ports exhausted toward 127.0.0.2:80, answering 503 until ports free up"
+	want := []string{
+		start,
+		"proxy: ports still exhausted: 100 requests answered 503 in the 10s since this burst began",
+		"proxy: ports still exhausted: 200 requests answered 503 in the 20s since this burst began",
+		"proxy: exhaustion over: 250 requests answered 503 in 24.9s",
+		start,
+		"proxy: exhaustion over: 2 requests answered 503 in 0s",
+		start,
+		"proxy: exhaustion over: 1 request answered 503 in 0s",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("log lines (-want +got):\n%s", diff)
 	}
 }
 

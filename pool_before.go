@@ -1,0 +1,91 @@
+package safedial
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+)
+
+// dialPoolBefore is the pool where the hook cannot bind (Windows, whose
+// ConnectEx path binds after the hook) or has not been verified to (the
+// BSDs): the source is chosen before the dial, by the family the network or
+// an IP literal names (IPv4 for a name, when the pool has IPv4 sources), and
+// net.Dialer dials from it as its LocalAddr. A source that is exhausted, or
+// not local, is followed by a new dial from the next one, while the context
+// lasts; a source not local is counted, and its error returned only when no
+// source was exhausted.
+func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p *pool) outcome {
+	fam := network
+	if host, _, err := net.SplitHostPort(address); err == nil {
+		if a, err := netip.ParseAddr(host); err == nil && a.Unmap().Is6() {
+			fam += "6"
+		}
+	}
+	if !strings.HasSuffix(fam, "6") && len(p.v4) == 0 {
+		fam += "6"
+	}
+	srcs, cursor := p.family(fam)
+	if len(srcs) == 0 {
+		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: errConfig("no source address of the destination's family for %s: Sources holds %s", address, joinAddrs(p.addrs))}}
+	}
+	start := cursor.Add(1) - 1
+	var (
+		out      outcome
+		tried    []netip.Addr
+		exhaust  *outcome // the last exhausted dial's result
+		notLocal *outcome // the first not-local dial's result
+		ended    error    // the context's error, when it ended between steps
+		prev     *source
+	)
+	for i := range uint32(len(srcs)) {
+		s := srcs[(start+i)%uint32(len(srcs))]
+		if i > 0 {
+			d.counters.failovers.Add(1)
+			if ended = ctx.Err(); ended != nil {
+				break
+			}
+		}
+		prev = s
+		nd := d.Base
+		nd.ControlContext = d.control(true)
+		nd.LocalAddr = opAddr(network, netip.AddrPortFrom(s.addr, 0))
+		s.dials.Add(1)
+		c, err := nd.DialContext(ctx, network, address)
+		r := d.result(c, err, d.options(true), network)
+		out.refused |= r.refused
+		out.events = append(out.events, r.events...)
+		var ee *ExhaustedError
+		switch {
+		case r.err == nil:
+			s.succeeded.Add(1)
+			out.c, out.err = r.c, nil
+			return out
+		case errors.As(r.err, &ee):
+			s.exhausted.Add(1)
+			tried = append(tried, s.addr)
+			if len(tried) > 1 {
+				ee.Tried = tried
+			}
+			exhaust = &r
+		case errors.Is(r.err, ErrSourceNotLocal):
+			s.notLocal.Add(1)
+			if notLocal == nil {
+				notLocal = &r
+			}
+		default:
+			out.err = r.err
+			return out
+		}
+	}
+	switch {
+	case ended != nil:
+		out.err = &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(prev.addr, 0)), Err: netContextError(ended)}
+	case exhaust != nil:
+		out.err = exhaust.err
+	case notLocal != nil:
+		out.err = notLocal.err
+	}
+	return out
+}

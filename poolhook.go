@@ -1,0 +1,313 @@
+package safedial
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// This file holds what a pool runs inside net.Dialer's Control hook: the
+// attempt loop that binds a source, fails over to the next on exhaustion,
+// and leaves the socket that got a port in net.Dialer's place.
+
+// poolDial is one dial through the pool; its control method is the
+// net.Dialer hook, called once per connection attempt, possibly from
+// net.Dialer's Happy Eyeballs goroutines and possibly (for a racer that
+// lost) after the dial has returned.
+type poolDial struct {
+	d    *Dialer
+	p    *pool // nil: the source is the one the routing picks, per attempt
+	o    options
+	user controlFunc
+
+	share      bool      // ShareUDPPorts
+	shareRange PortRange // the ports shared UDP dials choose from
+
+	mu     sync.Mutex
+	done   bool
+	events []*ExhaustedError
+	recs   []attemptRec // the kernel attempts made, in order
+	recBuf [2]attemptRec
+}
+
+// attemptRec is one kernel attempt: from src toward dst; ok when it got a
+// port (the connect may still fail in net.Dialer's wait).
+type attemptRec struct {
+	src *source
+	dst netip.AddrPort
+	ok  bool
+}
+
+func (pd *poolDial) event(ee *ExhaustedError) {
+	pd.mu.Lock()
+	if !pd.done {
+		pd.events = append(pd.events, ee)
+	}
+	pd.mu.Unlock()
+}
+
+func (pd *poolDial) record(s *source, dst netip.AddrPort, ok bool) {
+	pd.mu.Lock()
+	if !pd.done {
+		pd.recs = append(pd.recs, attemptRec{s, dst, ok})
+	}
+	pd.mu.Unlock()
+}
+
+// smallPool is the pool size whose attempt plan lives on the stack.
+const smallPool = 16
+
+// control binds a source of the attempt's family to the socket net.Dialer
+// made, after safedial's options and the user's hook, and starts the connect
+// itself (non-blocking), so that a source with no port left is found here.
+// The attempt then fails over to the next source on a fresh socket, put in
+// the place of net.Dialer's first, so that options and hooks act on the
+// descriptor the connection keeps. net.Dialer's own connect then waits for
+// the connection, with its deadlines, as it would have.
+//
+// The plan: the sources not known full toward the destination, in turn;
+// then those known full (or not local), marked longest ago first. When every
+// source is known full, the kernel is asked about the first of them only,
+// and the others are skipped: a failing dial costs one scan of the range,
+// as net.Dialer's does, and a port freed on any source is found within one
+// pass over the sources.
+func (pd *poolDial) control(ctx context.Context, network, address string, c syscall.RawConn) error {
+	dst := destination(network, address)
+	udp := strings.HasPrefix(network, "udp")
+	var (
+		srcs   []*source
+		cursor *atomic.Uint32
+		mem    *fullMemory
+	)
+	if pd.p != nil {
+		srcs, cursor, mem = pd.p.v4, &pd.p.next4, &pd.p.full
+		if strings.HasSuffix(network, "6") {
+			srcs, cursor = pd.p.v6, &pd.p.next6
+		}
+	} else {
+		src, err := routeSource(dst.Addr())
+		if err != nil {
+			return err
+		}
+		srcs, cursor = []*source{{addr: src}}, new(atomic.Uint32) // no memory
+	}
+	n := len(srcs)
+	if n == 0 {
+		fam := "IPv4"
+		if strings.HasSuffix(network, "6") {
+			fam = "IPv6"
+		}
+		return errConfig("no source address of the destination's family for %s (%s): Sources holds %s; add an %s source",
+			address, fam, joinAddrs(pd.p.addrs), fam) // pd.p is not nil: a routed source is always of the family
+	}
+	var orig int
+	if err := c.Control(func(fd uintptr) { orig = int(fd) }); err != nil {
+		return err
+	}
+
+	var (
+		markBuf [smallPool]uint64
+		ordBuf  [smallPool]int
+		marks   = markBuf[:0]
+		order   = ordBuf[:0]
+	)
+	if n > smallPool {
+		marks, order = make([]uint64, 0, n), make([]int, 0, n)
+	}
+	marks = marks[:n]
+	known := mem.marks(srcs, dst, udp, marks)
+	order = plan(n, int((cursor.Add(1)-1)%uint32(n)), marks, known, order)
+	allKnown := marks[order[0]] != 0
+
+	var (
+		tried    []netip.Addr
+		last     *ExhaustedError // the last exhaustion the kernel reported
+		notLocal *sourceError    // the first source found not local
+		bound    bool            // the socket in orig's place is bound: the next source needs a fresh one
+		prev     *source
+	)
+	for k, i := range order {
+		s := srcs[i]
+		if k > 0 {
+			pd.d.counters.failovers.Add(1)
+		}
+		if allKnown && last != nil {
+			// Every source was known full and the kernel confirmed it
+			// for one: the others are not asked.
+			s.skipped.Add(1)
+			if marks[i]&notLocalMark == 0 {
+				tried = append(tried, s.addr)
+			}
+			continue
+		}
+		if k > 0 {
+			if err := ctx.Err(); err != nil {
+				pd.record(prev, dst, false)
+				return netContextError(err)
+			}
+		}
+		if bound {
+			if err := freshSocket(orig); err != nil {
+				return err
+			}
+		}
+		bound = true
+		prev = s
+		err := pd.attempt(ctx, network, address, c, orig, s, dst)
+		key := fullKey{src: s, dst: dst, udp: udp}
+		switch e := err.(type) {
+		case nil:
+			pd.record(s, dst, true)
+			mem.clear(key) // also a mark made since the plan; one atomic load when empty
+			return nil
+		case *ExhaustedError:
+			pd.record(s, dst, false)
+			s.exhausted.Add(1)
+			mem.mark(key, false)
+			pd.event(e)
+			tried = append(tried, s.addr)
+			last = e
+		case *sourceError:
+			s.notLocal.Add(1)
+			mem.mark(key, true)
+			if notLocal == nil {
+				notLocal = e
+			}
+		default:
+			return err
+		}
+	}
+	if last != nil {
+		final := *last
+		final.Tried = tried
+		return &final
+	}
+	if notLocal != nil {
+		return notLocal
+	}
+	return errConfig("no source of the pool could be tried for %s", address) // not reached: every plan has an attempt
+}
+
+// freshSocket puts a fresh socket like s (unbound) in the place of s, which
+// it closes.
+func freshSocket(s int) error {
+	n, err := socketLike(s)
+	if err != nil {
+		return err
+	}
+	return replaceFD(n, s)
+}
+
+// attempt sets up net.Dialer's socket orig (its first, or a fresh one in its
+// place) and binds and connects it from s; with ShareUDPPorts, a UDP socket
+// chooses a port no other socket uses toward dst. On success the socket that
+// connected is in orig's place.
+func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, orig int, s *source, dst netip.AddrPort) error {
+	if err := pd.prepare(ctx, network, address, c); err != nil {
+		return err
+	}
+	s.dials.Add(1)
+	var (
+		call string
+		err  error
+	)
+	if pd.share && strings.HasPrefix(network, "udp") {
+		// A candidate port a fresh socket must take over: the fresh
+		// socket goes in orig's place, is prepared through c, and
+		// shareConnect works on a duplicate descriptor of it.
+		fresh := func() (int, error) {
+			if err := freshSocket(orig); err != nil {
+				return -1, err
+			}
+			if err := pd.prepare(ctx, network, address, c); err != nil {
+				return -1, err
+			}
+			return dupFD(orig)
+		}
+		var fd int
+		fd, err = shareConnect(ctx, orig, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange)
+		if fd >= 0 && fd != orig {
+			if err == nil {
+				err = replaceFD(fd, orig) // the same socket: closes the duplicate
+			} else {
+				closeFD(fd)
+			}
+		}
+		var se *os.SyscallError
+		if errors.As(err, &se) && se.Syscall != "dup3" {
+			call, err = se.Syscall, se.Err
+		} else if err != nil {
+			return err
+		}
+	} else {
+		call, err = bindConnect(orig, s, dst)
+	}
+	if err != nil {
+		if ee := pd.exhausted(network, s, dst, call, err); ee != nil {
+			return ee
+		}
+		op := attemptError(network, s, dst, call, err)
+		if se := notLocal(op); se != nil {
+			return se
+		}
+		return op.Err
+	}
+	if !s.pinned.Load() {
+		if got := boundAddr(orig); got != s.addr.WithZone("") {
+			return errConfig("source %v does not pin the connection: the kernel chose %v as its source (%v is not a unicast address of this host: a broadcast address?); use a unicast address of this host", s.addr, got, s.addr)
+		}
+		s.pinned.Store(true)
+	}
+	return nil
+}
+
+// prepare sets safedial's options and runs the user's hook, through
+// net.Dialer's own RawConn.
+func (pd *poolDial) prepare(ctx context.Context, network, address string, c syscall.RawConn) error {
+	if err := pd.o.apply(network, c); err != nil {
+		return err
+	}
+	if pd.user != nil {
+		return pd.user(ctx, network, address, c)
+	}
+	return nil
+}
+
+// exhausted returns the *ExhaustedError for the failed system call of an
+// attempt from s, or nil when it is not exhaustion.
+func (pd *poolDial) exhausted(network string, s *source, dst netip.AddrPort, call string, err error) *ExhaustedError {
+	ee := exhausted(attemptError(network, s, dst, call, err), pd.d.PortRange)
+	if ee != nil {
+		ee.Shared = pd.share && strings.HasPrefix(network, "udp")
+	}
+	return ee
+}
+
+// attemptError is the error of one attempt from s, in net.Dialer's shape,
+// for the classification rules.
+func attemptError(network string, s *source, dst netip.AddrPort, call string, err error) *net.OpError {
+	return &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(s.addr, 0)), Addr: opAddr(network, dst),
+		Err: os.NewSyscallError(call, err)}
+}
+
+// destination parses the address net.Dialer passes its hook; an empty host
+// (a dial to ":port") is the unspecified address of the attempt's family,
+// which the kernel connects to this host.
+func destination(network, address string) netip.AddrPort {
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	_, port, _ := net.SplitHostPort(address)
+	n, _ := strconv.ParseUint(port, 10, 16)
+	if strings.HasSuffix(network, "6") {
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(n))
+	}
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(n))
+}
