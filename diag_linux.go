@@ -22,11 +22,13 @@ const (
 	inetDiagReqBytecode = 1 // INET_DIAG_REQ_BYTECODE, the request's attribute
 
 	// Bytecode operations (enum in inet_diag.h).
-	bcJmp   = 1 // INET_DIAG_BC_JMP: always jumps by "no"
-	bcSGE   = 2 // INET_DIAG_BC_S_GE: local port >= next op's "no"
-	bcSLE   = 3 // INET_DIAG_BC_S_LE: local port <= next op's "no"
-	bcSCond = 7 // INET_DIAG_BC_S_COND: local address/prefix and port (-1: any)
-	bcDCond = 8 // INET_DIAG_BC_D_COND: remote address/prefix and port
+	bcJmp    = 1  // INET_DIAG_BC_JMP: always jumps by "no"
+	bcSGE    = 2  // INET_DIAG_BC_S_GE: local port >= next op's "no"
+	bcSLE    = 3  // INET_DIAG_BC_S_LE: local port <= next op's "no"
+	bcAuto   = 6  // INET_DIAG_BC_AUTO: the local port was not bound explicitly (bind with a port)
+	bcSCond  = 7  // INET_DIAG_BC_S_COND: local address/prefix and port (-1: any)
+	bcDCond  = 8  // INET_DIAG_BC_D_COND: remote address/prefix and port
+	bcCgroup = 13 // INET_DIAG_BC_CGROUP_COND: the socket's cgroup id (u64 after the op)
 
 	sizeofReqV2 = 56 // struct inet_diag_req_v2
 	sizeofReqV1 = 60 // struct inet_diag_req, of TCPDIAG_GETSOCK
@@ -43,8 +45,21 @@ const (
 
 	tcpEstablished = 1  // TCP_ESTABLISHED, also the state of a connected UDP socket
 	tcpTimeWait    = 6  // TCP_TIME_WAIT in inet_diag_msg.idiag_state
+	tcpClose       = 7  // TCP_CLOSE: a bound-inactive TCP socket, an unconnected UDP one
 	tcpListen      = 10 // TCP_LISTEN
 	allStates      = 0xFFF
+	// TCP_BOUND_INACTIVE (13), a state only sock_diag knows: asked for,
+	// Linux 6.8+ also dumps TCP sockets that are bound but neither
+	// connected nor listening (reported in TCP_CLOSE). Older kernels ignore
+	// the bit.
+	boundInactive = 1 << 13
+
+	inetDiagSKV6Only = 11 // INET_DIAG_SKV6ONLY: u8, for AF_INET6 sockets in LISTEN or CLOSE
+	inetDiagSockopt  = 22 // INET_DIAG_SOCKOPT: struct inet_diag_sockopt, for full sockets (Linux 5.10+)
+
+	// twLen is TCP_TIMEWAIT_LEN: a TIME_WAIT socket's timer starts at 60 s,
+	// so its age is twLen minus what sock_diag says is left.
+	twLen = 60 * time.Second
 )
 
 // bytecode builds a filter program. Each op jumps by "yes" when its test
@@ -56,8 +71,9 @@ type bytecode struct {
 }
 
 type bcOp struct {
-	b  []byte
-	no int // bytes to jump when false; 0: reject
+	b      []byte
+	no     int  // bytes to jump when false; 0: reject
+	accept bool // when false, jump to the end (accept) instead of rejecting
 }
 
 // cond adds S_COND or D_COND: address a exactly, and port (-1: any).
@@ -89,6 +105,15 @@ func (b *bytecode) either(add func(*bytecode), other func(*bytecode)) {
 	b.ops = append(b.ops, y.ops...)
 }
 
+// anyOf adds "S_COND on any of as".
+func (b *bytecode) anyOf(as []netip.Addr) {
+	if len(as) == 1 {
+		b.cond(bcSCond, as[0], -1)
+		return
+	}
+	b.either(func(b *bytecode) { b.cond(bcSCond, as[0], -1) }, func(b *bytecode) { b.anyOf(as[1:]) })
+}
+
 // port adds S_GE or S_LE against p.
 func (b *bytecode) port(code byte, p uint16) {
 	op := make([]byte, 2*sizeofBcOp)
@@ -96,6 +121,25 @@ func (b *bytecode) port(code byte, p uint16) {
 	binary.NativeEndian.PutUint16(op[sizeofBcOp+2:], p)
 	b.ops = append(b.ops, bcOp{b: op})
 }
+
+// auto adds AUTO: the socket's port was not bound explicitly (always true of
+// TIME_WAIT sockets, which do not keep the flag).
+func (b *bytecode) auto() { b.ops = append(b.ops, bcOp{b: []byte{bcAuto, sizeofBcOp, 0, 0}}) }
+
+// cgroup adds CGROUP_COND: the socket's cgroup is id (0 for TIME_WAIT and
+// SYN_RECV mini sockets, which have none). Linux 5.9+.
+func (b *bytecode) cgroup(id uint64) {
+	op := make([]byte, sizeofBcOp+8)
+	op[0] = bcCgroup
+	binary.NativeEndian.PutUint64(op[sizeofBcOp:], id)
+	b.ops = append(b.ops, bcOp{b: op})
+}
+
+// orAccept makes the last op accept the socket when its test fails.
+func (b *bytecode) orAccept() { b.ops[len(b.ops)-1].accept = true }
+
+// reject adds an op that rejects every socket reaching it.
+func (b *bytecode) reject() { b.ops = append(b.ops, bcOp{b: []byte{bcJmp, sizeofBcOp, 0, 0}}) }
 
 // bytes lays the program out with its jumps.
 func (b *bytecode) bytes() []byte {
@@ -106,7 +150,9 @@ func (b *bytecode) bytes() []byte {
 	out := make([]byte, 0, total)
 	for _, op := range b.ops {
 		no := op.no
-		if no == 0 {
+		if op.accept {
+			no = total - len(out)
+		} else if no == 0 {
 			no = total - len(out) + 4
 		}
 		if op.b[0] != bcJmp {
@@ -284,36 +330,4 @@ func unspecified(a netip.Addr) netip.Addr {
 		return netip.IPv4Unspecified()
 	}
 	return netip.IPv6Unspecified()
-}
-
-// diagPairs counts every socket with a local port in r, per (source,
-// destination) pair (UDP: per source), listeners left out.
-func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]pairCount, error) {
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
-	counts := map[pairKey]pairCount{}
-	err := dump(ctx, requests(udp, v4, v6, allStates&^(1<<tcpListen), b.bytes()), func(msg []byte) {
-		id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], ...
-		var src, dst netip.Addr
-		if msg[0] == unix.AF_INET {
-			src, dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
-		} else {
-			src, dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
-		}
-		if src.Is4() && !v4 || src.Is6() && !v6 {
-			return
-		}
-		k := pairKey{src: src, dst: netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4]))}
-		if udp {
-			k.dst = netip.AddrPort{}
-		}
-		c := counts[k]
-		c.inUse++
-		if msg[1] == tcpTimeWait {
-			c.timeWait++
-		}
-		counts[k] = c
-	})
-	return counts, err
 }

@@ -14,6 +14,22 @@ func diagCount(context.Context, bool, bool, netip.Addr, netip.AddrPort, PortRang
 	return 0, 0, errNoDiag
 }
 
-func diagPairs(context.Context, bool, bool, bool, PortRange) (map[pairKey]pairCount, error) {
-	return nil, errNoDiag
+func diagTCP(context.Context, netip.Addr, netip.AddrPort, PortRange) (pairPorts, hostPorts, error) {
+	return pairPorts{}, hostPorts{}, errNoDiag
+}
+
+func diagUDP(context.Context, netip.Addr, PortRange) (pairPorts, hostPorts, error) {
+	return pairPorts{}, hostPorts{}, errNoDiag
+}
+
+func diagPairs(context.Context, bool, bool, bool, PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
+	return nil, hostPorts{}, errNoDiag
+}
+
+func hostOf(PortRange, *portSet) (hostPorts, error) { return hostPorts{}, errNoDiag }
+
+func localAddr(netip.Addr) bool { return true }
+
+func diagUDPAny(context.Context, bool, bool, PortRange) (pairPorts, hostPorts, error) {
+	return pairPorts{}, hostPorts{}, errNoDiag
 }

@@ -82,6 +82,14 @@ type ExhaustedError struct {
 	// one connected socket per destination, so the range is full toward
 	// Dest only (without it, a UDP port is taken for every destination).
 	Shared bool
+	// Held, for a shared UDP dial (Shared set), says what held the ports of
+	// the range (the ports the kernel hands out: Range less reserved ports
+	// and ports outside the namespace range) when the dial gave up: InUse
+	// ports connected toward Dest, Bound ports held for every destination
+	// by sockets a shared port cannot join, Reserved ports never handed
+	// out, and Free ports taken by concurrent dials during the search. Nil
+	// otherwise.
+	Held *Headroom
 }
 
 // Error says what happened and what to do about it.
@@ -117,6 +125,8 @@ func (e *ExhaustedError) Error() string {
 			fmt.Fprintf(&b, " on %s", e.Source.Addr())
 		}
 		b.WriteString(": bind before connect allows one connection per port whatever the destination; dial with safedial's IP_BIND_ADDRESS_NO_PORT (do not set DisableBindNoPort) or do not set a local address")
+	case strings.HasPrefix(e.Net, "udp") && e.Shared && e.Held != nil:
+		fmt.Fprintf(&b, "; no port of the %s is left toward this destination%s: %s (with ShareUDPPorts a port serves one connected UDP socket per destination, and cannot be shared with a socket that does not share): close idle sockets, add source addresses, or widen the range", rng, sources(), heldText(e.Held))
 	case strings.HasPrefix(e.Net, "udp") && e.Shared:
 		fmt.Fprintf(&b, "; every port of the %s is in use toward this destination%s (with ShareUDPPorts a port serves one connected UDP socket per destination): add source addresses or destinations, close idle sockets, or widen the range", rng, sources())
 	case strings.HasPrefix(e.Net, "udp"):

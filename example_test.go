@@ -243,6 +243,7 @@ func ExampleProbeHeadroom() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("%v -> %v: %d of %d ports in use (%d in TIME_WAIT), %d free, %.0f%%",
-		h.Source, h.Dest, h.InUse, int(h.Range.Hi)-int(h.Range.Lo)+1, h.TimeWait, h.Free, 100*h.Used())
+	// The five counts split the range: they add up to its size.
+	log.Printf("%v -> %v: %d more connections (%.0f%% of range %v used): %d in use, %d in TIME_WAIT, %d reserved, %d bound",
+		h.Source, h.Dest, h.Free, 100*h.Used(), h.Range, h.InUse, h.TimeWait, h.Reserved, h.Bound)
 }

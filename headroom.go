@@ -15,30 +15,72 @@ import (
 
 // Headroom is how many ephemeral ports a new connection from Source to Dest
 // could still use: the answer to "how close is this pair to exhaustion?".
+//
+// The five counts are disjoint sets of ports of Range and add up to its
+// size: InUse + TimeWait + Reserved + Bound + Free == Range.Hi-Range.Lo+1.
+// Each port is counted once, in the first of these that applies.
+//
+// Free is the number of connections the kernel accepts from Source to Dest
+// when its port is chosen at connect() (as safedial dials: a bind with
+// IP_BIND_ADDRESS_NO_PORT, or no bind at all). It is exact, measured by
+// dialing until the kernel refuses, except where the kernel does not show
+// how a port was taken (see Bound).
 type Headroom struct {
 	Source netip.Addr     `json:"source"` // as asked
-	Dest   netip.AddrPort `json:"dest"`   // as asked
+	Dest   netip.AddrPort `json:"dest"`   // as asked; for UDP without ShareUDPPorts, the zero AddrPort in ProbeAllHeadroom (any destination)
 	Range  PortRange      `json:"range"`  // the range in force: the Dialer's PortRange, else the namespace's ip_local_port_range
-	// The five counts below are disjoint ports of Range:
-	// InUse + TimeWait + Reserved + Bound + Free == the size of Range.
-	InUse    int `json:"in_use"`    // ports with a socket from Source to Dest not in TIME_WAIT
-	TimeWait int `json:"time_wait"` // ports with a socket from Source to Dest in TIME_WAIT (counted as free instead when TimeWaitReusable)
-	Reserved int `json:"reserved"`  // ports of net.ipv4.ip_local_reserved_ports, which the kernel never hands out
-	Bound    int `json:"bound"`     // ports a bind conflict holds for every destination (explicit binds, bind-before-connect sockets)
-	Free     int `json:"free"`      // ports a new connection from Source to Dest can still use
-	// TimeWaitReusable reports that the kernel reuses TIME_WAIT 4-tuples
-	// of this pair for new outgoing connections (net.ipv4.tcp_tw_reuse),
-	// so that TIME_WAIT ports are counted in Free.
+
+	// InUse counts the ports held by sockets from Source to Dest not in
+	// TIME_WAIT (for UDP: by the sockets on Source, or on a wildcard
+	// address that covers it, whatever their destination, which hold
+	// their port for every destination).
+	InUse int `json:"in_use"`
+	// TimeWait counts the ports of the pair's TIME_WAIT sockets that the
+	// kernel will not reuse for a new connection now: all of them when
+	// TimeWaitReusable is false, else those younger than the reuse delay
+	// (net.ipv4.tcp_tw_reuse_delay, one second by default; two seconds
+	// before Linux 6.13, whose rule has a one-second granularity) or on a
+	// port that is reserved or bound. Always 0 for UDP.
+	TimeWait int `json:"time_wait"`
+	// Reserved counts the ports of net.ipv4.ip_local_reserved_ports, which
+	// the kernel never hands out to a connect() or an automatic bind.
+	Reserved int `json:"reserved"`
+	// Bound counts the ports (TCP) that connect() skips for every source
+	// and destination because a bind() took them: a listener; a socket
+	// bound to an explicit port, on any address (the wildcard included),
+	// connected or not (bound but idle sockets, which Linux shows since
+	// 6.8, are read at most once a second); a socket bound to ip:0 without
+	// IP_BIND_ADDRESS_NO_PORT before connecting (Go's net.Dialer with a
+	// LocalAddr). The kernel does not say how a connected socket got its
+	// port: the probe counts the last kind when the socket's
+	// IP_BIND_ADDRESS_NO_PORT is off and its source is not the one the
+	// routing picks for its destination (so it must have been bound). Not
+	// seen, and so counted in Free although connect() skips them: such a
+	// socket bound to the routed source itself, and the TIME_WAIT sockets
+	// any of these leave (the port stays skipped until the TIME_WAIT ends,
+	// a minute).
+	Bound int `json:"bound"`
+	// Free counts the ports a new connection from Source to Dest can still
+	// use: Range's size minus the four counts above.
+	Free int `json:"free"`
+	// TimeWaitReusable reports that the kernel reuses TIME_WAIT 4-tuples of
+	// this pair for new outgoing connections: net.ipv4.tcp_tw_reuse is 1,
+	// or 2 (the default) and Source or Dest is a loopback address, and
+	// net.ipv4.tcp_timestamps is on. The pair's TIME_WAIT sockets older
+	// than the reuse delay are then counted in Free. The probe assumes
+	// that the peer agreed to timestamps, as Linux peers do; one that did
+	// not leaves its TIME_WAIT sockets unreusable.
 	TimeWaitReusable bool `json:"time_wait_reusable,omitempty"`
 }
 
-// Used returns the share of Range in use, from 0 to 1.
+// Used returns the share of Range that a new connection of the pair cannot
+// use (everything but Free), from 0 to 1.
 func (h Headroom) Used() float64 {
 	n := h.Range.size()
 	if n == 0 {
 		return 0
 	}
-	return float64(min(h.InUse, n)) / float64(n)
+	return float64(n-min(max(h.Free, 0), n)) / float64(n)
 }
 
 func (r PortRange) size() int {
@@ -48,21 +90,31 @@ func (r PortRange) size() int {
 	return int(r.Hi) - int(r.Lo) + 1
 }
 
-// ProbeHeadroom counts the sockets from src to dst whose local port is in the
-// namespace's ephemeral range (net.ipv4.ip_local_port_range), in every state,
-// TIME_WAIT included, and so how many ports a new connection from src to dst
-// could still use. It asks the kernel once per address family with a
-// NETLINK_SOCK_DIAG dump whose bytecode filter (source address, destination
-// address and port, local port range) makes the kernel send only the matching
-// sockets; it needs no privilege and touches no socket of the program.
+// ProbeHeadroom returns how many ports of the namespace's ephemeral range
+// (net.ipv4.ip_local_port_range) a new connection from src to dst could
+// still use, and what holds the others (see [Headroom] for each count). It
+// asks the kernel with NETLINK_SOCK_DIAG dumps whose bytecode filters (local
+// port range, addresses, how the port was bound) make the kernel send only
+// the sockets that matter, and reads net.ipv4.ip_local_reserved_ports,
+// tcp_tw_reuse, tcp_timestamps and tcp_tw_reuse_delay (each at most once a
+// second); it needs no privilege and touches no socket of the program.
 //
 // network is "tcp", "tcp4" or "tcp6", or "udp", "udp4" or "udp6". For UDP a
 // port is held for every destination (see [Dialer.Sources]), so InUse
-// counts the UDP sockets on src (or the wildcard address of its family) with
-// a local port in the range, whatever their destination. src and dst must be
-// valid addresses of one family (IPv4-mapped IPv6 addresses count as IPv4).
-// Where sock_diag is not available (systems other than Linux) the error
-// matches errors.ErrUnsupported.
+// counts the ports of the UDP sockets on src, or on a wildcard address that
+// covers it (0.0.0.0:P, and [::]:P unless it is IPv6-only, for an IPv4
+// source; [::]:P for an IPv6 one), whatever their destination; dst must
+// still be given. The counts are for sockets bound to src (as safedial's
+// pools and a Dialer with a LocalAddr dial); see [Dialer.Headroom] for
+// unbound ones.
+//
+// Bad input is an error, never "every port free": src must be an address of
+// this host (else the error matches [ErrSourceNotLocal]) that a connection
+// can leave from (not unspecified, multicast or broadcast), dst a specified
+// address with a non-zero port, both of one family (IPv4-mapped IPv6
+// addresses count as IPv4), and a zone must name an interface. Where
+// sock_diag is not available (systems other than Linux) the error matches
+// errors.ErrUnsupported.
 func ProbeHeadroom(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort) (Headroom, error) {
 	h := Headroom{Source: src, Dest: dst}
 	if err := checkProbe(network, src, dst); err != nil {
@@ -82,11 +134,34 @@ func ProbeHeadroom(ctx context.Context, network string, src netip.Addr, dst neti
 // per destination, as ShareUDPPorts uses ports.
 func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange, shared bool) (Headroom, error) {
 	h := Headroom{Source: src, Dest: dst, Range: r}
-	inUse, tw, err := diagCount(ctx, strings.HasPrefix(network, "udp"), shared, src.Unmap(), netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port()), r)
+	s, d := src.Unmap().WithZone(""), netip.AddrPortFrom(dst.Addr().Unmap().WithZone(""), dst.Port())
+	var (
+		p    pairPorts
+		host hostPorts
+		err  error
+	)
+	switch udp := strings.HasPrefix(network, "udp"); {
+	case udp && shared:
+		var inUse, tw int
+		inUse, tw, err = diagCount(ctx, true, true, s, d, r)
+		if err == nil {
+			host, err = hostOf(r, nil)
+		}
+		if err != nil {
+			return h, probeError(err)
+		}
+		h.InUse, h.TimeWait, h.Reserved = inUse, tw, host.nReserved
+		h.Free = max(r.size()-inUse-h.Reserved, 0)
+		return h, nil
+	case udp:
+		p, host, err = diagUDP(ctx, s, r)
+	default:
+		p, host, err = diagTCP(ctx, s, d, r)
+	}
 	if err != nil {
 		return h, probeError(err)
 	}
-	h.InUse, h.TimeWait, h.Free = inUse, tw, max(r.size()-inUse, 0)
+	host.fill(&h, &p)
 	return h, nil
 }
 
@@ -105,10 +180,29 @@ func checkProbe(network string, src netip.Addr, dst netip.AddrPort) error {
 		return bad("the source is the zero netip.Addr")
 	case !dst.IsValid():
 		return bad("the destination is the zero netip.AddrPort")
+	case s.IsUnspecified():
+		return bad("the source is the unspecified address, which pins nothing: give the address the connections leave from")
+	case s.IsMulticast():
+		return bad("the source is a multicast address: connections cannot leave from it")
+	case s == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || localBroadcast(s):
+		return bad("the source is a broadcast address: connections cannot leave from it")
+	case d.IsUnspecified():
+		return bad("the destination is the unspecified address, which connect() replaces with this host's: give that address (127.0.0.1 or ::1)")
+	case dst.Port() == 0:
+		return bad("the destination port is 0")
 	case s.Is4() != d.Is4():
 		return bad("the source and the destination are of different address families")
 	case strings.HasSuffix(network, "4") && !s.Is4(), strings.HasSuffix(network, "6") && !s.Is6():
 		return bad("network %s does not match the addresses' family", network)
+	}
+	for _, z := range []string{src.Zone(), d.Zone()} {
+		if _, err := zoneIndex(z); err != nil {
+			return bad("unknown zone %q: %v", z, err)
+		}
+	}
+	if s.Zone() == "" && !localAddr(s) {
+		// A typo must not read as "every port free".
+		return bad("%w: %v (see ip addr)", ErrSourceNotLocal, s)
 	}
 	return nil
 }
@@ -121,10 +215,15 @@ func probeError(err error) error {
 
 // ProbeAllHeadroom returns the headroom of every (source, destination) pair of
 // network on this host (its network namespace) that has sockets with a local
-// port in the ephemeral range, most used first: one sock_diag dump per
-// address family, filtered by the kernel to that range. For UDP, a pair is a
-// source and the sockets on it, whatever their destination (Dest is then the
-// zero AddrPort). Listening sockets are not counted.
+// port in the ephemeral range, most used first (fewest Free), counted as
+// [ProbeHeadroom] counts them: one sock_diag dump per address family for UDP,
+// two for TCP, filtered by the kernel to that range. Listening and bound
+// sockets are not pairs; they count in Bound. For UDP, a pair is a source
+// and every socket that holds ports for it, whatever their destination (Dest
+// is then the zero AddrPort): sockets on a wildcard address count against
+// each source of the family they cover, and show as a source of their own
+// (0.0.0.0 or ::) only where no socket of that family has a specific
+// source.
 func ProbeAllHeadroom(ctx context.Context, network string) ([]Headroom, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
@@ -139,15 +238,20 @@ func ProbeAllHeadroom(ctx context.Context, network string) ([]Headroom, error) {
 		return nil, probeError(err)
 	}
 	udp := strings.HasPrefix(network, "udp")
-	counts, err := diagPairs(ctx, udp, !strings.HasSuffix(network, "6"), !strings.HasSuffix(network, "4"), r)
+	pairs, host, err := diagPairs(ctx, udp, !strings.HasSuffix(network, "6"), !strings.HasSuffix(network, "4"), r)
 	if err != nil {
 		return nil, probeError(err)
 	}
-	hs := make([]Headroom, 0, len(counts))
-	for k, c := range counts {
-		hs = append(hs, Headroom{Source: k.src, Dest: k.dst, Range: r, InUse: c.inUse, TimeWait: c.timeWait, Free: max(r.size()-c.inUse, 0)})
+	hs := make([]Headroom, 0, len(pairs))
+	for k, p := range pairs {
+		h := Headroom{Source: k.src, Dest: k.dst, Range: r}
+		host.fill(&h, p)
+		hs = append(hs, h)
 	}
 	slices.SortFunc(hs, func(a, b Headroom) int {
+		if c := cmp.Compare(a.Free, b.Free); c != 0 {
+			return c
+		}
 		if c := cmp.Compare(b.InUse, a.InUse); c != 0 {
 			return c
 		}
@@ -164,17 +268,28 @@ type pairKey struct {
 	dst netip.AddrPort
 }
 
-type pairCount struct{ inUse, timeWait int }
-
 // Headroom returns the headroom of each of d's sources toward each address
 // address resolves to: the sources of Sources of the address's family, or
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
-// picks for the address. The range is d's PortRange when set, else the
+// picks for the address (asked with RTM_GETROUTE: no socket is opened, so
+// the answer comes even when every port is taken). The range is d's
+// PortRange when set, else the
 // namespace's. Host names are resolved with Base.Resolver. An address with
 // no source of its family is left out; none at all is an error. With
-// ShareUDPPorts, UDP ports are counted per destination, as those dials use
-// them.
+// ShareUDPPorts, a UDP headroom is what a shared dial can still take toward
+// the address: InUse counts the ports connected toward it, Bound the ports
+// held for every destination by sockets a shared port cannot join (plain or
+// another user's UDP sockets, wildcard and dual-stack binds), Reserved the
+// ports of net.ipv4.ip_local_reserved_ports and those outside the
+// namespace range.
+// Without a source and without ShareUDPPorts, UDP dials bind nothing: the
+// kernel gives the socket a port that no UDP socket of the family holds, on
+// any address (an IPv6 "udp" socket is dual-stack, so IPv4 sockets count
+// too), and Headroom counts them all.
 func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headroom, error) {
+	if !diagSupported {
+		return nil, errNoDiag
+	}
 	if _, _, err := net.SplitHostPort(address); err != nil {
 		return nil, fmt.Errorf("safedial: Headroom: %w", err)
 	}
@@ -198,7 +313,17 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			if err := checkProbe(network, src, dst); err != nil {
 				return nil, err
 			}
-			h, err := probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+			var h Headroom
+			switch {
+			case d.ShareUDPPorts && strings.HasPrefix(network, "udp"):
+				// What a shared dial sees: the ports it can still take
+				// toward dst, and what holds the others.
+				h, err = sharedHeadroom(ctx, src, dst, d.PortRange)
+			case strings.HasPrefix(network, "udp") && d.unbound():
+				h, err = probeUnboundUDP(ctx, network, src, dst, r)
+			default:
+				h, err = probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -249,6 +374,28 @@ func (d *Dialer) resolve(ctx context.Context, network, address string) ([]netip.
 	return dsts, nil
 }
 
+// unbound reports whether d's dials leave the source to the kernel: no
+// Sources, and no LocalAddr or an unspecified one.
+func (d *Dialer) unbound() bool {
+	a := addrPort(d.Base.LocalAddr).Addr()
+	return len(d.Sources) == 0 && (!a.IsValid() || a.IsUnspecified())
+}
+
+// probeUnboundUDP is the headroom of UDP dials that bind no address: the
+// socket takes its port on the wildcard address before connect() picks the
+// source, so a port any UDP socket of the family holds (on any address) is
+// taken for it; with network "udp", an IPv6 socket is dual-stack and
+// IPv4 sockets count too.
+func probeUnboundUDP(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+	h := Headroom{Source: src, Dest: dst, Range: r}
+	p, host, err := diagUDPAny(ctx, dst.Addr().Unmap().Is4(), network == "udp6", r)
+	if err != nil {
+		return h, probeError(err)
+	}
+	host.fill(&h, &p)
+	return h, nil
+}
+
 // sourcesFor returns the sources a dial from d to dst would use.
 func (d *Dialer) sourcesFor(network string, dst netip.AddrPort) ([]netip.Addr, error) {
 	if len(d.Sources) > 0 {
@@ -266,14 +413,13 @@ func (d *Dialer) sourcesFor(network string, dst netip.AddrPort) ([]netip.Addr, e
 		}
 		return []netip.Addr{a}, nil
 	}
-	// The kernel's choice: a UDP socket connected to dst sends nothing and
-	// shows the source the routing picks.
-	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+	// The kernel's choice, from its routing table (RTM_GETROUTE): no
+	// socket, so no port taken, and an answer even when every port is.
+	src, err := routeSource(dst.Addr())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("no route to %v: %w", dst.Addr(), err)
 	}
-	defer c.Close()
-	return []netip.Addr{c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()}, nil
+	return []netip.Addr{src}, nil
 }
 
 // HeadroomFunc returns a function that reports d's headroom toward address

@@ -67,10 +67,11 @@ func needSS(t *testing.T) {
 }
 
 // build makes est held connections and tw connections closed by the client
-// (TIME_WAIT on its side) from src to dst, and waits until ss sees them all.
+// (TIME_WAIT on its side) from src to dst, as safedial dials them (the port
+// chosen at connect), and waits until ss sees them all.
 func build(t *testing.T, network string, src netip.Addr, dst string, est, tw int) {
 	t.Helper()
-	d := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+	d := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), ControlContext: (&safedial.Dialer{}).ControlContext}
 	for i := range est + tw {
 		c, err := d.Dial(network, dst)
 		if err != nil {
@@ -113,14 +114,14 @@ func TestProbeHeadroom(t *testing.T) {
 				build(t, tc.network, tc.src, dst, 7, 5)
 				build(t, tc.network, tc.src, other, 3, 2) // another destination port
 				want := safedial.Headroom{Source: tc.src, Dest: netip.MustParseAddrPort(dst), Range: safedial.PortRange{Lo: 40000, Hi: 40099},
-					InUse: 12, TimeWait: 5, Free: 88}
+					InUse: 7, TimeWait: 5, Free: 88}
 				if tc.noiseSrc.IsValid() {
 					build(t, tc.network, tc.noiseSrc, dst, 4, 4) // another source
 					// IPv4 on a dual-stack IPv6 socket (IPv4-mapped
 					// addresses), as Java and some C programs dial: it
 					// holds a port of the pair too.
 					dualStack(t, tc.src, netip.MustParseAddrPort(dst))
-					want.InUse, want.Free = 13, 87
+					want.InUse, want.Free = 8, 87
 				}
 				h, err := safedial.ProbeHeadroom(context.Background(), "tcp", tc.src, netip.MustParseAddrPort(dst))
 				if err != nil {
@@ -130,7 +131,7 @@ func TestProbeHeadroom(t *testing.T) {
 					t.Errorf("ProbeHeadroom (-want +got):\n%s", diff)
 				}
 				all, tw := ssCount(t, "-t", "src", ssAddr(tc.src), "dst", dst)
-				if all != h.InUse || tw != h.TimeWait {
+				if all != h.InUse+h.TimeWait || tw != h.TimeWait {
 					t.Errorf("ss counts %d sockets, %d in TIME-WAIT; ProbeHeadroom %d, %d", all, tw, h.InUse, h.TimeWait)
 				}
 			})
@@ -208,6 +209,19 @@ func TestProbeHeadroomInput(t *testing.T) {
 		{"tcp4", v6, d6, "network tcp4 does not match"},
 		{"tcp6", v4, d4, "network tcp6 does not match"},
 		{"unix", v4, d4, `unknown network "unix"`},
+		{"tcp", netip.MustParseAddr("192.0.2.1"), d4, "source address is not an address of this host: 192.0.2.1"},
+		{"tcp", netip.MustParseAddr("2001:db8::1"), d6, "source address is not an address of this host: 2001:db8::1"},
+		{"tcp", netip.IPv4Unspecified(), d4, "the source is the unspecified address"},
+		{"tcp", netip.IPv6Unspecified(), d6, "the source is the unspecified address"},
+		{"udp", netip.MustParseAddr("224.0.0.1"), d4, "the source is a multicast address"},
+		{"tcp", netip.MustParseAddr("ff02::1"), d6, "the source is a multicast address"},
+		{"tcp", netip.MustParseAddr("255.255.255.255"), d4, "the source is a broadcast address"},
+		{"tcp", netip.MustParseAddr("127.255.255.255"), d4, "the source is a broadcast address"},
+		{"tcp", v4, netip.MustParseAddrPort("0.0.0.0:80"), "the destination is the unspecified address"},
+		{"tcp", v6, netip.MustParseAddrPort("[::]:80"), "the destination is the unspecified address"},
+		{"tcp", v4, netip.MustParseAddrPort("127.0.0.2:0"), "the destination port is 0"},
+		{"tcp", netip.MustParseAddr("fe80::1%nosuchif0"), d6, `unknown zone "nosuchif0"`},
+		{"tcp", v6, netip.MustParseAddrPort("[fe80::1%nosuchif0]:80"), `unknown zone "nosuchif0"`},
 		{"", v4, d4, `unknown network ""`},
 	} {
 		h, err := safedial.ProbeHeadroom(context.Background(), tc.network, tc.src, tc.dst)
@@ -217,6 +231,9 @@ func TestProbeHeadroomInput(t *testing.T) {
 		if h.InUse != 0 || h.Free != 0 {
 			t.Errorf("ProbeHeadroom(%q, %v, %v) counted %+v with an error", tc.network, tc.src, tc.dst, h)
 		}
+	}
+	if _, err := safedial.ProbeHeadroom(context.Background(), "tcp", netip.MustParseAddr("192.0.2.1"), d4); !errors.Is(err, safedial.ErrSourceNotLocal) {
+		t.Errorf("a source not of this host: %v, want an error matching ErrSourceNotLocal", err)
 	}
 	// IPv4-mapped IPv6 addresses count as IPv4.
 	if err := func() error {
@@ -244,7 +261,7 @@ func TestDialerHeadroom(t *testing.T) {
 		// In the resolver's order: ::1 first (RFC 6724), then 127.0.0.2.
 		want := []safedial.Headroom{
 			{Source: netip.MustParseAddr("::1"), Dest: netip.MustParseAddrPort("[::1]:8080"), Range: r, Free: 100},
-			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(dst), Range: r, InUse: 5, TimeWait: 2, Free: 95},
+			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(dst), Range: r, InUse: 3, TimeWait: 2, Free: 95},
 			{Source: netip.MustParseAddr("127.0.0.3"), Dest: netip.MustParseAddrPort(dst), Range: r, Free: 100},
 		}
 		if diff := cmp.Diff(want, hs, netipCmp); diff != "" {
@@ -287,15 +304,43 @@ func TestProbeAllHeadroom(t *testing.T) {
 		}
 		r := safedial.PortRange{Lo: 40000, Hi: 40099}
 		want := []safedial.Headroom{
-			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(a), Range: r, InUse: 7, TimeWait: 3, Free: 93},
+			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(a), Range: r, InUse: 4, TimeWait: 3, Free: 93},
 			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(b), Range: r, InUse: 2, Free: 98},
-			{Source: netip.MustParseAddr("127.0.0.3"), Dest: netip.MustParseAddrPort(a), Range: r, InUse: 2, TimeWait: 1, Free: 98},
+			{Source: netip.MustParseAddr("127.0.0.3"), Dest: netip.MustParseAddrPort(a), Range: r, InUse: 1, TimeWait: 1, Free: 98},
 		}
 		if diff := cmp.Diff(want, hs, netipCmp); diff != "" {
 			t.Errorf("ProbeAllHeadroom (-want +got):\n%s", diff)
 		}
 		if _, err := safedial.ProbeAllHeadroom(context.Background(), "sctp"); err == nil || errors.Is(err, errors.ErrUnsupported) {
 			t.Errorf("unknown network: %v, want a clear error", err)
+		}
+	})
+}
+
+// TestDialerHeadroomRoutedSource: without a source, Headroom asks the
+// routing (RTM_GETROUTE) and opens no socket: it answers even when every UDP
+// port is taken.
+func TestDialerHeadroomRoutedSource(t *testing.T) {
+	inNamespace(t, 40000, 40009, func(t *testing.T) {
+		for range 10 {
+			c, err := net.ListenPacket("udp4", "0.0.0.0:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+		if c, err := net.Dial("udp4", "127.0.0.2:53"); err == nil {
+			c.Close()
+			t.Fatal("the UDP ports are not exhausted: the test proves nothing")
+		}
+		dst := closingServer(t, "127.0.0.2:8080")
+		hs, err := (&safedial.Dialer{}).Headroom(context.Background(), "tcp", dst)
+		if err != nil {
+			t.Fatalf("Headroom with every UDP port taken: %v", err)
+		}
+		want := []safedial.Headroom{{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(dst), Range: safedial.PortRange{Lo: 40000, Hi: 40009}, Free: 10}}
+		if diff := cmp.Diff(want, hs, netipCmp); diff != "" {
+			t.Errorf("Headroom (-want +got):\n%s", diff)
 		}
 	})
 }

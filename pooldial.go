@@ -153,7 +153,7 @@ func (d *Dialer) dialShared(ctx context.Context, network, address string, la net
 	if !shareSupported {
 		return outcome{err: &net.OpError{Op: "dial", Net: network, Source: la, Err: errNoShare}}
 	}
-	return d.dialHooked(ctx, network, address, d.newPoolDial(p))
+	return notPool(d.dialHooked(ctx, network, address, d.newPoolDial(p)))
 }
 
 // errNoShare is the error of ShareUDPPorts where it cannot be honoured.

@@ -217,6 +217,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 	var (
 		call string
 		err  error
+		held *Headroom // what held the ports of a shared dial's exhaustion
 	)
 	if pd.share && strings.HasPrefix(network, "udp") {
 		// A candidate port a fresh socket must take over: the fresh
@@ -233,6 +234,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 		}
 		var fd int
 		fd, err = shareConnect(ctx, orig, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange)
+		held = heldBy(err)
 		if fd >= 0 && fd != orig {
 			if err == nil {
 				err = replaceFD(fd, orig) // the same socket: closes the duplicate
@@ -251,6 +253,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 	}
 	if err != nil {
 		if ee := pd.exhausted(network, s, dst, call, err); ee != nil {
+			ee.Held = held
 			return ee
 		}
 		op := attemptError(network, s, dst, call, err)

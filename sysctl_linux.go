@@ -2,6 +2,7 @@ package safedial
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -9,11 +10,8 @@ import (
 	"time"
 )
 
-// portSet is a set of ports, one bit each.
-type portSet [65536 / 64]uint64
-
-func (s *portSet) has(p uint16) bool { return s[p/64]&(1<<(p%64)) != 0 }
-func (s *portSet) add(p uint16)      { s[p/64] |= 1 << (p % 64) }
+// add puts p in s (portSet is in headroom_count.go).
+func (s *portSet) add(p uint16) { s[p/64] |= 1 << (p % 64) }
 
 // count returns how many ports of r are in s.
 func (s *portSet) count(r PortRange) int {
@@ -84,4 +82,80 @@ func reservedPorts() (*portSet, error) {
 	}
 	reserved.set, reserved.at = s, time.Now()
 	return s, nil
+}
+
+// The integer sysctls a probe reads, per name, each read at most once a
+// second (same caveat as reserved).
+var sysctls struct {
+	mu sync.Mutex
+	m  map[string]sysctlValue
+}
+
+type sysctlValue struct {
+	at time.Time
+	v  int
+	ok bool
+}
+
+// sysctlInt returns the integer value of /proc/sys/name, and false where
+// this kernel has no such sysctl (or it cannot be read).
+func sysctlInt(name string) (int, bool) {
+	sysctls.mu.Lock()
+	defer sysctls.mu.Unlock()
+	if c, ok := sysctls.m[name]; ok && time.Since(c.at) < time.Second {
+		return c.v, c.ok
+	}
+	var c sysctlValue
+	if b, err := os.ReadFile("/proc/sys/" + name); err == nil {
+		c.v, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		c.ok = err == nil
+	}
+	c.at = time.Now()
+	if sysctls.m == nil {
+		sysctls.m = map[string]sysctlValue{}
+	}
+	sysctls.m[name] = c
+	return c.v, c.ok
+}
+
+// twReuse is what the kernel's tcp_twsk_unique needs to reuse a TIME_WAIT
+// 4-tuple for a new outgoing connection: net.ipv4.tcp_tw_reuse (0 never, 1
+// always, 2 when the source or the destination is a loopback address),
+// timestamps (net.ipv4.tcp_timestamps, and the peer's, which the probe
+// cannot see: it assumes them), and a TIME_WAIT socket older than
+// net.ipv4.tcp_tw_reuse_delay (milliseconds, Linux 6.13+). Older kernels
+// compare the second of the last timestamp received plus one with the
+// current second, which means between one and two seconds: the probe waits
+// the two, so that it never calls a port free that the kernel would not
+// reuse yet.
+type twReuse struct {
+	mode  int           // tcp_tw_reuse
+	delay time.Duration // age past which a TIME_WAIT socket is reusable
+}
+
+func readTWReuse() twReuse {
+	mode, ok := sysctlInt("net/ipv4/tcp_tw_reuse")
+	if !ok {
+		mode = 2 // the kernel's default since 4.19
+	}
+	if ts, ok := sysctlInt("net/ipv4/tcp_timestamps"); ok && ts == 0 {
+		mode = 0 // without timestamps nothing is reused
+	}
+	delay := 2 * time.Second
+	if ms, ok := sysctlInt("net/ipv4/tcp_tw_reuse_delay"); ok {
+		delay = time.Duration(ms) * time.Millisecond
+	}
+	return twReuse{mode: mode, delay: delay}
+}
+
+// reuses reports whether the kernel reuses the TIME_WAIT sockets from src to
+// dst (old enough) for new outgoing connections.
+func (t twReuse) reuses(src, dst netip.Addr) bool {
+	switch t.mode {
+	case 1:
+		return true
+	case 2:
+		return src.Unmap().IsLoopback() || dst.Unmap().IsLoopback()
+	}
+	return false
 }

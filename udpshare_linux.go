@@ -2,13 +2,9 @@ package safedial
 
 import (
 	"context"
-	"encoding/binary"
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"slices"
-	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,29 +12,35 @@ import (
 const shareSupported = true
 
 // shareCandidates is how many random ports a shared UDP dial tries before it
-// asks the kernel which ports are in use toward the destination (one dump):
-// at low fill a random port is nearly always free, and a dump costs a walk
-// of the kernel's UDP table.
+// asks the kernel what holds the ports of its range (one dump): at low fill
+// a random port is nearly always free, and a dump walks the kernel's UDP
+// table (host-wide: its cost grows with every UDP socket of the host).
 const shareCandidates = 3
 
-// shareDumps is how many dumps a shared dial makes among this process's
-// concurrent dials before it goes on alone.
-const shareDumps = 8
+// shareRounds is how many dumps a shared dial makes while its candidates keep
+// being taken by concurrent dials (of this process or others) before it
+// reports exhaustion, saying so. A dump that leaves no candidate at all ends
+// the dial at once.
+const shareRounds = 4
 
 // shareConnect binds socket fd (net.Dialer's own, orig, or a fresh one made
-// by fresh once a candidate port has bound it) from src to a port that no
-// other UDP socket uses toward dst, and connects it, with Cloudflare's
-// "connectx" scheme: skip a port on which sock_diag finds a socket that
-// would receive from dst; with SO_REUSEPORT (which the kernel allows only
-// among sockets of the same user) bind the candidate,
-// turn SO_REUSEPORT off (from now on every other bind of that port fails),
-// ask sock_diag which socket would receive from dst on that port and
-// require this one, connect, check with a dump that no other socket is
-// connected to the same 4-tuple (else back out), and turn SO_REUSEPORT on
-// again for the next sockets toward other destinations. It returns the socket that succeeded
-// (fd or a fresh one) or an error: exhaustion as an *os.SyscallError
-// ("connect", EAGAIN) when no port of r is left toward dst.
+// by fresh once a candidate port has bound it) from src (zone: its interface
+// index) to a port no other UDP socket uses toward dst, and connects it,
+// with Cloudflare's "connectx" scheme (see claim). Every check is keyed by
+// the peer the kernel connects to (dst, or this host for an unspecified
+// dst), read back with getpeername after connect. It returns the socket that
+// succeeded (fd or a fresh one) or an error: exhaustion as a *sharedFull
+// around an *os.SyscallError ("connect", EAGAIN) when no port of the range
+// is left toward dst, with what holds the ports.
+//
+// No lock of the package is held while user code runs (fresh runs the
+// user's hook), and the only waiting is for the lock of this (source, peer)
+// pair, under ctx: dials of other pairs never wait for this one.
 func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange) (int, error) {
+	rng, off, err := shareRange(r)
+	if err != nil {
+		return fd, err
+	}
 	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return fd, &unsupportedError{what: "ShareUDPPorts needs sock_diag (NETLINK_SOCK_DIAG)", err: os.NewSyscallError("socket", err)}
@@ -47,121 +49,109 @@ func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), 
 	if err := deadline(ctx, nl); err != nil {
 		return fd, err
 	}
-	size := r.size()
-	tried := make(map[uint16]bool)
-	next := func() (uint16, bool) { // a random port not tried yet
-		for range 4 * shareCandidates {
-			p := r.Lo + uint16(rand.IntN(size))
-			if !tried[p] {
-				return p, true
+	s := &search{ctx: ctx, nl: nl, src: src, zone: zone, dst: dst, rng: rng, off: off}
+	s.setPeer(netip.AddrPortFrom(kernelPeer(src, dst.Addr()), dst.Port()))
+	defer func() { pairLocks.release(s.lock) }()
+
+	var (
+		tried   = map[uint16]bool{}
+		queue   []uint16
+		rounds  int
+		last    []portState
+		random  = shareCandidates
+		cached  = false // the last dump of this pair (portCache) was tried
+		moves   int
+		ranking = func(states []portState, skipTried bool) []uint16 {
+			// Free ports first, then ports shared with other peers, then
+			// those of dials in flight; each from a random start.
+			var q []uint16
+			start := rand.IntN(len(states))
+			for _, want := range [...]portState{portFree, portShared, portMaybe} {
+				for i := range states {
+					j := (start + i) % len(states)
+					if p := rng.Lo + uint16(j); states[j] == want && !(skipTried && tried[p]) {
+						q = append(q, p)
+					}
+				}
 			}
+			return q
 		}
-		return 0, false
-	}
-	// Candidates come from three places in turn: a few random ports; the
-	// complement of the ports found in use toward dst by a recent dump
-	// (kept for a second: listing thousands of sockets costs milliseconds);
-	// dumps of our own. A candidate can also fail because a concurrent dial
-	// holds it for a moment (bound, or connected and about to back out of a
-	// duplicate), so the next dump retries it. When a dump leaves no port
-	// free, or after shareDumps dumps, the dial goes on alone among this
-	// process's dials (claiming held for writing: no claim of ours is then
-	// in flight), and only a dump made alone concludes exhaustion.
-	var candidates []uint16
-	// complement sets candidates to the ports used leaves free (less those
-	// tried, if skipTried), from a random start, and returns how many are
-	// free.
-	complement := func(used []bool, skipTried bool) (free int) {
-		candidates = candidates[:0]
-		start := rand.IntN(size)
-		for i := range size {
-			p := r.Lo + uint16((start+i)%size)
-			if used[p-r.Lo] {
-				continue
-			}
-			free++
-			if !skipTried || !tried[p] {
-				candidates = append(candidates, p)
-			}
-		}
-		return free
-	}
-	key := usedKey{src: src, dst: dst, r: r}
-	alone := false
-	defer func() {
-		if alone {
-			claiming.Unlock()
-		}
-	}()
-	phase, dumps := 0, 0 // phase 0: random, 1: from the cached dump, 2: from our dumps
+	)
 	for {
+		if err := ctx.Err(); err != nil {
+			return fd, err
+		}
 		var port uint16
 		switch {
-		case phase == 0 && len(tried) < shareCandidates:
-			p, ok := next()
+		case random > 0:
+			random--
+			p, ok := s.randomPort(tried)
 			if !ok {
-				phase = 1
+				random = 0
 				continue
 			}
 			port = p
-		case phase == 0:
-			phase = 1
-			if used := usedCache.get(key); used != nil {
-				complement(used, true)
+		case len(queue) > 0:
+			port, queue = queue[0], queue[1:]
+		case !cached:
+			// A recent dump of this pair, if any, orders the next
+			// candidates without a walk of the table; it refuses none:
+			// when they fail, the dial dumps.
+			cached = true
+			if states := portCache.get(s.key()); states != nil {
+				queue = ranking(states, true)
 			}
-			continue
-		case len(candidates) > 0:
-			port, candidates = candidates[0], candidates[1:]
 		default:
-			phase = 2
-			dumps++
-			if !alone && dumps > shareDumps {
-				claiming.Lock()
-				alone = true
+			if rounds == shareRounds {
+				return fd, s.full(last)
 			}
-			if dumps > 4*shareDumps {
-				// Ports keep being taken by other processes: give up
-				// rather than loop for ever.
-				return fd, os.NewSyscallError("connect", unix.EAGAIN)
-			}
-			used, err := usedToward(ctx, src, dst, r)
+			rounds++
+			states, err := sharedPorts(ctx, src, s.peer.Addr(), s.peer.Port(), rng, off)
 			if err != nil {
 				return fd, err
 			}
-			usedCache.put(key, used)
-			if complement(used, dumps == 1) == 0 {
-				if alone {
-					return fd, os.NewSyscallError("connect", unix.EAGAIN)
-				}
-				claiming.Lock() // and dump again, alone
-				alone = true
+			last = states
+			portCache.put(s.key(), states)
+			// The first dump skips the ports this dial tried already,
+			// unless they are all that is left.
+			if queue = ranking(states, rounds == 1); len(queue) == 0 {
+				queue = ranking(states, false)
+			}
+			if len(queue) == 0 {
+				return fd, s.full(states)
 			}
 			continue
 		}
 		tried[port] = true
 		if fd < 0 {
+			// Outside any lock: fresh runs the user's hook.
 			if fd, err = fresh(); err != nil {
 				return -1, err
 			}
 		}
-		if !alone {
-			claiming.RLock()
-		}
-		ok, bound, err := claim(ctx, nl, fd, src, zone, port, dst)
-		if !alone {
-			claiming.RUnlock()
-		}
-		switch {
-		case err != nil:
+		res, err := s.claim(fd, port)
+		if err != nil {
 			return fd, err
-		case ok:
-			usedCache.use(key, port)
+		}
+		switch res {
+		case claimed:
+			portCache.taken(s.key(), port)
 			return fd, nil
-		case bound && fd == orig:
-			// net.Dialer's socket holds a port another socket owns toward
-			// dst: put a fresh socket in its place at once, which frees
-			// the port (left bound, it would keep others off it for as
-			// long as this dial lasts).
+		case taken:
+			continue // fd is not bound: it tries the next port
+		case moved:
+			// The kernel connected to another peer than expected: search
+			// again for that one (at most twice, in case it keeps moving).
+			if moves++; moves > 2 {
+				return fd, errConfig("ShareUDPPorts: the kernel keeps connecting %v to another peer (last %v)", dst, s.moved)
+			}
+			s.setPeer(s.moved)
+			queue, random = nil, 0
+		}
+		// fd is bound to a port it did not get: drop it.
+		if fd == orig {
+			// net.Dialer's socket: put a fresh one in its place at once,
+			// which frees the port.
 			n, err := fresh()
 			if err == nil {
 				err = replaceFD(n, orig)
@@ -169,285 +159,141 @@ func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), 
 			if err != nil {
 				return fd, err
 			}
-		case bound:
+		} else {
 			unix.Close(fd)
 			fd = -1
 		}
 	}
 }
 
-// claiming is held for reading by every claim of this process, and for
-// writing by a dial that goes on alone: one about to conclude exhaustion (a
-// port held by two sockets that both connected and will both back out
-// looks used to a dump, and must not end in a false exhaustion), or one
-// that lost too many rounds to concurrent dials.
-var claiming sync.RWMutex
-
-// usedKey names a dump of the ports in use from src toward dst.
-type usedKey struct {
-	src netip.Addr
-	dst netip.AddrPort
-	r   PortRange
+// search is one shared dial's state.
+type search struct {
+	ctx   context.Context
+	nl    int // NETLINK_SOCK_DIAG, for lookups
+	src   netip.Addr
+	zone  uint32
+	dst   netip.AddrPort // as dialed
+	peer  netip.AddrPort // what the kernel connects to
+	moved netip.AddrPort // the peer getpeername showed, when not peer
+	rng   PortRange
+	off   *portSet
+	lock  *pairLock
 }
 
-// usedCache keeps the last dumps (8, most recent first), for a second.
-var usedCache usedDumps
-
-type usedDumps struct {
-	mu      sync.Mutex
-	entries [8]struct {
-		key  usedKey
-		at   int64
-		used []bool
+func (s *search) setPeer(peer netip.AddrPort) {
+	if s.lock != nil {
+		pairLocks.release(s.lock)
 	}
+	s.peer = peer
+	s.lock = pairLocks.acquire(sharePair{src: s.src.WithZone(""), peer: peer})
 }
 
-const usedTTL = int64(time.Second)
+func (s *search) key() portKey { return portKey{s.src.WithZone(""), s.peer, s.rng} }
 
-// get returns a copy of a fresh dump for k, or nil.
-func (c *usedDumps) get(k usedKey) []bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, e := range c.entries {
-		if e.key == k && e.used != nil && nanotime()-e.at < usedTTL {
-			return slices.Clone(e.used)
+// randomPort returns a random port of the range the kernel hands out, not
+// tried yet.
+func (s *search) randomPort(tried map[uint16]bool) (uint16, bool) {
+	for range 4 * shareCandidates {
+		p := s.rng.Lo + uint16(rand.IntN(s.rng.size()))
+		if !tried[p] && !s.off.has(p) {
+			return p, true
 		}
 	}
-	return nil
+	return 0, false
 }
 
-func (c *usedDumps) put(k usedKey, used []bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	copy(c.entries[1:], c.entries[:len(c.entries)-1])
-	c.entries[0].key, c.entries[0].at, c.entries[0].used = k, nanotime(), slices.Clone(used)
+// full is the exhaustion error, with what held the ports in the last dump.
+func (s *search) full(states []portState) error {
+	h := Headroom{Source: s.src, Dest: s.dst, Range: s.rng}
+	h.count(states)
+	return &sharedFull{err: &os.SyscallError{Syscall: "connect", Err: unix.EAGAIN}, held: h}
 }
 
-// use records a port just claimed toward k's destination.
-func (c *usedDumps) use(k usedKey, port uint16) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i := range c.entries {
-		if e := &c.entries[i]; e.key == k && e.used != nil {
-			e.used[port-k.r.Lo] = true
-		}
+type claimResult int
+
+const (
+	taken   claimResult = iota // the port is taken; fd is not bound
+	lost                       // another socket owns the port toward the peer; fd is bound
+	moved                      // connected to another peer than expected; fd is bound
+	claimed                    // fd is bound and connected, alone on its 4-tuple
+)
+
+// claim runs connectx for one candidate port on fd, holding the lock of the
+// (source, peer) pair (waiting for it under the dial's context): skip the
+// port when sock_diag finds a socket that would receive from the peer on
+// it; with SO_REUSEPORT (which the kernel allows only among sockets of the
+// same user) bind it; turn SO_REUSEPORT off (from now on every other bind
+// of that port fails); ask sock_diag which socket would receive from the
+// peer on that port and require this one; connect; check with getpeername
+// that the kernel connected to the peer; list every socket connected to the
+// same 4-tuple and back out if another is there; discard what was queued
+// while the socket was bound but not connected; and turn SO_REUSEPORT on
+// again for the next sockets toward other peers.
+func (s *search) claim(fd int, port uint16) (claimResult, error) {
+	if err := s.lock.lock(s.ctx); err != nil {
+		return taken, err
 	}
-}
-
-// claim runs connectx for one candidate port on fd. Not ok means the port is
-// taken toward dst; bound tells whether fd is then bound (and must be
-// dropped) or can try the next candidate.
-func claim(ctx context.Context, nl, fd int, src netip.Addr, zone uint32, port uint16, dst netip.AddrPort) (ok, bound bool, err error) {
-	// A socket that would already receive from dst on this port (connected
-	// to dst, or bound there and perhaps about to be): skip the port
-	// without binding. This also narrows the window in which two dials
-	// bind the same port at once.
-	if _, found, err := udpOwner(nl, netip.AddrPortFrom(src, port), dst); err != nil || found {
-		return false, false, err
+	defer s.lock.unlock()
+	local := netip.AddrPortFrom(s.src, port)
+	if _, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone); err != nil || found {
+		return taken, err
 	}
 	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	if err != nil {
-		return false, false, &unsupportedError{what: "ShareUDPPorts needs SO_COOKIE (Linux 4.12+)", err: os.NewSyscallError("getsockopt", err)}
+		return taken, &unsupportedError{what: "ShareUDPPorts needs SO_COOKIE (Linux 4.12+)", err: os.NewSyscallError("getsockopt", err)}
 	}
+	markShared(fd)
 	if err := reusePort(fd, 1); err != nil {
-		return false, false, err
+		return taken, err
 	}
-	switch err := unix.Bind(fd, sockaddr(src, zone, port)); err {
+	switch err := unix.Bind(fd, sockaddr(s.src, s.zone, port)); err {
 	case nil:
 	case unix.EADDRINUSE:
-		return false, false, nil // a socket that does not share (or of another user) holds it
+		return taken, nil // a socket that does not share (or of another user) holds it
 	default:
-		return false, false, os.NewSyscallError("bind", err)
+		return taken, os.NewSyscallError("bind", err)
 	}
 	if err := reusePort(fd, 0); err != nil {
-		return false, true, err
+		return lost, err
 	}
-	owner, found, err := udpOwner(nl, netip.AddrPortFrom(src, port), dst)
+	if err := s.ctx.Err(); err != nil {
+		return lost, err // the dial's time is up: back out
+	}
+	owner, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone)
 	if err != nil {
-		return false, true, err
+		return lost, err
 	}
 	if !found || owner != cookie {
-		return false, true, nil // another socket receives from dst on this port
+		return lost, nil // another socket receives from the peer on this port
 	}
-	dstZone, _ := zoneIndex(dst.Addr().Zone()) // unknown: connect reports it
-	if err := unix.Connect(fd, sockaddr(dst.Addr(), dstZone, dst.Port())); err != nil {
-		return false, true, os.NewSyscallError("connect", err)
+	if shareBeforeConnect != nil {
+		shareBeforeConnect(fd, port)
 	}
-	// The guarantee: list every socket connected from src:port to dst and
-	// back out if any other is there. Of two sockets that connected to one
-	// 4-tuple, the second to connect always sees the first; at worst both
-	// back out and try other ports, never both stay.
-	if others, err := othersConnected(ctx, src, port, dst, cookie); err != nil || others {
-		return false, true, err
+	dstZone, _ := zoneIndex(s.dst.Addr().Zone()) // unknown: connect reports it
+	if err := unix.Connect(fd, sockaddr(s.dst.Addr(), dstZone, s.dst.Port())); err != nil {
+		return lost, os.NewSyscallError("connect", err)
 	}
-	return true, true, reusePort(fd, 1)
+	if err := s.ctx.Err(); err != nil {
+		return lost, err
+	}
+	if peer := peerOf(fd); peer != s.peer {
+		s.moved = peer
+		return moved, nil
+	}
+	// The guarantee: list every socket connected from src:port to the
+	// peer and back out if any other is there. Of two sockets that
+	// connected to one 4-tuple, the second to connect always sees the
+	// first; at worst both back out and try other ports, never both stay.
+	if others, err := othersConnected(s.ctx, s.nl, s.src, port, s.peer, cookie); err != nil || others {
+		return lost, err
+	}
+	drain(fd)
+	if err := reusePort(fd, 1); err != nil {
+		return lost, err
+	}
+	return claimed, nil
 }
 
-// othersConnected reports whether a UDP socket other than the one with
-// cookie is connected from src:port to dst: one dump, filtered by the kernel
-// to that 4-tuple.
-func othersConnected(ctx context.Context, src netip.Addr, port uint16, dst netip.AddrPort, cookie uint64) (bool, error) {
-	var b bytecode
-	b.cond(bcSCond, src, int32(port))
-	b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
-	family := familyOf(src)
-	// Connected sockets only, and the ports in the request itself: the
-	// kernel's UDP dump compares those before running the bytecode.
-	req := request(family, unix.IPPROTO_UDP, 1<<tcpEstablished, b.bytes())
-	id := req[unix.SizeofNlMsghdr+8:]
-	binary.BigEndian.PutUint16(id[0:], port)
-	binary.BigEndian.PutUint16(id[2:], dst.Port())
-	others := false
-	err := dump(ctx, [][]byte{req}, func(msg []byte) {
-		if binary.NativeEndian.Uint64(msg[4+40:]) != cookie {
-			others = true
-		}
-	})
-	return others, err
-}
-
-func reusePort(fd, v int) error {
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, v); err != nil {
-		return &unsupportedError{what: "ShareUDPPorts needs SO_REUSEPORT", err: os.NewSyscallError("setsockopt", err)}
-	}
-	return nil
-}
-
-// udpOwner asks sock_diag which UDP socket would receive a datagram from
-// peer on local, and returns its cookie.
-func udpOwner(nl int, local, peer netip.AddrPort) (cookie uint64, found bool, err error) {
-	family := familyOf(local.Addr())
-	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil) // no bytecode: one lookup
-	req[0], req[1] = family, unix.IPPROTO_UDP
-	binary.NativeEndian.PutUint32(req[4:], allStates)
-	id := req[8:]
-	// The kernel's UDP lookup takes the datagram's source (the peer) as
-	// "src" and its destination (us) as "dst", "for historical reasons".
-	binary.BigEndian.PutUint16(id[0:], peer.Port())
-	binary.BigEndian.PutUint16(id[2:], local.Port())
-	copy(id[4:20], peer.Addr().AsSlice())
-	copy(id[20:36], local.Addr().AsSlice())
-	binary.NativeEndian.PutUint64(id[40:], ^uint64(0)) // INET_DIAG_NOCOOKIE
-	if err := unix.Sendto(nl, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return 0, false, os.NewSyscallError("sendto", err)
-	}
-	var buf [512]byte
-	n, err := unix.Read(nl, buf[:])
-	if err != nil {
-		return 0, false, os.NewSyscallError("read", err)
-	}
-	b := buf[:n]
-	if len(b) < unix.SizeofNlMsghdr {
-		return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-	}
-	switch binary.NativeEndian.Uint16(b[4:]) {
-	case unix.NLMSG_ERROR:
-		errno := unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:])))
-		if errno == unix.ENOENT {
-			return 0, false, nil
-		}
-		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: os.NewSyscallError("sock_diag", errno)}
-	case unix.SOCK_DIAG_BY_FAMILY:
-		if len(b) < unix.SizeofNlMsghdr+sizeofDiagMsg {
-			return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-		}
-		msg := b[unix.SizeofNlMsghdr:]
-		return binary.NativeEndian.Uint64(msg[4+40:]), true, nil
-	}
-	return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-}
-
-// usedToward returns, for each port of r, whether a UDP socket on src (or the
-// wildcard) is connected to dst from it: one filtered dump.
-func usedToward(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) ([]bool, error) {
-	var b bytecode
-	b.either(func(b *bytecode) { b.cond(bcSCond, src, -1) }, func(b *bytecode) { b.cond(bcSCond, unspecified(src), -1) })
-	b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
-	used := make([]bool, r.size())
-	// One family: the dump only proposes candidates. A dual-stack IPv6
-	// socket holding a port toward an IPv4 destination is still seen by
-	// the owner check of claim.
-	family := familyOf(src)
-	err := dump(ctx, [][]byte{request(family, unix.IPPROTO_UDP, allStates, b.bytes())}, func(msg []byte) {
-		if p := binary.BigEndian.Uint16(msg[4:6]); p >= r.Lo && p <= r.Hi {
-			used[p-r.Lo] = true
-		}
-	})
-	return used, err
-}
-
-// routeSource asks the kernel's routing which source address a packet to dst
-// would leave from, without making a socket or taking a port.
-func routeSource(dst netip.Addr) (netip.Addr, error) {
-	src, _, err := routeGet(dst)
-	if err == nil && !src.IsValid() {
-		err = os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
-	}
-	return src, err
-}
-
-// localBroadcast reports whether a is a broadcast address of this host (such
-// as 127.255.255.255 on lo): binding it succeeds, but the kernel then picks
-// the connection's source from the route, so it pins nothing.
-func localBroadcast(a netip.Addr) bool {
-	if !a.Is4() {
-		return false
-	}
-	_, typ, err := routeGet(a)
-	return err == nil && typ == unix.RTN_BROADCAST
-}
-
-// routeGet asks the kernel's routing (RTM_GETROUTE) about dst: the preferred
-// source address and the route's type (RTN_LOCAL, RTN_BROADCAST, ...).
-func routeGet(dst netip.Addr) (src netip.Addr, typ uint8, err error) {
-	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
-	if err != nil {
-		return netip.Addr{}, 0, os.NewSyscallError("socket", err)
-	}
-	defer unix.Close(s)
-	addr := dst.AsSlice()
-	attrLen := unix.SizeofRtAttr + len(addr)
-	n := unix.SizeofNlMsghdr + unix.SizeofRtMsg + attrLen
-	m := make([]byte, n)
-	binary.NativeEndian.PutUint32(m[0:], uint32(n))
-	binary.NativeEndian.PutUint16(m[4:], unix.RTM_GETROUTE)
-	binary.NativeEndian.PutUint16(m[6:], unix.NLM_F_REQUEST)
-	rt := m[unix.SizeofNlMsghdr:]
-	rt[0] = familyOf(dst)       // rtm_family
-	rt[1] = byte(8 * len(addr)) // rtm_dst_len
-	attr := rt[unix.SizeofRtMsg:]
-	binary.NativeEndian.PutUint16(attr[0:], uint16(attrLen))
-	binary.NativeEndian.PutUint16(attr[2:], unix.RTA_DST)
-	copy(attr[unix.SizeofRtAttr:], addr)
-	if err := unix.Sendto(s, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return netip.Addr{}, 0, os.NewSyscallError("sendto", err)
-	}
-	var buf [4096]byte
-	got, err := unix.Read(s, buf[:])
-	if err != nil {
-		return netip.Addr{}, 0, os.NewSyscallError("read", err)
-	}
-	b := buf[:got]
-	if len(b) < unix.SizeofNlMsghdr+unix.SizeofRtMsg {
-		return netip.Addr{}, 0, os.NewSyscallError("read", unix.EBADMSG)
-	}
-	if binary.NativeEndian.Uint16(b[4:]) == unix.NLMSG_ERROR {
-		return netip.Addr{}, 0, os.NewSyscallError("RTM_GETROUTE", unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:]))))
-	}
-	typ = b[unix.SizeofNlMsghdr+7] // rtm_type, after family, dst_len, src_len, tos, table, protocol, scope
-	for a := b[unix.SizeofNlMsghdr+unix.SizeofRtMsg:]; len(a) >= unix.SizeofRtAttr; {
-		l := int(binary.NativeEndian.Uint16(a[0:]))
-		if l < unix.SizeofRtAttr || l > len(a) {
-			break
-		}
-		if binary.NativeEndian.Uint16(a[2:]) == unix.RTA_PREFSRC {
-			if p, ok := netip.AddrFromSlice(a[unix.SizeofRtAttr:l]); ok {
-				src = p.Unmap()
-			}
-		}
-		a = a[min((l+3)&^3, len(a)):]
-	}
-	return src, typ, nil
-}
+// shareBeforeConnect, when set by a test, runs while a claimed socket is
+// bound but not yet connected.
+var shareBeforeConnect func(fd int, port uint16)

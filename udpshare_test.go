@@ -119,13 +119,14 @@ func TestShareUDPPorts(t *testing.T) {
 				}
 				want := "is taken by a UDP socket"
 				if tc.d.ShareUDPPorts {
-					want = "is in use toward this destination"
+					want = "in use toward this destination"
 				}
 				if err == nil || !strings.Contains(err.Error(), want) {
 					t.Errorf("message %v lacks %q", err, want)
 				}
-				// Again: the destination is now known to be full (no
-				// search), with the same error.
+				// Again: the same error (with Base.LocalAddr or the
+				// routed source, the dial searches again: nothing
+				// remembered refuses a port freed since).
 				_, again := tc.d.Dial("udp", dsts[0])
 				if diff := cmp.Diff(exhaustedChain("udp", "connect", "EAGAIN"), chain(again)); diff != "" || !strings.Contains(again.Error(), want) {
 					t.Errorf("dial after exhaustion: %v (-want +got chain):\n%s", again, diff)

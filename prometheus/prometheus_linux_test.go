@@ -286,12 +286,8 @@ func TestPrometheus(t *testing.T) {
 				t.Fatalf("ip_local_reserved_ports = %q, %v; want it empty", r, err)
 			}
 			ss := map[string]int{"in_use": inUse, "time_wait": tw, "reserved": 0, "bound": bound, "free": 100 - inUse - tw - bound}
-			if h.InUse+h.TimeWait+h.Reserved+h.Bound+h.Free != 100 {
-				// The probe of this build still counts TIME_WAIT in InUse
-				// (before the disjoint fields of issue 14): compare its
-				// in_use with every socket ss lists.
-				t.Logf("%v -> %v: the probe's five counts do not sum to the range (InUse includes TIME_WAIT): comparing in_use with ss's all states (%d)", src, dst, inUse+tw)
-				ss["in_use"] = inUse + tw
+			if sum := h.InUse + h.TimeWait + h.Reserved + h.Bound + h.Free; sum != 100 {
+				t.Errorf("%v -> %v: the probe's five counts sum to %d, not the range's 100", src, dst, sum)
 			}
 			for state, want := range ss {
 				if got := values[dst.String()+"/"+state]; got != float64(want) {
@@ -299,8 +295,11 @@ func TestPrometheus(t *testing.T) {
 				}
 			}
 		}
-		// And the load the test built, in either meaning of InUse.
-		for key, want := range map[string]float64{db.String() + "/time_wait": 20, db.String() + "/free": 20, cache.String() + "/time_wait": 0, cache.String() + "/free": 70} {
+		// And the load the test built.
+		for key, want := range map[string]float64{
+			db.String() + "/in_use": 60, db.String() + "/time_wait": 20, db.String() + "/free": 20,
+			cache.String() + "/in_use": 30, cache.String() + "/time_wait": 0, cache.String() + "/free": 70,
+		} {
 			if values[key] != want {
 				t.Errorf("%s: Prometheus has %g, the test built %g", key, values[key], want)
 			}

@@ -29,6 +29,19 @@ import (
 
 const exporterUsage = "usage: safedial exporter -listen ADDR [-top N] [-src ADDR[,ADDR]] [-dst HOST:PORT[,HOST:PORT]] [-min-interval 1s]"
 
+func init() {
+	commands = append(commands, command{
+		name:    "exporter",
+		summary: "serve the headroom to Prometheus on /metrics (also: headroom -listen ADDR)",
+		usage:   exporterHelp,
+		run: func(ctx context.Context, args []string, stdout io.Writer) error {
+			ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
+			defer stop()
+			return exporter(ctx, args, stdout, os.Stderr, nil)
+		},
+	})
+}
+
 // isExporter reports whether the command line (without the program name)
 // asks for the exporter: the exporter subcommand, or headroom with -listen.
 func isExporter(args []string) bool {
@@ -53,30 +66,6 @@ func isExporter(args []string) bool {
 	return false
 }
 
-// exporterMain runs the exporter with args (after the subcommand) until
-// SIGINT or SIGTERM, and returns the exit status: 2 for a usage error, 1 for
-// a failure.
-func exporterMain(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := exporter(ctx, args, os.Stdout, os.Stderr, nil)
-	var u exporterUsageError
-	switch {
-	case errors.As(err, &u):
-		fmt.Fprintf(os.Stderr, "safedial exporter: %v\n%s\n", err, exporterUsage)
-		return 2
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "safedial exporter:", err)
-		return 1
-	}
-	return 0
-}
-
-// exporterUsageError is a bad command line.
-type exporterUsageError struct{ error }
-
 // exporterOptions are the exporter's flags.
 type exporterOptions struct {
 	listen      string
@@ -86,24 +75,53 @@ type exporterOptions struct {
 	minInterval time.Duration
 }
 
-// parseExporter parses the flags; -h prints the help to stdout.
-func parseExporter(args []string, stdout io.Writer) (exporterOptions, error) {
-	var o exporterOptions
-	fs := flag.NewFlagSet("safedial exporter", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are reported once, by exporterMain
-	fs.Usage = func() {}
-	help := func() {
-		fs.SetOutput(stdout)
-		fmt.Fprintf(stdout, `%s
+// exporterHelp prints the exporter's help.
+func exporterHelp(w io.Writer) {
+	fmt.Fprintf(w, `%s
 
 Serves this network namespace's headroom (ephemeral ports left per (source,
 destination) pair, TCP and UDP) in the Prometheus format on /metrics,
-probing with sock_diag when scraped. "safedial headroom -listen ADDR" is the
-same.
+probing with sock_diag when scraped, at most once per -min-interval. It
+exports the -top pairs of each protocol closest to exhaustion, plus every
+pair -src and -dst name. "safedial headroom -listen ADDR" is the same.
+
+Flags:
 
 `, exporterUsage)
-		fs.PrintDefaults()
+	fs, _ := exporterFlags()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+// parseExporter parses the flags; -h prints the help to stdout.
+func parseExporter(args []string, stdout io.Writer) (exporterOptions, error) {
+	fs, o := exporterFlags()
+	fs.SetOutput(io.Discard) // errors are reported once, by the caller
+	fs.Usage = func() {}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			exporterHelp(stdout)
+			return *o, err
+		}
+		return *o, usagef("%v", err)
 	}
+	switch {
+	case fs.NArg() > 0:
+		return *o, usagef("unexpected argument %q", fs.Arg(0))
+	case o.listen == "":
+		return *o, usagef("-listen ADDR is required")
+	case o.top < 0:
+		return *o, usagef("-top %d: must not be negative", o.top)
+	case o.minInterval < 0:
+		return *o, usagef("-min-interval %v: must not be negative", o.minInterval)
+	}
+	return *o, nil
+}
+
+// exporterFlags returns the exporter's flag set and the options it fills.
+func exporterFlags() (*flag.FlagSet, *exporterOptions) {
+	o := new(exporterOptions)
+	fs := flag.NewFlagSet("safedial exporter", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", "", "serve /metrics on this address, such as 127.0.0.1:9477 (required)")
 	fs.IntVar(&o.top, "top", safedialprom.DefaultTop, "export this many pairs of each protocol, the most used first, besides those -src and -dst name (0: the named ones only)")
 	fs.Func("src", "always export the pairs from this source address (repeat, or separate with commas)", func(s string) error {
@@ -131,24 +149,7 @@ same.
 		return nil
 	})
 	fs.DurationVar(&o.minInterval, "min-interval", safedialprom.DefaultMinInterval, "probe at most once per interval; scrapes in between get the last answer (0: probe on every scrape)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			help()
-			return o, err
-		}
-		return o, exporterUsageError{err}
-	}
-	switch {
-	case fs.NArg() > 0:
-		return o, exporterUsageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	case o.listen == "":
-		return o, exporterUsageError{errors.New("-listen ADDR is required")}
-	case o.top < 0:
-		return o, exporterUsageError{fmt.Errorf("-top %d: must not be negative", o.top)}
-	case o.minInterval < 0:
-		return o, exporterUsageError{fmt.Errorf("-min-interval %v: must not be negative", o.minInterval)}
-	}
-	return o, nil
+	return fs, o
 }
 
 // exporter serves until ctx is done; -h prints the help to stdout, the log
@@ -156,6 +157,9 @@ same.
 // once the listener is open.
 func exporter(ctx context.Context, args []string, stdout, stderr io.Writer, ready chan<- string) error {
 	o, err := parseExporter(args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -224,7 +228,7 @@ func exporterResolve(ctx context.Context, hostport string) ([]netip.AddrPort, er
 	host, service, _ := net.SplitHostPort(hostport)
 	port, err := net.DefaultResolver.LookupPort(ctx, "tcp", service)
 	if err != nil {
-		return nil, exporterUsageError{fmt.Errorf("-dst %q: %v", hostport, err)}
+		return nil, usagef("-dst %q: %v", hostport, err)
 	}
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err != nil {

@@ -138,9 +138,33 @@ func TestExporterUsageErrors(t *testing.T) {
 		{"-listen", "127.0.0.1:9477", "-udp"}, // a headroom flag, not an exporter one
 	} {
 		err := exporter(context.Background(), args, io.Discard, io.Discard, nil)
-		var u exporterUsageError
+		var u *usageError
 		if !errors.As(err, &u) {
 			t.Errorf("%q: %v, want a usage error", args, err)
+		}
+	}
+}
+
+// TestExporterCommandLine: the exporter is a subcommand of safedial's, with
+// the conventions of the others, and headroom -listen is the exporter.
+func TestExporterCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stdout string // a part of it
+		stderr string
+	}{
+		{[]string{"help"}, 0, "exporter ", ""},
+		{[]string{"help", "exporter"}, 0, "usage: safedial exporter -listen ADDR", ""},
+		{[]string{"exporter", "-h"}, 0, "usage: safedial exporter -listen ADDR", ""},
+		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-h"}, 0, "usage: safedial exporter -listen ADDR", ""},
+		{[]string{"exporter"}, 2, "", "safedial exporter: -listen ADDR is required\n"},
+		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-udp"}, 2, "", "safedial exporter: flag provided but not defined: -udp\n"},
+	} {
+		var stdout, stderr strings.Builder
+		code := runMain(context.Background(), tc.args, &stdout, &stderr)
+		if code != tc.code || !strings.Contains(stdout.String(), tc.stdout) || !strings.HasPrefix(stderr.String(), tc.stderr) {
+			t.Errorf("safedial %q: exit %d, stdout %q, stderr %q; want exit %d, stdout with %q, stderr starting %q", tc.args, code, stdout.String(), stderr.String(), tc.code, tc.stdout, tc.stderr)
 		}
 	}
 }

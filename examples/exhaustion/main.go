@@ -14,7 +14,9 @@
 //	                of two full, every source full, ports coming free
 //	-mode udp       connected UDP sockets each dialer holds (ShareUDPPorts
 //	                shares ports between destinations), and the cost of a
-//	                shared dial at 0, 50 and 95% of the range in use
+//	                shared dial at 0, 50 and 95% of the range in use; with
+//	                -udp-sockets N,M,..., the cost of a dial with N unrelated
+//	                UDP sockets on the host
 //	-mode probe     the cost of a headroom probe (ProbeHeadroom) against
 //	                parsing /proc/net/tcp and running ss, at 1,000, 20,000
 //	                and 45,000 sockets
@@ -67,6 +69,8 @@ type config struct {
 	Duration   time.Duration `json:"duration,omitempty"`
 	Retry      time.Duration `json:"retry,omitempty"`
 	Rounds     int           `json:"rounds,omitempty"`
+
+	UDPSockets string `json:"udp_sockets,omitempty"` // udp mode: unrelated UDP socket counts for the cost table
 }
 
 // result is one row of capacity or churn output.
@@ -117,6 +121,7 @@ func main() {
 	flag.IntVar(&c.PoolPorts, "pool-ports", 4000, "range size for the pool mode")
 	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
 	flag.IntVar(&c.Sockets, "sockets", 0, "probe mode: measure at this many sockets only (default 1000, 20000 and 45000)")
+	flag.StringVar(&c.UDPSockets, "udp-sockets", "", "udp mode: only the cost of a dial with this many unrelated UDP sockets held, comma-separated (e.g. 0,1000,15000)")
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
 	var svg svgFlag
 	flag.Var(&svg, "svg", "latency mode: write a chart of latency vs fill to a new file in the temporary directory (-svg=FILE: to FILE)")
@@ -195,6 +200,9 @@ func run(c config, asJSON bool, svg string, w io.Writer) error {
 		}
 		printPool(w, c, f)
 	case "udp":
+		if c.UDPSockets != "" {
+			return udpTable(c, asJSON, w)
+		}
 		var rows []result
 		for _, v := range udpVariants(c) {
 			var r result
@@ -388,6 +396,10 @@ func runChild() error {
 		var err error
 		if name, ok := strings.CutPrefix(sc.Name, "cost:"); ok {
 			out, err = udpCost(c, name)
+		} else if n, ok := strings.CutPrefix(sc.Name, "table:"); ok {
+			out, err = udpTableCost(c, n)
+		} else if n, ok := strings.CutPrefix(sc.Name, "hold:"); ok {
+			return holdUDP(n)
 		} else {
 			for _, v := range udpVariants(c) {
 				if v.name == sc.Name {

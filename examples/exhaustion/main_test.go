@@ -4,6 +4,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -188,5 +189,32 @@ func TestPoolChurn(t *testing.T) {
 		if r.Connections == 0 || r.OtherErrors != 0 {
 			t.Errorf("%s: %d connections, %d other errors (%s); want connections and only exhaustion errors", r.Dialer, r.Connections, r.OtherErrors, r.FirstOther)
 		}
+	}
+}
+
+// TestUDPSocketsMode: -udp-sockets gives, per count of unrelated UDP
+// sockets held, a plain and a shared dial's cost and the 50 ms-deadline
+// rows, every dial of the cost rows succeeding.
+func TestUDPSocketsMode(t *testing.T) {
+	var out strings.Builder
+	if err := run(config{Mode: "udp", UDPSockets: "0,50", LatencyPort: 100, Samples: 5}, true, "", &out); err != nil {
+		unavailable(t, err)
+	}
+	var got []tableRow
+	if err := json.Unmarshal([]byte(out.String()), &got); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range got {
+		names = append(names, fmt.Sprint(r.Sockets, " ", r.Dialer))
+	}
+	want := []string{
+		"0 net.Dialer+LocalAddr", "0 safedial+LocalAddr+ShareUDPPorts",
+		"0 plain, 50 ms deadline, another source full", "0 shared, 50 ms deadline, another source full",
+		"50 net.Dialer+LocalAddr", "50 safedial+LocalAddr+ShareUDPPorts",
+		"50 plain, 50 ms deadline, another source full", "50 shared, 50 ms deadline, another source full",
+	}
+	if diff := cmp.Diff(want, names); diff != "" {
+		t.Errorf("rows (-want +got):\n%s", diff)
 	}
 }

@@ -82,8 +82,8 @@ func probeCost(c config) (probeRow, error) {
 		if err != nil {
 			return row, err
 		}
-		if h.TimeWait == prev && h.InUse == h.TimeWait {
-			row.Matching = h.InUse
+		if h.TimeWait == prev && h.InUse == 0 {
+			row.Matching = h.TimeWait
 			break
 		}
 		prev = h.TimeWait

@@ -1,0 +1,49 @@
+//go:build linux
+
+package safedial
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+)
+
+// HoldSharePair takes the lock of shared dials from src toward peer, as a
+// dial of this process does while it claims a port; the returned func lets
+// it go.
+func HoldSharePair(src netip.Addr, peer netip.AddrPort) (release func()) {
+	l := pairLocks.acquire(sharePair{src: src, peer: peer})
+	if err := l.lock(context.Background()); err != nil {
+		panic(err)
+	}
+	return func() {
+		l.unlock()
+		pairLocks.release(l)
+	}
+}
+
+// SharePairs is how many pair locks the package holds (none when no
+// shared dial is under way).
+func SharePairs() int {
+	pairLocks.mu.Lock()
+	defer pairLocks.mu.Unlock()
+	return len(pairLocks.m)
+}
+
+// BeforeSharedConnect makes f run while each claimed socket is bound but not
+// yet connected; the returned func removes it.
+func BeforeSharedConnect(f func(fd int, port uint16)) (restore func()) {
+	shareBeforeConnect = f
+	return func() { shareBeforeConnect = nil }
+}
+
+// UnreadablePortRange makes shared dials find net.ipv4.ip_local_port_range
+// unreadable; the returned func restores the real one.
+func UnreadablePortRange() (restore func()) {
+	readPortRange = func() (PortRange, error) { return PortRange{}, errors.New("permission denied (test)") }
+	shareRanges.Store(nil)
+	return func() {
+		readPortRange = localPortRange
+		shareRanges.Store(nil)
+	}
+}

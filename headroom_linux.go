@@ -1,0 +1,431 @@
+package safedial
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// What the headroom probes ask sock_diag and read from its answers:
+// diag_linux.go has the requests, the bytecode and the dump loop,
+// headroom_count.go the counting.
+
+// diagSock is what a probe reads of one inet_diag_msg and its attributes.
+type diagSock struct {
+	family   byte
+	state    byte
+	src, dst netip.Addr // IPv4-mapped addresses unmapped
+	sport    uint16
+	dport    uint16
+	expires  time.Duration // left on the socket's timer
+	sockopt  bool          // INET_DIAG_SOCKOPT came (full sockets, Linux 5.10+)
+	noPort   bool          // its IP_BIND_ADDRESS_NO_PORT
+	v6only   bool          // INET_DIAG_SKV6ONLY came and is set
+}
+
+// bigEndian tells how the compiler lays out C bit-fields: from the low bit
+// of a byte on little-endian machines, from the high bit on big-endian ones.
+var bigEndian = binary.NativeEndian.Uint16([]byte{0, 1}) == 1
+
+func parseSock(msg []byte) diagSock {
+	id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie
+	m := diagSock{family: msg[0], state: msg[1], sport: binary.BigEndian.Uint16(id[0:2]), dport: binary.BigEndian.Uint16(id[2:4])}
+	if m.family == unix.AF_INET {
+		m.src, m.dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
+	} else {
+		m.src, m.dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	}
+	m.expires = time.Duration(binary.NativeEndian.Uint32(msg[52:56])) * time.Millisecond
+	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
+		l := int(binary.NativeEndian.Uint16(a[0:]))
+		if l < unix.SizeofRtAttr || l > len(a) {
+			break
+		}
+		v := a[unix.SizeofRtAttr:l]
+		switch binary.NativeEndian.Uint16(a[2:]) {
+		case inetDiagSockopt:
+			if len(v) >= 2 {
+				// The second byte's first bit-field is bind_address_no_port.
+				bit := byte(1)
+				if bigEndian {
+					bit = 0x80
+				}
+				m.sockopt, m.noPort = true, v[1]&bit != 0
+			}
+		case inetDiagSKV6Only:
+			m.v6only = len(v) >= 1 && v[0] != 0
+		}
+		a = a[min((l+3)&^3, len(a)):]
+	}
+	return m
+}
+
+// hostOf reads the reserved ports and returns what holds ports of r for
+// every pair, with bound (nil for UDP).
+func hostOf(r PortRange, bound *portSet) (hostPorts, error) {
+	reserved, err := reservedPorts()
+	if err != nil {
+		return hostPorts{}, err
+	}
+	return newHostPorts(r, reserved, bound), nil
+}
+
+// newHostPorts counts the ports of r that reserved and bound hold.
+func newHostPorts(r PortRange, reserved, bound *portSet) hostPorts {
+	h := hostPorts{r: r, reserved: reserved, bound: bound}
+	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
+		switch {
+		case reserved.has(uint16(p)):
+			h.nReserved++
+		case bound.has(uint16(p)):
+			h.nBound++
+		}
+	}
+	return h
+}
+
+// diagTCP reads the ports of r used by the TCP pair src -> dst, and the
+// ports a bind() took. One walk of the kernel's tables (both families)
+// returns, filtered by the kernel, the pair's sockets in every state and
+// every full socket in the range (TIME_WAIT sockets of other pairs left out:
+// they say nothing of how their port was taken): listeners and bound
+// sockets, whose port bind() took, and connected sockets, whose port bind()
+// took when IP_BIND_ADDRESS_NO_PORT is off and their source is not the one
+// the routing picks for their destination. Sockets that remain in doubt
+// (option off, routed source) cost a second walk, for those bound to an
+// explicit port (INET_DIAG_BC_AUTO).
+func diagTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) (pairPorts, hostPorts, error) {
+	tw := readTWReuse()
+	p := pairPorts{reusable: tw.reuses(src, dst.Addr())}
+	isPair := func(m diagSock) bool {
+		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose
+	}
+	b := bindings{bound: new(portSet)}
+	states, idle := idleStates(r, b.bound)
+	err := fullOrPair(ctx, r, src, dst, states, func(m diagSock) {
+		if isPair(m) {
+			p.add(m, tw)
+		} else {
+			b.see(m)
+			idle.see(m)
+		}
+	})
+	if err == nil {
+		idle.store(r)
+		err = b.explicit(ctx, r)
+	}
+	if err != nil {
+		return p, hostPorts{}, err
+	}
+	host, err := hostOf(r, b.bound)
+	return p, host, err
+}
+
+// noCgroupCond is set once the kernel refused INET_DIAG_BC_CGROUP_COND
+// (before Linux 5.9, or without CONFIG_SOCK_CGROUP_DATA).
+var noCgroupCond atomic.Bool
+
+// fullOrPair dumps, in one walk, the TCP sockets with a local port in r that
+// are full sockets (not TIME_WAIT or SYN_RECV mini sockets, whose cgroup is
+// 0) or of the pair src -> dst. Where the kernel lacks the cgroup condition,
+// it dumps every socket in r.
+func fullOrPair(ctx context.Context, r PortRange, src netip.Addr, dst netip.AddrPort, states uint32, each func(diagSock)) error {
+	var b bytecode
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	if !noCgroupCond.Load() {
+		b.cgroup(0)  // a mini socket: the pair's only
+		b.orAccept() // a full socket: any
+		b.cond(bcSCond, src, -1)
+		b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+	}
+	err := dump(ctx, [][]byte{tcpRequest(states, b.bytes())}, func(msg []byte) { each(parseSock(msg)) })
+	if errors.Is(err, unix.EINVAL) && !noCgroupCond.Load() {
+		noCgroupCond.Store(true)
+		return fullOrPair(ctx, r, src, dst, states, each)
+	}
+	return err
+}
+
+// Bound-inactive TCP sockets (bound, neither listening nor connected) are
+// in no table but the bind hash, which the kernel walks for them (Linux
+// 6.8+) at a cost like that of the socket walk itself: with 20,000 sockets,
+// the probe would take half as long again. They are few, and change as
+// seldom as the sysctls, so their ports are read at most once a second, per
+// range; a probe within the second reuses them.
+var idleCache struct {
+	mu  sync.Mutex
+	at  time.Time
+	r   PortRange
+	set *portSet
+}
+
+// idlePorts collects the ports of bound-inactive sockets during a dump that
+// asked for them (fresh is nil when it did not).
+type idlePorts struct{ fresh *portSet }
+
+// idleStates returns the states a TCP dump of r asks for: all, and the
+// bound-inactive sockets when the cached ports of r are over a second old;
+// else it adds the cached ports to bound.
+func idleStates(r PortRange, bound *portSet) (uint32, idlePorts) {
+	idleCache.mu.Lock()
+	defer idleCache.mu.Unlock()
+	if idleCache.set == nil || idleCache.r != r || time.Since(idleCache.at) >= time.Second {
+		return allStates | boundInactive, idlePorts{fresh: new(portSet)}
+	}
+	for i, w := range idleCache.set {
+		bound[i] |= w
+	}
+	return allStates, idlePorts{}
+}
+
+func (ip idlePorts) see(m diagSock) {
+	if ip.fresh != nil && m.state == tcpClose {
+		ip.fresh.add(m.sport)
+	}
+}
+
+// store caches the ports seen, when the dump asked for them.
+func (ip idlePorts) store(r PortRange) {
+	if ip.fresh == nil {
+		return
+	}
+	idleCache.mu.Lock()
+	defer idleCache.mu.Unlock()
+	idleCache.at, idleCache.r, idleCache.set = time.Now(), r, ip.fresh
+}
+
+// bindings learns which ports of a range a bind() took, from the sockets a
+// probe sees.
+type bindings struct {
+	bound  *portSet
+	doubt  bool                      // a socket left in doubt: ask for the explicit ports
+	routed map[netip.Addr]netip.Addr // destination -> source the routing picks
+}
+
+// see classifies m, a socket not of the pair in question.
+func (b *bindings) see(m diagSock) {
+	switch {
+	case m.state == tcpListen, m.state == tcpClose:
+		b.bound.add(m.sport) // listen() and bind() take the port at once
+		return
+	case !m.sockopt, m.noPort:
+		return // a mini socket, or a port chosen at connect()
+	}
+	if b.routed == nil {
+		b.routed = map[netip.Addr]netip.Addr{}
+	}
+	src, ok := b.routed[m.dst]
+	if !ok {
+		src, _ = routeSource(m.dst) // no route now: in doubt
+		b.routed[m.dst] = src
+	}
+	if src.IsValid() && src != m.src {
+		b.bound.add(m.sport) // bound to a source connect() would not pick
+	} else if !b.bound.has(m.sport) {
+		b.doubt = true
+	}
+}
+
+// explicit adds, when sockets were left in doubt, the ports of r of the
+// sockets bound to an explicit port (one more walk).
+func (b *bindings) explicit(ctx context.Context, r PortRange) error {
+	if !b.doubt {
+		return nil
+	}
+	var bc bytecode
+	bc.port(bcSGE, r.Lo)
+	bc.port(bcSLE, r.Hi)
+	bc.auto()
+	bc.orAccept()
+	bc.reject()
+	return dump(ctx, [][]byte{tcpRequest(allStates&^(1<<tcpTimeWait), bc.bytes())}, func(msg []byte) {
+		b.bound.add(binary.BigEndian.Uint16(msg[4:6]))
+	})
+}
+
+// add counts m, a socket of the pair.
+func (p *pairPorts) add(m diagSock, tw twReuse) {
+	switch {
+	case m.state != tcpTimeWait:
+		p.live = append(p.live, m.sport)
+	case twLen-m.expires > tw.delay:
+		p.old = append(p.old, m.sport)
+	default:
+		p.tw = append(p.tw, m.sport)
+	}
+}
+
+// diagUDP reads the ports of r held for src by UDP sockets: those on src, on
+// its family's wildcard address, and for IPv4 on [::] unless IPv6-only.
+func diagUDP(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
+	var b bytecode
+	conds := []netip.Addr{src, unspecified(src)}
+	if src.Is4() {
+		conds = append(conds, netip.IPv6Unspecified())
+	}
+	b.anyOf(conds)
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	var p pairPorts
+	err := dump(ctx, requests(true, src.Is4(), src.Is6(), allStates, b.bytes()), func(msg []byte) {
+		if m := parseSock(msg); m.src == src || m.src.IsUnspecified() && holdsFor(m, src) {
+			p.live = append(p.live, m.sport)
+		}
+	})
+	if err != nil {
+		return p, hostPorts{}, err
+	}
+	host, err := hostOf(r, nil)
+	return p, host, err
+}
+
+// holdsFor reports whether m, a UDP socket on a wildcard address, holds its
+// port for sources of src's family: 0.0.0.0 (or ::ffff:0.0.0.0) for IPv4,
+// [::] for IPv6 and, unless IPv6-only, for IPv4 too.
+func holdsFor(m diagSock, src netip.Addr) bool {
+	if m.src.Is4() {
+		return src.Is4()
+	}
+	return src.Is6() || !m.v6only
+}
+
+// diagPairs reads every pair with sockets on ports of r (UDP: every source),
+// of IPv4 (v4), IPv6 (v6) or both, and what holds ports for all. TCP takes
+// one dump of every socket in the range, and a second of the explicitly
+// bound ones when a socket is left in doubt (see bindings.see).
+func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
+	if udp {
+		return udpPairs(ctx, v4, v6, r)
+	}
+	var all bytecode
+	all.port(bcSGE, r.Lo)
+	all.port(bcSLE, r.Hi)
+	tw := readTWReuse()
+	pairs := map[pairKey]*pairPorts{}
+	b := bindings{bound: new(portSet)}
+	states, idle := idleStates(r, b.bound)
+	err := dump(ctx, [][]byte{tcpRequest(states, all.bytes())}, func(msg []byte) {
+		m := parseSock(msg)
+		b.see(m)
+		idle.see(m)
+		if m.state == tcpListen || m.state == tcpClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
+			return
+		}
+		k := pairKey{src: m.src, dst: netip.AddrPortFrom(m.dst, m.dport)}
+		p := pairs[k]
+		if p == nil {
+			p = &pairPorts{reusable: tw.reuses(m.src, m.dst)}
+			pairs[k] = p
+		}
+		p.add(m, tw)
+	})
+	if err == nil {
+		idle.store(r)
+		err = b.explicit(ctx, r)
+	}
+	if err != nil {
+		return nil, hostPorts{}, err
+	}
+	host, err := hostOf(r, b.bound)
+	return pairs, host, err
+}
+
+// udpPairs reads every UDP source with sockets on ports of r, wildcard
+// sockets counted against each source of the family they cover.
+func udpPairs(ctx context.Context, v4, v6 bool, r PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
+	var b bytecode
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	own := map[netip.Addr][]uint16{}
+	var wild4, wild6 []uint16
+	err := dump(ctx, requests(true, v4, true, allStates, b.bytes()), func(msg []byte) {
+		m := parseSock(msg)
+		switch {
+		case !m.src.IsUnspecified():
+			own[m.src] = append(own[m.src], m.sport)
+		case m.src.Is4():
+			wild4 = append(wild4, m.sport)
+		default:
+			wild6 = append(wild6, m.sport)
+			if !m.v6only {
+				wild4 = append(wild4, m.sport)
+			}
+		}
+	})
+	if err != nil {
+		return nil, hostPorts{}, err
+	}
+	pairs := map[pairKey]*pairPorts{}
+	has4, has6 := false, false
+	for src, ports := range own {
+		if src.Is4() && !v4 || src.Is6() && !v6 {
+			continue
+		}
+		wild := wild6
+		if src.Is4() {
+			wild, has4 = wild4, true
+		} else {
+			has6 = true
+		}
+		pairs[pairKey{src: src}] = &pairPorts{live: append(ports, wild...)}
+	}
+	// Wildcard sockets alone: shown as the wildcard address, the ports an
+	// unbound socket of that family could not take.
+	if v4 && !has4 && len(wild4) > 0 {
+		pairs[pairKey{src: netip.IPv4Unspecified()}] = &pairPorts{live: wild4}
+	}
+	if v6 && !has6 && len(wild6) > 0 {
+		pairs[pairKey{src: netip.IPv6Unspecified()}] = &pairPorts{live: wild6}
+	}
+	host, err := hostOf(r, nil)
+	return pairs, host, err
+}
+
+// localAddr reports whether a is an address of this host (its network
+// namespace), as the routing says: a local route. Where the routing cannot
+// be asked, it says yes and leaves the kernel to tell.
+func localAddr(a netip.Addr) bool {
+	_, typ, err := routeGet(a)
+	return err != nil || typ == unix.RTN_LOCAL
+}
+
+// diagUDPAny reads the ports of r that a UDP socket bound to no address
+// cannot take (its port is chosen as for the wildcard address): for an IPv4
+// socket, those of every IPv4 socket and of the IPv6 sockets that are not
+// IPv6-only (a bind to an IPv6 address makes a socket IPv6-only; a connected
+// IPv6 socket does not say, and counts); for an IPv6-only socket, those of
+// the IPv6 sockets on IPv6 addresses; for a dual-stack IPv6 socket, every
+// one.
+func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, hostPorts, error) {
+	var b bytecode
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	var p pairPorts
+	err := dump(ctx, requests(true, true, true, allStates, b.bytes()), func(msg []byte) {
+		m := parseSock(msg)
+		var takes bool
+		switch {
+		case v4:
+			takes = m.family == unix.AF_INET || !m.v6only
+		case v6only:
+			takes = m.family == unix.AF_INET6 && m.src.Is6() // IPv4-mapped addresses are unmapped
+		default:
+			takes = true
+		}
+		if takes {
+			p.live = append(p.live, m.sport)
+		}
+	})
+	if err != nil {
+		return p, hostPorts{}, err
+	}
+	host, err := hostOf(r, nil)
+	return p, host, err
+}

@@ -1,0 +1,57 @@
+package safedial
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// sharedFull is the exhaustion of a shared UDP dial: connect's EAGAIN, as
+// the kernel reports a UDP range with no port left, and what held the ports
+// of the range when the dial gave up.
+type sharedFull struct {
+	err  *os.SyscallError
+	held Headroom
+}
+
+func (e *sharedFull) Error() string { return e.err.Error() }
+func (e *sharedFull) Unwrap() error { return e.err }
+
+// heldBy returns what held the ports of a shared dial's exhaustion, or nil.
+func heldBy(err error) *Headroom {
+	var f *sharedFull
+	if errors.As(err, &f) {
+		h := f.held
+		return &h
+	}
+	return nil
+}
+
+// notPool clears ExhaustedError.Tried in the error of a dial outside a
+// pool, where it has no meaning.
+func notPool(out outcome) outcome {
+	var ee *ExhaustedError
+	if errors.As(out.err, &ee) {
+		ee.Tried = nil
+	}
+	return out
+}
+
+// heldText says what holds the ports of a shared exhaustion.
+func heldText(h *Headroom) string {
+	var parts []string
+	if h.InUse > 0 {
+		parts = append(parts, fmt.Sprintf("%d in use toward this destination", h.InUse))
+	}
+	if h.Bound > 0 {
+		parts = append(parts, fmt.Sprintf("%d held for every destination by UDP sockets a shared port cannot join (plain or another user's sockets, wildcard binds)", h.Bound))
+	}
+	if h.Reserved > 0 {
+		parts = append(parts, fmt.Sprintf("%d never handed out (net.ipv4.ip_local_reserved_ports, or outside the namespace range)", h.Reserved))
+	}
+	if h.Free > 0 {
+		parts = append(parts, fmt.Sprintf("%d taken by concurrent dials while this one searched", h.Free))
+	}
+	return strings.Join(parts, ", ")
+}

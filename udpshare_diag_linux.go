@@ -1,0 +1,218 @@
+package safedial
+
+import (
+	"context"
+	"encoding/binary"
+	"net/netip"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// sock_diag and socket calls of shared UDP dials.
+
+// sockopt bit positions in struct inet_diag_sockopt, a pair of bit-field
+// bytes: the first field is the lowest bit on little-endian machines, the
+// highest on big-endian ones.
+var recverrBit, rfc4884Bit = func() (uint16, uint16) {
+	var probe [2]byte
+	binary.NativeEndian.PutUint16(probe[:], 1)
+	if probe[0] == 1 { // little-endian
+		return 1 << 0, 1 << (8 + 1)
+	}
+	return 1 << 7, 1 << (8 + 6)
+}()
+
+// diagSocket is what a dump says about one UDP socket.
+type diagSocket struct {
+	family    byte
+	connected bool
+	local     netip.AddrPort // unmapped
+	remote    netip.AddrPort // unmapped
+	uid       uint32
+	cookie    uint64
+	marked    bool // a ShareUDPPorts socket
+	hasOpts   bool // the kernel sent INET_DIAG_SOCKOPT
+}
+
+func parseDiag(msg []byte) diagSocket {
+	id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie
+	s := diagSocket{family: msg[0], connected: msg[1] == tcpEstablished}
+	var src, dst netip.Addr
+	if s.family == unix.AF_INET {
+		src, dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
+	} else {
+		src, dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	}
+	s.local = netip.AddrPortFrom(src, binary.BigEndian.Uint16(id[0:2]))
+	s.remote = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4]))
+	s.cookie = binary.NativeEndian.Uint64(id[40:48])
+	s.uid = binary.NativeEndian.Uint32(msg[64:68])
+	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
+		l := int(binary.NativeEndian.Uint16(a[0:]))
+		if l < unix.SizeofRtAttr || l > len(a) {
+			break
+		}
+		if binary.NativeEndian.Uint16(a[2:]) == inetDiagSockopt && l >= unix.SizeofRtAttr+2 {
+			bits := uint16(a[unix.SizeofRtAttr]) | uint16(a[unix.SizeofRtAttr+1])<<8
+			s.hasOpts = true
+			s.marked = bits&rfc4884Bit != 0 && bits&recverrBit == 0
+		}
+		a = a[min((l+3)&^3, len(a)):]
+	}
+	return s
+}
+
+// peerOf returns the address fd is connected to, unmapped and without zone.
+func peerOf(fd int) netip.AddrPort {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// drain discards the datagrams queued on fd: they arrived while it was bound
+// but not yet connected, possibly from anyone.
+func drain(fd int) {
+	var buf [1]byte
+	for range 1 << 16 {
+		_, _, err := unix.Recvfrom(fd, buf[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+		switch err {
+		case nil, unix.EINTR, unix.ECONNREFUSED:
+			continue // a datagram, or a pending ICMP error, gone
+		}
+		return // EAGAIN: nothing left
+	}
+}
+
+// othersConnected reports whether a UDP socket other than the one with
+// cookie is connected from src:port to peer: one dump of src's family,
+// filtered by the kernel to that 4-tuple (a dump walks the kernel's whole
+// UDP table). For an IPv4 source, IPv6 sockets can hold the 4-tuple too
+// (IPv4-mapped or the dual-stack wildcard); they are dumped only when a
+// lookup (no walk) finds an IPv6 socket that would receive from the peer
+// on that port, which any of them would.
+func othersConnected(ctx context.Context, nl int, src netip.Addr, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
+	var b bytecode
+	b.cond(bcSCond, src, int32(port))
+	b.cond(bcDCond, peer.Addr(), int32(peer.Port()))
+	// Connected sockets only, and the ports in the request itself: the
+	// kernel's UDP dump compares those before running the bytecode.
+	reqs := requests(true, src.Is4(), src.Is6(), 1<<tcpEstablished, b.bytes())
+	if src.Is4() {
+		_, v6, err := udpOwner(ctx, nl, unix.AF_INET6, netip.AddrPortFrom(src, port), peer, 0)
+		if err != nil {
+			return false, err
+		}
+		if !v6 {
+			reqs = reqs[1:] // AF_INET only
+		}
+	}
+	for _, req := range reqs {
+		id := req[unix.SizeofNlMsghdr+8:]
+		binary.BigEndian.PutUint16(id[0:], port)
+		binary.BigEndian.PutUint16(id[2:], peer.Port())
+	}
+	others := false
+	err := dumpOn(ctx, nl, reqs, func(msg []byte) {
+		if binary.NativeEndian.Uint64(msg[4+40:]) != cookie {
+			others = true
+		}
+	})
+	return others, err
+}
+
+// dumpOn is dump on the dial's own NETLINK_SOCK_DIAG socket nl (with its
+// read deadline set), which saves making one per dump.
+func dumpOn(ctx context.Context, nl int, reqs [][]byte, each func(msg []byte)) error {
+	bp := diagBufs.Get().(*[]byte)
+	defer diagBufs.Put(bp)
+	for _, req := range reqs {
+		if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return os.NewSyscallError("sendto", err)
+		}
+		if err := answers(ctx, nl, *bp, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func reusePort(fd, v int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, v); err != nil {
+		return &unsupportedError{what: "ShareUDPPorts needs SO_REUSEPORT", err: os.NewSyscallError("setsockopt", err)}
+	}
+	return nil
+}
+
+// udpOwner asks sock_diag which UDP socket of family would receive a
+// datagram from peer on local (bound to interface ifindex, for a link-local
+// address with a zone), and returns its cookie. An IPv4 address asked of
+// AF_INET6 is IPv4-mapped.
+func udpOwner(ctx context.Context, nl int, family byte, local, peer netip.AddrPort, ifindex uint32) (cookie uint64, found bool, err error) {
+	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil) // no bytecode: one lookup
+	req[0], req[1] = family, unix.IPPROTO_UDP
+	binary.NativeEndian.PutUint32(req[4:], allStates)
+	id := req[8:]
+	// The kernel's UDP lookup takes the datagram's source (the peer) as
+	// "src" and its destination (us) as "dst", "for historical reasons".
+	binary.BigEndian.PutUint16(id[0:], peer.Port())
+	binary.BigEndian.PutUint16(id[2:], local.Port())
+	copy(id[4:20], addrBytes(peer.Addr(), family))
+	copy(id[20:36], addrBytes(local.Addr(), family))
+	binary.NativeEndian.PutUint32(id[36:], ifindex)    // idiag_if: the kernel matches a socket bound to a device only with it
+	binary.NativeEndian.PutUint64(id[40:], ^uint64(0)) // INET_DIAG_NOCOOKIE
+	if err := unix.Sendto(nl, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, false, os.NewSyscallError("sendto", err)
+	}
+	var buf [512]byte
+	n, err := unix.Read(nl, buf[:])
+	for err == unix.EINTR {
+		n, err = unix.Read(nl, buf[:])
+	}
+	if err == unix.EAGAIN {
+		if err := ctx.Err(); err != nil {
+			return 0, false, err
+		}
+		return 0, false, context.DeadlineExceeded
+	}
+	if err != nil {
+		return 0, false, os.NewSyscallError("read", err)
+	}
+	b := buf[:n]
+	if len(b) < unix.SizeofNlMsghdr {
+		return 0, false, os.NewSyscallError("read", unix.EBADMSG)
+	}
+	switch binary.NativeEndian.Uint16(b[4:]) {
+	case unix.NLMSG_ERROR:
+		errno := unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:])))
+		if errno == unix.ENOENT {
+			return 0, false, nil
+		}
+		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: os.NewSyscallError("sock_diag", errno)}
+	case unix.SOCK_DIAG_BY_FAMILY:
+		if len(b) < unix.SizeofNlMsghdr+sizeofDiagMsg {
+			return 0, false, os.NewSyscallError("read", unix.EBADMSG)
+		}
+		msg := b[unix.SizeofNlMsghdr:]
+		return binary.NativeEndian.Uint64(msg[4+40:]), true, nil
+	}
+	return 0, false, os.NewSyscallError("read", unix.EBADMSG)
+}
+
+// addrBytes is a's address as a socket of family sees it: 16 bytes
+// (IPv4-mapped for an IPv4 address) for AF_INET6.
+func addrBytes(a netip.Addr, family byte) []byte {
+	if family == unix.AF_INET6 {
+		b := a.As16()
+		return b[:]
+	}
+	return a.AsSlice()
+}
