@@ -1,6 +1,7 @@
 // Command safedial shows how close a host is to ephemeral-port exhaustion.
 //
 //	safedial headroom [-src ADDR] [-dst HOST:PORT] [-udp] [-json] [-watch 2s]
+//	safedial exporter -listen ADDR [-top N] [-src ADDR] [-dst HOST:PORT] [-min-interval 1s]
 //	safedial help [subcommand]
 //
 // With no flag, headroom lists every (source, destination) pair of this
@@ -18,6 +19,11 @@
 // -dst, a row is a socket bound to -src, or else an unbound one, toward each
 // address); -json prints the same as JSON, one object per sample; -watch
 // refreshes it at a fixed period, printing the time of each sample.
+//
+// exporter (or headroom -listen ADDR) serves the same numbers to Prometheus
+// on /metrics, probing when scraped, at most once per -min-interval: the
+// -top pairs of each protocol closest to exhaustion (default 100) and every
+// pair -src and -dst name (see github.com/safedial/safedial/prometheus).
 //
 // safedial, -h, --help and help print this description of the subcommands
 // to standard output and exit 0, except a bare safedial, which prints it to
@@ -88,6 +94,9 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		help(stdout)
 		return 0
+	}
+	if isExporter(args) { // headroom -listen ADDR is the exporter (exporter.go)
+		args = append([]string{"exporter"}, args[1:]...)
 	}
 	c := lookup(args[0])
 	if c == nil {

@@ -1,0 +1,170 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/safedial/safedial/internal/netns"
+	"github.com/safedial/safedial/internal/netnstest"
+)
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// TestExporter runs the exporter in a namespace with a 100-port range and
+// checks what /metrics and / serve, with -top 0 (the named pairs only),
+// -src and -dst, and that promtool check metrics finds nothing to say.
+func TestExporter(t *testing.T) {
+	netnstest.Run(t, netns.Config{PortLo: 40000, PortHi: 40099}, func(t *testing.T) {
+		sockets(t, "127.0.0.1", "127.0.0.2:5432", 12, 3)
+		sockets(t, "127.0.0.1", "127.0.0.3:6379", 30, 0) // not named: cut by -top 0
+
+		ctx, cancel := context.WithCancel(context.Background())
+		ready, done := make(chan string, 1), make(chan error, 1)
+		var logs strings.Builder
+		go func() {
+			done <- exporter(ctx, []string{"-listen", "127.0.0.1:9477", "-top", "0", "-src", "127.0.0.1,127.0.0.9", "-dst", "127.0.0.2:5432"}, io.Discard, &logs, ready)
+		}()
+		var addr string
+		select {
+		case addr = <-ready:
+		case err := <-done:
+			t.Fatalf("exporter: %v\n%s", err, logs.String())
+		}
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("exporter: %v", err)
+			}
+		}()
+
+		code, body := httpGet(t, "http://"+addr+"/")
+		if code != http.StatusOK || !strings.Contains(body, "/metrics") {
+			t.Errorf("GET /: %d %q", code, body)
+		}
+		if code, _ := httpGet(t, "http://"+addr+"/nope"); code != http.StatusNotFound {
+			t.Errorf("GET /nope: %d, want 404", code)
+		}
+		code, body = httpGet(t, "http://"+addr+"/metrics")
+		if code != http.StatusOK {
+			t.Fatalf("GET /metrics: %d\n%s", code, body)
+		}
+		for _, want := range []string{
+			`safedial_headroom_ports{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1",state="time_wait"} 3`,
+			`safedial_headroom_ports{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1",state="free"} 85`,
+			// Named by -src and -dst, without a socket: exported all the same.
+			`safedial_headroom_ports{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.9",state="free"} 100`,
+			`safedial_headroom_pairs{protocol="tcp"} 4`, // 5432, 6379, the named empty pair, and this GET
+			`safedial_headroom_pairs_exported{protocol="tcp"} 2`,
+			`safedial_local_port_range_ports 100`,
+			`safedial_tcp_tw_reuse 0`,
+			`safedial_headroom_probe_errors_total{protocol="tcp"} 0`,
+			`process_resident_memory_bytes `,
+		} {
+			if !strings.Contains(body, want+"\n") && !strings.Contains(body, want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
+		}
+		if promtool, err := exec.LookPath("promtool"); err == nil {
+			// The command's whole exposition, Go and process metrics too.
+			cmd := exec.Command(promtool, "check", "metrics")
+			cmd.Stdin = strings.NewReader(body)
+			if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+				t.Errorf("promtool check metrics: %v\n%s", err, out)
+			}
+		} else if os.Getenv("CI") == "true" {
+			t.Errorf("promtool is needed (CI=true): %v", err)
+		} else {
+			t.Logf("promtool check metrics skipped: %v", err)
+		}
+		if strings.Contains(body, "6379") {
+			t.Errorf("/metrics has the pair toward 6379, which -top 0 cuts")
+		}
+		if t.Failed() {
+			t.Logf("/metrics:\n%s", body)
+		}
+	})
+}
+
+func TestIsExporter(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"exporter"}, true},
+		{[]string{"exporter", "-listen", ":9477"}, true},
+		{[]string{"headroom", "-listen", "127.0.0.1:9477"}, true},
+		{[]string{"headroom", "--listen=127.0.0.1:9477", "-top", "5"}, true},
+		{[]string{"headroom", "-src", "127.0.0.1"}, false},
+		{[]string{"headroom", "--", "-listen"}, false},
+		{[]string{"headroom"}, false},
+		{nil, false},
+		{[]string{"-listen"}, false},
+	} {
+		if got := isExporter(tc.args); got != tc.want {
+			t.Errorf("isExporter(%q) = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}
+
+func TestExporterUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"-listen", "127.0.0.1:9477", "extra"},
+		{"-listen", "127.0.0.1:9477", "-top", "-1"},
+		{"-listen", "127.0.0.1:9477", "-src", "nope"},
+		{"-listen", "127.0.0.1:9477", "-dst", "nohostport"},
+		{"-listen", "127.0.0.1:9477", "-dst", ":8080"},
+		{"-listen", "127.0.0.1:9477", "-min-interval", "-1s"},
+		{"-listen", "127.0.0.1:9477", "-udp"}, // a headroom flag, not an exporter one
+	} {
+		err := exporter(context.Background(), args, io.Discard, io.Discard, nil)
+		var u *usageError
+		if !errors.As(err, &u) {
+			t.Errorf("%q: %v, want a usage error", args, err)
+		}
+	}
+}
+
+// TestExporterCommandLine: the exporter is a subcommand of safedial's, with
+// the conventions of the others, and headroom -listen is the exporter.
+func TestExporterCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stdout string // a part of it
+		stderr string
+	}{
+		{[]string{"help"}, 0, "exporter ", ""},
+		{[]string{"help", "exporter"}, 0, "usage: safedial exporter -listen ADDR", ""},
+		{[]string{"exporter", "-h"}, 0, "usage: safedial exporter -listen ADDR", ""},
+		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-h"}, 0, "usage: safedial exporter -listen ADDR", ""},
+		{[]string{"exporter"}, 2, "", "safedial exporter: -listen ADDR is required\n"},
+		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-udp"}, 2, "", "safedial exporter: flag provided but not defined: -udp\n"},
+	} {
+		var stdout, stderr strings.Builder
+		code := runMain(context.Background(), tc.args, &stdout, &stderr)
+		if code != tc.code || !strings.Contains(stdout.String(), tc.stdout) || !strings.HasPrefix(stderr.String(), tc.stderr) {
+			t.Errorf("safedial %q: exit %d, stdout %q, stderr %q; want exit %d, stdout with %q, stderr starting %q", tc.args, code, stdout.String(), stderr.String(), tc.code, tc.stdout, tc.stderr)
+		}
+	}
+}

@@ -1,0 +1,320 @@
+package safedialprom_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/safedial/safedial"
+	safedialprom "github.com/safedial/safedial/prometheus"
+)
+
+var rng100 = safedial.PortRange{Lo: 40000, Hi: 40099}
+
+// pair is a Headroom in the documented semantics: the five counts sum to
+// the range's 100 ports.
+func pair(src, dst string, inUse, tw, reserved, bound int) safedial.Headroom {
+	h := safedial.Headroom{Source: netip.MustParseAddr(src), Range: rng100, InUse: inUse, TimeWait: tw, Reserved: reserved, Bound: bound}
+	if dst != "*" {
+		h.Dest = netip.MustParseAddrPort(dst)
+	}
+	h.Free = 100 - inUse - tw - reserved - bound
+	return h
+}
+
+// fake answers probes from fixed tables and counts them.
+type fake struct {
+	tcp, udp   []safedial.Headroom
+	udpErr     error
+	calls, one atomic.Int64
+}
+
+func (f *fake) all(_ context.Context, network string) ([]safedial.Headroom, error) {
+	f.calls.Add(1)
+	if network == "udp" {
+		if f.udpErr != nil {
+			return nil, f.udpErr
+		}
+		return append([]safedial.Headroom(nil), f.udp...), nil
+	}
+	return append([]safedial.Headroom(nil), f.tcp...), nil
+}
+
+func (f *fake) probe(_ context.Context, network string, src netip.Addr, dst netip.AddrPort) (safedial.Headroom, error) {
+	f.one.Add(1)
+	if src == netip.MustParseAddr("192.0.2.99") {
+		return safedial.Headroom{}, errors.New("bad pair")
+	}
+	h := pair(src.String(), dst.String(), 0, 0, 0, 0)
+	return h, nil
+}
+
+func collector(f *fake, opts safedialprom.HeadroomOpts) *safedialprom.HeadroomCollector {
+	c := safedialprom.NewHeadroomCollector(opts)
+	safedialprom.SetProbes(c, f.all, f.probe)
+	return c
+}
+
+// exposition is the text exposition of the named metrics of c.
+func exposition(t *testing.T, c prometheus.Collector, names ...string) string {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if len(names) > 0 && !contains(names, mf.GetName()) {
+				continue
+			}
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			fmt.Fprintf(&b, "%s{%s} %g\n", mf.GetName(), strings.Join(ls, ","), v)
+		}
+	}
+	return b.String()
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// TestHeadroomCollectorExposition checks the whole exposition of a small
+// host, help texts included, and that it passes the linter promtool uses.
+func TestHeadroomCollectorExposition(t *testing.T) {
+	f := &fake{
+		tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:5432", 60, 20, 0, 0), pair("::1", "[::1]:443", 3, 1, 10, 2)},
+		udp: []safedial.Headroom{pair("127.0.0.1", "*", 5, 0, 0, 0)},
+	}
+	c := collector(f, safedialprom.HeadroomOpts{})
+	got := exposition(t, c, "safedial_headroom_ports", "safedial_headroom_used_ratio", "safedial_headroom_pairs", "safedial_headroom_pairs_exported", "safedial_headroom_probe_errors_total")
+	want := `safedial_headroom_pairs{protocol="tcp"} 2
+safedial_headroom_pairs{protocol="udp"} 1
+safedial_headroom_pairs_exported{protocol="tcp"} 2
+safedial_headroom_pairs_exported{protocol="udp"} 1
+safedial_headroom_ports{destination="*",protocol="udp",source="127.0.0.1",state="bound"} 0
+safedial_headroom_ports{destination="*",protocol="udp",source="127.0.0.1",state="free"} 95
+safedial_headroom_ports{destination="*",protocol="udp",source="127.0.0.1",state="in_use"} 5
+safedial_headroom_ports{destination="*",protocol="udp",source="127.0.0.1",state="reserved"} 0
+safedial_headroom_ports{destination="*",protocol="udp",source="127.0.0.1",state="time_wait"} 0
+safedial_headroom_ports{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1",state="bound"} 0
+safedial_headroom_ports{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1",state="free"} 20
+safedial_headroom_ports{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1",state="in_use"} 60
+safedial_headroom_ports{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1",state="reserved"} 0
+safedial_headroom_ports{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1",state="time_wait"} 20
+safedial_headroom_ports{destination="[::1]:443",protocol="tcp",source="::1",state="bound"} 2
+safedial_headroom_ports{destination="[::1]:443",protocol="tcp",source="::1",state="free"} 84
+safedial_headroom_ports{destination="[::1]:443",protocol="tcp",source="::1",state="in_use"} 3
+safedial_headroom_ports{destination="[::1]:443",protocol="tcp",source="::1",state="reserved"} 10
+safedial_headroom_ports{destination="[::1]:443",protocol="tcp",source="::1",state="time_wait"} 1
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+safedial_headroom_used_ratio{destination="*",protocol="udp",source="127.0.0.1"} 0.05
+safedial_headroom_used_ratio{destination="127.0.0.2:5432",protocol="tcp",source="127.0.0.1"} 0.8
+safedial_headroom_used_ratio{destination="[::1]:443",protocol="tcp",source="::1"} 0.16
+`
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("exposition (-want +got):\n%s", diff)
+	}
+
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// TestHeadroomCollectorTop: with 250 TCP pairs, only the Top with the
+// highest used ratio are exported, plus the named ones, and
+// safedial_headroom_pairs_exported says how many.
+func TestHeadroomCollectorTop(t *testing.T) {
+	f := &fake{}
+	for i := range 250 {
+		// Used ratio (i%97)/100, in no particular order.
+		f.tcp = append(f.tcp, pair(fmt.Sprintf("10.0.%d.%d", i/200, i%200+1), "10.9.0.1:443", (i*31)%97, 0, 0, 0))
+	}
+	f.udp = []safedial.Headroom{pair("10.0.0.1", "*", 1, 0, 0, 0), pair("10.0.0.2", "*", 2, 0, 0, 0), pair("10.0.0.3", "*", 3, 0, 0, 0)}
+
+	for _, tc := range []struct {
+		name       string
+		opts       safedialprom.HeadroomOpts
+		tcp, udp   int  // exported
+		tcpSeen    int  // safedial_headroom_pairs
+		wantSource bool // TCP 10.0.0.1 -> 10.9.0.1:443 (used ratio 0) exported
+		wantMin    float64
+	}{
+		{"default top", safedialprom.HeadroomOpts{}, 100, 3, 250, false, 0},
+		{"top 5", safedialprom.HeadroomOpts{Top: 5}, 5, 3, 250, false, 0.92},
+		{"top 5 and a source", safedialprom.HeadroomOpts{Top: 5, Sources: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}, 6, 3, 250, true, 0},
+		{"named only", safedialprom.HeadroomOpts{Top: -1, Sources: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}, 1, 1, 250, true, 0},
+		{"a destination", safedialprom.HeadroomOpts{Top: -1, Dests: []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:443")}}, 250, 0, 250, true, 0},
+		{"a pair without sockets", safedialprom.HeadroomOpts{Top: -1, Sources: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("192.0.2.1")}, Dests: []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:443"), netip.MustParseAddrPort("[2001:db8::1]:443")}}, 2, 1, 251, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(collector(f, tc.opts))
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			exported := map[string]float64{}
+			pairs := map[string]float64{}
+			ratios := map[string][]float64{}
+			var sawSource bool
+			for _, mf := range mfs {
+				for _, m := range mf.GetMetric() {
+					l := labels(m.GetLabel())
+					switch mf.GetName() {
+					case "safedial_headroom_pairs_exported":
+						exported[l["protocol"]] = m.GetGauge().GetValue()
+					case "safedial_headroom_pairs":
+						pairs[l["protocol"]] = m.GetGauge().GetValue()
+					case "safedial_headroom_used_ratio":
+						ratios[l["protocol"]] = append(ratios[l["protocol"]], m.GetGauge().GetValue())
+						sawSource = sawSource || l["source"] == "10.0.0.1" && l["protocol"] == "tcp"
+					}
+				}
+			}
+			if exported["tcp"] != float64(tc.tcp) || exported["udp"] != float64(tc.udp) || pairs["tcp"] != float64(tc.tcpSeen) || pairs["udp"] != 3 {
+				t.Errorf("exported %v of %v pairs; want tcp %d, udp %d of tcp %d, udp 3", exported, pairs, tc.tcp, tc.udp, tc.tcpSeen)
+			}
+			if len(ratios["tcp"]) != tc.tcp || len(ratios["udp"]) != tc.udp {
+				t.Errorf("%d tcp and %d udp pairs in safedial_headroom_used_ratio; want %d and %d", len(ratios["tcp"]), len(ratios["udp"]), tc.tcp, tc.udp)
+			}
+			if sawSource != tc.wantSource {
+				t.Errorf("10.0.0.1 exported: %v, want %v", sawSource, tc.wantSource)
+			}
+			if tc.opts.Top > 0 && !tc.wantSource {
+				for _, r := range ratios["tcp"] {
+					if r < tc.wantMin {
+						t.Errorf("a pair with used ratio %v among the top %d (the top are all >= %v)", r, tc.opts.Top, tc.wantMin)
+					}
+				}
+			}
+		})
+	}
+}
+
+func labels(ls []*dto.LabelPair) map[string]string {
+	m := map[string]string{}
+	for _, l := range ls {
+		m[l.GetName()] = l.GetValue()
+	}
+	return m
+}
+
+// TestHeadroomCollectorMinInterval: scrapes within MinInterval of a probe,
+// and concurrent scrapes, share one probe.
+func TestHeadroomCollectorMinInterval(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}}
+	c := collector(f, safedialprom.HeadroomOpts{MinInterval: 10 * time.Second})
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	safedialprom.SetClock(c, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+
+	gather := func() {
+		if _, err := reg.Gather(); err != nil {
+			t.Error(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(gather)
+	}
+	wg.Wait()
+	if n := f.calls.Load(); n != 2 { // one probe: tcp and udp
+		t.Errorf("50 concurrent scrapes: %d probe calls, want 2 (one probe of tcp and udp)", n)
+	}
+	advance(9 * time.Second)
+	gather()
+	if n := f.calls.Load(); n != 2 {
+		t.Errorf("a scrape 9 s later: %d probe calls in all, want 2", n)
+	}
+	advance(time.Second)
+	gather()
+	if n := f.calls.Load(); n != 4 {
+		t.Errorf("a scrape 10 s later: %d probe calls in all, want 4", n)
+	}
+
+	// A negative MinInterval probes on every scrape.
+	f.calls.Store(0)
+	c = collector(f, safedialprom.HeadroomOpts{MinInterval: -1})
+	for range 3 {
+		testutil.CollectAndCount(c)
+	}
+	if n := f.calls.Load(); n != 6 {
+		t.Errorf("MinInterval -1, 3 scrapes: %d probe calls, want 6", n)
+	}
+}
+
+// TestHeadroomCollectorProbeError: a failing probe is counted, its pairs
+// are left out, and the other protocol and the scrape go on.
+func TestHeadroomCollectorProbeError(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}, udp: []safedial.Headroom{pair("127.0.0.1", "*", 1, 0, 0, 0)}, udpErr: errors.New("boom")}
+	var reported []string
+	c := collector(f, safedialprom.HeadroomOpts{MinInterval: -1, OnError: func(network string, err error) {
+		reported = append(reported, network+": "+err.Error())
+	}})
+	testutil.CollectAndCount(c)
+	got := exposition(t, c, "safedial_headroom_probe_errors_total", "safedial_headroom_pairs", "safedial_headroom_used_ratio")
+	want := `safedial_headroom_pairs{protocol="tcp"} 1
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 2
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.01
+`
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("after two scrapes with the UDP probe failing (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"udp: boom", "udp: boom"}, reported); diff != "" {
+		t.Errorf("OnError (-want +got):\n%s", diff)
+	}
+}
+
+// TestHeadroomCollectorNamedPairError: a named pair whose own probe fails
+// is left out and counted; the other pairs are exported.
+func TestHeadroomCollectorNamedPairError(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}}
+	c := collector(f, safedialprom.HeadroomOpts{
+		Sources: []netip.Addr{netip.MustParseAddr("192.0.2.99"), netip.MustParseAddr("192.0.2.1")},
+		Dests:   []netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:80")},
+	})
+	got := exposition(t, c, "safedial_headroom_probe_errors_total", "safedial_headroom_pairs", "safedial_headroom_pairs_exported", "safedial_headroom_used_ratio")
+	want := `safedial_headroom_pairs{protocol="tcp"} 3
+safedial_headroom_pairs{protocol="udp"} 0
+safedial_headroom_pairs_exported{protocol="tcp"} 2
+safedial_headroom_pairs_exported{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 1
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.01
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="192.0.2.1"} 0
+`
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("exposition (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,197 @@
+package safedialprom
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/safedial/safedial"
+)
+
+// Target is a destination whose headroom a [DialerCollector] exports, as
+// the arguments of [safedial.Dialer.Headroom].
+type Target struct {
+	Network string // tcp, tcp4, tcp6, udp, udp4 or udp6
+	Address string // host:port; a host name is resolved at each probe
+}
+
+// DialerOpts configures a [DialerCollector]. The zero value exports the
+// Dialer's statistics only.
+type DialerOpts struct {
+	// ConstLabels are added to every metric, to tell several Dialers of a
+	// program apart, for example {"dialer": "db"}. Collectors registered
+	// together must use the same label names.
+	ConstLabels prometheus.Labels
+	// Headroom names destinations whose headroom from the Dialer's sources
+	// is exported in safedial_headroom_ports and
+	// safedial_headroom_used_ratio, from [safedial.Dialer.Headroom] (the
+	// Dialer's PortRange when it has one, and its ShareUDPPorts
+	// counting). These are the HeadroomCollector's series, so that one
+	// alert covers both: a registry holds one or the other (Register
+	// refuses the second).
+	Headroom []Target
+	// MinInterval is the least time between two headroom probes, as in
+	// [HeadroomOpts]. Zero means DefaultMinInterval; negative, every
+	// scrape. The statistics are read at every scrape.
+	MinInterval time.Duration
+	// Timeout bounds the probes of one scrape. Zero means 10 seconds.
+	Timeout time.Duration
+	// OnError, when set, is called with each headroom probe error, for
+	// example to log it.
+	OnError func(t Target, err error)
+}
+
+// DialerCollector is a [prometheus.Collector] of a [safedial.Dialer]'s
+// statistics, read from [safedial.Dialer.Stats] at each scrape (the
+// counters are the Dialer's own, never counted a second time), and
+// optionally of its headroom toward named destinations. Its metrics are
+// listed in the package documentation. It is safe for concurrent use; make
+// one with [NewDialerCollector].
+//
+// The per-source counters are counted since the pool was made, as
+// [safedial.SourceStats] are: after [safedial.Dialer.SetSources] they start
+// again from zero, which Prometheus's rate() treats as a counter reset.
+type DialerCollector struct {
+	d    *safedial.Dialer
+	opts DialerOpts
+	now  func() time.Time // injected by tests
+
+	dials, succeeded, failed, exhausted, failovers, refused       *prometheus.Desc
+	srcDials, srcSucceeded, srcExhausted, srcSkipped, srcNotLocal *prometheus.Desc
+	head                                                          headroomDescs
+
+	mu     sync.Mutex // guards what follows
+	at     time.Time  // of the last headroom probe
+	pairs  []pairOf
+	errors [2]uint64 // probe errors, tcp and udp
+}
+
+// pairOf is one row of a Dialer's headroom.
+type pairOf struct {
+	proto string
+	h     safedial.Headroom
+}
+
+// NewDialerCollector returns a collector of d's statistics and, when opts
+// names destinations, of its headroom toward them. Register it with a
+// [prometheus.Registerer].
+func NewDialerCollector(d *safedial.Dialer, opts DialerOpts) *DialerCollector {
+	if opts.MinInterval == 0 {
+		opts.MinInterval = DefaultMinInterval
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	l := opts.ConstLabels
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, l)
+	}
+	return &DialerCollector{
+		d:    d,
+		opts: opts,
+		now:  time.Now,
+		head: newHeadroomDescs(l),
+
+		dials:     desc("safedial_dials_total", "Calls to the Dialer's Dial, DialContext and DialTCP that have returned (Stats.Dials)."),
+		succeeded: desc("safedial_dials_succeeded_total", "Dials that returned a connection (Stats.Succeeded)."),
+		failed:    desc("safedial_dials_failed_total", "Dials that returned an error, exhausted ones included (Stats.Dials - Stats.Succeeded)."),
+		exhausted: desc("safedial_dials_exhausted_total", "Dials that failed because no ephemeral port was left, after every failover step (Stats.Exhausted)."),
+		failovers: desc("safedial_failovers_total", "Moves from an exhausted source, or one known to be full toward the destination, to the next source of the pool (Stats.Failovers)."),
+		refused:   desc("safedial_dials_option_refused_total", "Dials that went on unprotected, without IP_BIND_ADDRESS_NO_PORT or SO_REUSEADDR, because the system refused the option (Stats.Refused)."),
+
+		srcDials:     desc("safedial_source_attempts_total", "Attempts from a source address of the pool, failover steps included, since the pool was made (SourceStats.Dials).", "source"),
+		srcSucceeded: desc("safedial_source_attempts_succeeded_total", "Attempts from a source that returned a connection (SourceStats.Succeeded).", "source"),
+		srcExhausted: desc("safedial_source_attempts_exhausted_total", "Attempts from a source that found no free port toward the destination (SourceStats.Exhausted).", "source"),
+		srcSkipped:   desc("safedial_source_attempts_skipped_total", "Attempts that passed a source over without a system call, because it had just been found full toward the destination (SourceStats.Skipped).", "source"),
+		srcNotLocal:  desc("safedial_source_attempts_not_local_total", "Attempts that found a source no longer an address of this host (SourceStats.NotLocal).", "source"),
+	}
+}
+
+// Describe sends the descriptors of every metric c collects.
+func (c *DialerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range [...]*prometheus.Desc{
+		c.dials, c.succeeded, c.failed, c.exhausted, c.failovers, c.refused,
+		c.srcDials, c.srcSucceeded, c.srcExhausted, c.srcSkipped, c.srcNotLocal,
+	} {
+		ch <- d
+	}
+	if len(c.opts.Headroom) > 0 {
+		ch <- c.head.ports
+		ch <- c.head.used
+		ch <- c.head.errors
+	}
+}
+
+// Collect reads the Dialer's statistics, probes its headroom (unless the
+// last probe is more recent than MinInterval) and sends the metrics.
+func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.d.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(c.dials, s.Dials)
+	counter(c.succeeded, s.Succeeded)
+	counter(c.failed, s.Dials-s.Succeeded)
+	counter(c.exhausted, s.Exhausted)
+	counter(c.failovers, s.Failovers)
+	counter(c.refused, s.Refused)
+	for _, src := range s.Sources {
+		a := src.Addr.String()
+		counter(c.srcDials, src.Dials, a)
+		counter(c.srcSucceeded, src.Succeeded, a)
+		counter(c.srcExhausted, src.Exhausted, a)
+		counter(c.srcSkipped, src.Skipped, a)
+		counter(c.srcNotLocal, src.NotLocal, a)
+	}
+	if len(c.opts.Headroom) == 0 {
+		return
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := c.now(); c.at.IsZero() || c.opts.MinInterval < 0 || now.Sub(c.at) >= c.opts.MinInterval {
+		c.probeLocked()
+		c.at = now
+	}
+	for i, network := range networks {
+		counter(c.head.errors, c.errors[i], network)
+	}
+	for i := range c.pairs {
+		c.head.sendPair(ch, c.pairs[i].proto, &c.pairs[i].h)
+	}
+}
+
+// probeLocked probes every target into c.pairs, once per series.
+func (c *DialerCollector) probeLocked() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
+	defer cancel()
+	c.pairs = c.pairs[:0]
+	type key struct {
+		proto, src, dst string
+	}
+	seen := make(map[key]bool)
+	for _, t := range c.opts.Headroom {
+		proto := protocol(t.Network)
+		hs, err := c.d.Headroom(ctx, t.Network, t.Address)
+		if err != nil {
+			if c.opts.OnError != nil {
+				c.opts.OnError(t, err)
+			}
+			if proto == "udp" {
+				c.errors[1]++
+			} else {
+				c.errors[0]++
+			}
+			continue
+		}
+		for _, h := range hs {
+			k := key{proto, h.Source.String(), destination(&h)}
+			if seen[k] {
+				continue // tcp and tcp4 toward one address
+			}
+			seen[k] = true
+			c.pairs = append(c.pairs, pairOf{proto, h})
+		}
+	}
+}

@@ -1,0 +1,27 @@
+package safedialprom
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/safedial/safedial"
+)
+
+// SetProbes replaces the probes c calls; nil leaves one as it is.
+func SetProbes(c *HeadroomCollector,
+	all func(ctx context.Context, network string) ([]safedial.Headroom, error),
+	one func(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort) (safedial.Headroom, error)) {
+	if all != nil {
+		c.probeAll = all
+	}
+	if one != nil {
+		c.probe = one
+	}
+}
+
+// SetClock replaces the clock c reads to decide whether to probe.
+func SetClock(c *HeadroomCollector, now func() time.Time) { c.now = now }
+
+// SetDialerClock replaces the clock c reads to decide whether to probe.
+func SetDialerClock(c *DialerCollector, now func() time.Time) { c.now = now }

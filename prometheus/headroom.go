@@ -1,0 +1,302 @@
+package safedialprom
+
+import (
+	"cmp"
+	"context"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/safedial/safedial"
+)
+
+// DefaultTop is the number of pairs per protocol a [HeadroomCollector]
+// exports when [HeadroomOpts] leaves Top at zero.
+const DefaultTop = 100
+
+// DefaultMinInterval is the least time between two probes of a
+// [HeadroomCollector] when [HeadroomOpts] leaves MinInterval at zero.
+const DefaultMinInterval = time.Second
+
+// HeadroomOpts configures a [HeadroomCollector]. The zero value exports the
+// [DefaultTop] pairs of each protocol closest to exhaustion, probing at most
+// once per [DefaultMinInterval].
+type HeadroomOpts struct {
+	// Top is how many pairs of each protocol are exported, the highest
+	// used ratio first (ties in source, then destination order), besides
+	// the named ones. Zero means DefaultTop; a negative value exports the
+	// named pairs only.
+	Top int
+	// Sources and Dests name pairs that are always exported, beyond Top:
+	// with Sources only, the pairs from those addresses (TCP and UDP); with
+	// Dests only, the TCP pairs toward those destinations; with both, the
+	// TCP pairs from one of Sources to one of Dests of the same family,
+	// each exported even when it has no socket (probed then with
+	// [safedial.ProbeHeadroom], one more walk of the kernel's table each;
+	// should that probe fail, the pair is left out and the error counted),
+	// and the UDP pairs from one of Sources.
+	// Every pair named counts in safedial_headroom_pairs_exported: a source
+	// named alone may have many destinations.
+	Sources []netip.Addr
+	Dests   []netip.AddrPort
+	// MinInterval is the least time between two probes: a scrape within
+	// MinInterval of the last probe gets the last probe's answer, and
+	// concurrent scrapes share one probe, so that a storm of scrapes never
+	// becomes a storm of probes. Zero means DefaultMinInterval; a negative
+	// value probes on every scrape.
+	MinInterval time.Duration
+	// Timeout bounds one probe of one protocol. Zero means 10 seconds.
+	Timeout time.Duration
+	// OnError, when set, is called with each probe error (network is tcp
+	// or udp), for example to log it; at most once per MinInterval and
+	// network.
+	OnError func(network string, err error)
+}
+
+// HeadroomCollector is a [prometheus.Collector] of the headroom of every
+// (source, destination) pair of this host's network namespace, TCP and UDP,
+// found with [safedial.ProbeAllHeadroom] when a scrape asks for it. Its
+// metrics are listed in the package documentation. It is safe for
+// concurrent use; make one with [NewHeadroomCollector].
+//
+// A probe that fails adds to safedial_headroom_probe_errors_total and leaves
+// that protocol's pairs out of the scrape; the scrape itself still
+// succeeds, so that the error counter reaches Prometheus. Where sock_diag
+// is unavailable (systems other than Linux), every probe fails.
+type HeadroomCollector struct {
+	opts    HeadroomOpts
+	sources map[netip.Addr]bool
+	dests   map[netip.AddrPort]bool
+
+	// Injected by tests.
+	probeAll func(ctx context.Context, network string) ([]safedial.Headroom, error)
+	probe    func(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort) (safedial.Headroom, error)
+	now      func() time.Time
+
+	mu     sync.Mutex // held for a probe and while reading its result
+	at     time.Time  // of the last probe; zero before the first
+	last   [2]protoResult
+	errors [2]uint64
+	rng    int // size of ip_local_port_range; -1 when unknown
+	twRe   int // net.ipv4.tcp_tw_reuse; -1 when unknown
+}
+
+// protoResult is what the last probe of one protocol found.
+type protoResult struct {
+	pairs    []safedial.Headroom // exported, in order
+	seen     int                 // pairs probed
+	duration time.Duration
+	failed   bool
+}
+
+// networks are the networks probed, in the order of HeadroomCollector.last.
+var networks = [2]string{"tcp", "udp"}
+
+var (
+	rangeDesc = prometheus.NewDesc("safedial_local_port_range_ports",
+		"Size of the network namespace's ephemeral port range (net.ipv4.ip_local_port_range), which each (source, destination) pair can use once.",
+		nil, nil)
+	twReuseDesc = prometheus.NewDesc("safedial_tcp_tw_reuse",
+		"The network namespace's net.ipv4.tcp_tw_reuse: 0, a port in TIME_WAIT is never reused for a new outgoing connection; 1, it may be; 2, on loopback only.",
+		nil, nil)
+	pairsDesc = prometheus.NewDesc("safedial_headroom_pairs",
+		"(Source, destination) pairs the last probe found with sockets in the ephemeral range, plus named pairs without sockets.",
+		[]string{"protocol"}, nil)
+	exportedDesc = prometheus.NewDesc("safedial_headroom_pairs_exported",
+		"Pairs exported in safedial_headroom_ports: the top N by used ratio plus the named ones; safedial_headroom_pairs minus this many were cut.",
+		[]string{"protocol"}, nil)
+	durationDesc = prometheus.NewDesc("safedial_headroom_probe_duration_seconds",
+		"Duration of the last headroom probe (a sock_diag dump per address family, filtered by the kernel to the ephemeral range).",
+		[]string{"protocol"}, nil)
+)
+
+// NewHeadroomCollector returns a collector of this host's headroom,
+// configured by opts (see [HeadroomOpts]). Register it with a
+// [prometheus.Registerer].
+func NewHeadroomCollector(opts HeadroomOpts) *HeadroomCollector {
+	if opts.Top == 0 {
+		opts.Top = DefaultTop
+	}
+	if opts.MinInterval == 0 {
+		opts.MinInterval = DefaultMinInterval
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 10 * time.Second
+	}
+	c := &HeadroomCollector{
+		opts:     opts,
+		sources:  make(map[netip.Addr]bool),
+		dests:    make(map[netip.AddrPort]bool),
+		probeAll: safedial.ProbeAllHeadroom,
+		probe:    safedial.ProbeHeadroom,
+		now:      time.Now,
+	}
+	for _, s := range opts.Sources {
+		c.sources[s.Unmap()] = true
+	}
+	for _, d := range opts.Dests {
+		c.dests[netip.AddrPortFrom(d.Addr().Unmap(), d.Port())] = true
+	}
+	return c
+}
+
+// Describe sends the descriptors of every metric c collects.
+func (c *HeadroomCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range [...]*prometheus.Desc{hostDescs.ports, hostDescs.used, rangeDesc, twReuseDesc, pairsDesc, exportedDesc, durationDesc, hostDescs.errors} {
+		ch <- d
+	}
+}
+
+// Collect probes (unless the last probe is more recent than MinInterval)
+// and sends the metrics.
+func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := c.now(); c.at.IsZero() || c.opts.MinInterval < 0 || now.Sub(c.at) >= c.opts.MinInterval {
+		c.probeLocked()
+		c.at = now
+	}
+	if c.rng >= 0 {
+		ch <- prometheus.MustNewConstMetric(rangeDesc, prometheus.GaugeValue, float64(c.rng))
+	}
+	if c.twRe >= 0 {
+		ch <- prometheus.MustNewConstMetric(twReuseDesc, prometheus.GaugeValue, float64(c.twRe))
+	}
+	for i, network := range networks {
+		r := &c.last[i]
+		ch <- prometheus.MustNewConstMetric(hostDescs.errors, prometheus.CounterValue, float64(c.errors[i]), network)
+		ch <- prometheus.MustNewConstMetric(durationDesc, prometheus.GaugeValue, r.duration.Seconds(), network)
+		if r.failed {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(pairsDesc, prometheus.GaugeValue, float64(r.seen), network)
+		ch <- prometheus.MustNewConstMetric(exportedDesc, prometheus.GaugeValue, float64(len(r.pairs)), network)
+		for j := range r.pairs {
+			hostDescs.sendPair(ch, network, &r.pairs[j])
+		}
+	}
+}
+
+// probeLocked probes both protocols and the sysctls into c.
+func (c *HeadroomCollector) probeLocked() {
+	c.rng, c.twRe = readRange(), readInt("net/ipv4/tcp_tw_reuse")
+	for i, network := range networks {
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
+		fail := func(err error) {
+			c.errors[i]++
+			if c.opts.OnError != nil {
+				c.opts.OnError(network, err)
+			}
+		}
+		start := c.now()
+		pairs, seen, err := c.pick(ctx, network, c.last[i].pairs[:0], fail)
+		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start)}
+		cancel()
+		if err != nil {
+			fail(err)
+			r = protoResult{pairs: r.pairs[:0], duration: r.duration, failed: true}
+		}
+		c.last[i] = r
+	}
+}
+
+// pick probes network and appends the pairs to export to out: the named
+// ones and the Top others with the highest used ratio. A named pair whose
+// own probe fails is left out and reported to fail; an error of the probe
+// of every pair is returned.
+func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safedial.Headroom, fail func(error)) ([]safedial.Headroom, int, error) {
+	all, err := c.probeAll(ctx, network)
+	if err != nil {
+		return out, 0, err
+	}
+	udp := network == "udp"
+	seen := len(all)
+	named := func(h *safedial.Headroom) bool {
+		switch {
+		case len(c.sources) == 0 && len(c.dests) == 0:
+			return false
+		case udp:
+			return c.sources[h.Source]
+		}
+		return (len(c.sources) == 0 || c.sources[h.Source]) && (len(c.dests) == 0 || c.dests[h.Dest])
+	}
+	// Named pairs first, then the rest by used ratio.
+	rest := all[:0]
+	for i := range all {
+		if named(&all[i]) {
+			out = append(out, all[i])
+		} else {
+			rest = append(rest, all[i])
+		}
+	}
+	if !udp && len(c.sources) > 0 && len(c.dests) > 0 {
+		// Every named TCP pair is exported, even without sockets.
+		for s := range c.sources {
+			for d := range c.dests {
+				if s.Is4() != d.Addr().Is4() || slices.ContainsFunc(out, func(h safedial.Headroom) bool { return h.Source == s && h.Dest == d }) {
+					continue
+				}
+				seen++
+				h, err := c.probe(ctx, network, s, d)
+				if err != nil {
+					fail(err)
+					continue
+				}
+				out = append(out, h)
+			}
+		}
+	}
+	if n := min(c.opts.Top, len(rest)); n > 0 {
+		slices.SortFunc(rest, byUsed)
+		out = append(out, rest[:n]...)
+	}
+	return out, seen, nil
+}
+
+// byUsed orders pairs by used ratio, highest first, then by source and
+// destination.
+func byUsed(a, b safedial.Headroom) int {
+	if c := cmp.Compare(usedRatio(&b), usedRatio(&a)); c != 0 {
+		return c
+	}
+	if c := a.Source.Compare(b.Source); c != 0 {
+		return c
+	}
+	return a.Dest.Compare(b.Dest)
+}
+
+// readRange returns the size of net.ipv4.ip_local_port_range, or -1.
+func readRange() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return -1
+	}
+	lo, err1 := strconv.Atoi(f[0])
+	hi, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil || hi < lo {
+		return -1
+	}
+	return hi - lo + 1
+}
+
+// readInt returns the integer sysctl name (as a path under /proc/sys), or -1.
+func readInt(name string) int {
+	b, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return -1
+	}
+	return n
+}
