@@ -104,7 +104,7 @@
 // probed at most once per interval. The command cmd/safedial shows it for a
 // whole host:
 //
-//	go run github.com/safedial/safedial/cmd/safedial@latest headroom
+//	go run ./cmd/safedial headroom   # from a clone of the repository
 //
 // # Platforms
 //

@@ -31,10 +31,10 @@
 // Usage errors exit 2, failures at run time 1.
 //
 // It reads the kernel's socket tables through sock_diag (NETLINK_SOCK_DIAG),
-// which needs Linux and no privilege, and changes nothing. Install or run it
-// with:
+// which needs Linux and no privilege, and changes nothing. Run it from a
+// clone of the repository with:
 //
-//	go run github.com/safedial/safedial/cmd/safedial@latest headroom
+//	go run ./cmd/safedial headroom   # from a clone of the repository
 package main
 
 import (
