@@ -36,11 +36,21 @@ func inNamespace(t *testing.T, lo, hi uint16, body func(t *testing.T)) {
 // open until the test ends. It returns the listening addresses, host-major.
 func servers(t *testing.T, network string, hosts []string, ports []int) []string {
 	t.Helper()
+	addrs, _ := countingServers(t, network, hosts, ports)
+	return addrs
+}
+
+// countingServers is servers, and a function that waits until the servers
+// have accepted n connections in all: a test that counts the process's
+// descriptors must not count while accepts are still under way.
+func countingServers(t *testing.T, network string, hosts []string, ports []int) ([]string, func(n int)) {
+	t.Helper()
 	var (
-		addrs []string
-		mu    sync.Mutex
-		held  []net.Conn
-		wg    sync.WaitGroup
+		addrs    []string
+		mu       sync.Mutex
+		accepted = sync.NewCond(&mu)
+		held     []net.Conn
+		wg       sync.WaitGroup
 	)
 	for _, h := range hosts {
 		for _, p := range ports {
@@ -59,6 +69,7 @@ func servers(t *testing.T, network string, hosts []string, ports []int) []string
 					}
 					mu.Lock()
 					held = append(held, c)
+					accepted.Broadcast()
 					mu.Unlock()
 				}
 			}()
@@ -74,7 +85,13 @@ func servers(t *testing.T, network string, hosts []string, ports []int) []string
 		}
 		mu.Unlock()
 	})
-	return addrs
+	return addrs, func(n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for len(held) < n {
+			accepted.Wait()
+		}
+	}
 }
 
 // fill dials the destinations in turn until the first error, and returns the

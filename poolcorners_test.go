@@ -67,7 +67,8 @@ func TestPoolProtocols(t *testing.T) {
 // there, with net.Dialer's error for an ended context from that source.
 func TestPoolContextBetweenSteps(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
-		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		addrs, waitAccepted := countingServers(t, "tcp", []string{"127.0.1.1"}, []int{8080})
+		dst := addrs[0]
 		var srcs []netip.Addr
 		for i := range 8 {
 			srcs = append(srcs, netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)}))
@@ -75,6 +76,7 @@ func TestPoolContextBetweenSteps(t *testing.T) {
 		if n, _ := fill(t, (&safedial.Dialer{Sources: srcs}).DialContext, "tcp", []string{dst}, 100); n != 32 {
 			t.Fatalf("filled %d, want 32", n)
 		}
+		waitAccepted(32) // the server's descriptors exist before the counts
 		for _, tc := range []struct {
 			name     string
 			deadline bool
