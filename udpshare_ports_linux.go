@@ -135,8 +135,9 @@ func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r P
 		a := s.local.Addr()
 		switch {
 		case a == src.WithZone(""):
-		case a.IsUnspecified() && (a.Is4() == src.Is4() || s.family == unix.AF_INET6 && src.Is4()):
-			// The wildcard of src's family, or the dual-stack [::].
+		case a.IsUnspecified() && (a.Is4() == src.Is4() || s.family == unix.AF_INET6 && src.Is4() && !s.v6only):
+			// The wildcard of src's family, or the dual-stack [::] (an
+			// IPv6-only [::] holds no IPv4 port).
 		default:
 			return
 		}
