@@ -43,7 +43,9 @@ type Headroom struct {
 	// port that is reserved or bound. Always 0 for UDP.
 	TimeWait int `json:"time_wait"`
 	// Reserved counts the ports of net.ipv4.ip_local_reserved_ports, which
-	// the kernel never hands out to a connect() or an automatic bind.
+	// the kernel never hands out to a connect() or an automatic bind, and
+	// the ports of a Dialer's PortRange outside the namespace range (the
+	// kernel uses only their intersection).
 	Reserved int `json:"reserved"`
 	// Bound counts the ports (TCP) that connect() skips for every source
 	// and destination because a bind() took them: a listener; a socket
@@ -295,6 +297,9 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 	}
 	dsts, err := d.resolve(ctx, network, address)
 	if err != nil {
+		return nil, fmt.Errorf("safedial: Headroom: %w", err)
+	}
+	if err := d.PortRange.check(); err != nil {
 		return nil, fmt.Errorf("safedial: Headroom: %w", err)
 	}
 	r := d.PortRange

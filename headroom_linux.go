@@ -67,11 +67,22 @@ func parseSock(msg []byte) diagSock {
 }
 
 // hostOf reads the reserved ports and returns what holds ports of r for
-// every pair, with bound (nil for UDP).
+// every pair, with bound (nil for UDP). Ports of r outside the namespace
+// range (a Dialer's PortRange wider than it: the kernel uses the
+// intersection) count as reserved: the kernel never hands them out either.
 func hostOf(r PortRange, bound *portSet) (hostPorts, error) {
 	reserved, err := reservedPorts()
 	if err != nil {
 		return hostPorts{}, err
+	}
+	if ns, ok := namespaceRange(); ok && (r.Lo < ns.Lo || r.Hi > ns.Hi) {
+		off := *reserved // reservedPorts' set is shared: add to a copy
+		for p := int(r.Lo); p <= int(r.Hi); p++ {
+			if p < int(ns.Lo) || p > int(ns.Hi) {
+				off.add(uint16(p))
+			}
+		}
+		reserved = &off
 	}
 	return newHostPorts(r, reserved, bound), nil
 }

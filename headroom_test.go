@@ -344,3 +344,43 @@ func TestDialerHeadroomRoutedSource(t *testing.T) {
 		}
 	})
 }
+
+// TestDialerHeadroomWidePortRange: a PortRange wider than the namespace
+// range gives the kernel only their intersection; the ports outside it are
+// never handed out (Reserved), and Free is what the dials then get. A
+// PortRange outside the namespace range is the dial's configuration error.
+func TestDialerHeadroomWidePortRange(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		tcpDst := closingServer(t, "127.0.0.2:5432")
+		udpDst := udpEcho(t, "127.0.0.2:9000")[0]
+		r := safedial.PortRange{Lo: 39950, Hi: 40049}
+		for _, tc := range []struct {
+			network, dst string
+			d            *safedial.Dialer
+		}{
+			{"tcp", tcpDst, &safedial.Dialer{PortRange: r}},
+			{"tcp", tcpDst, &safedial.Dialer{PortRange: r, Sources: mustAddrs("127.0.0.3")}},
+			{"udp", udpDst, &safedial.Dialer{PortRange: r, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}},
+			{"udp", udpDst, &safedial.Dialer{PortRange: r}},
+		} {
+			t.Run("", func(t *testing.T) { // its connections closed when it ends
+				hs, err := tc.d.Headroom(context.Background(), tc.network, tc.dst)
+				if err != nil || len(hs) != 1 {
+					t.Fatalf("Headroom(%s, %s): %+v, %v", tc.network, tc.dst, hs, err)
+				}
+				h := hs[0]
+				if h.Range != r || h.Reserved != 50 || h.Free != 50 || h.InUse+h.TimeWait+h.Reserved+h.Bound+h.Free != 100 {
+					t.Errorf("Headroom(%s, %s) with PortRange %v in namespace range 40000-40099 = %+v, want Reserved 50 (below the namespace range), Free 50", tc.network, tc.dst, r, h)
+				}
+				n, err := fill(t, tc.d.DialContext, tc.network, []string{tc.dst}, 200)
+				if n != h.Free || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+					t.Errorf("%s dials from %v: %d, then %v; Headroom said Free %d", tc.network, h.Source, n, err, h.Free)
+				}
+			})
+		}
+		out := &safedial.Dialer{PortRange: safedial.PortRange{Lo: 30000, Hi: 30099}}
+		if _, err := out.Headroom(context.Background(), "tcp", tcpDst); !errors.Is(err, safedial.ErrInvalidConfig) {
+			t.Errorf("Headroom with a PortRange outside the namespace range: %v, want ErrInvalidConfig", err)
+		}
+	})
+}
