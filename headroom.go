@@ -27,7 +27,7 @@ import (
 // how a port was taken (see Bound).
 type Headroom struct {
 	Source netip.Addr     `json:"source"` // as asked
-	Dest   netip.AddrPort `json:"dest"`   // as asked; for UDP without ShareUDPPorts, the zero AddrPort in ProbeAllHeadroom (any destination)
+	Dest   netip.AddrPort `json:"dest"`   // as asked (by Dialer.Headroom: the peer the kernel connects to); for UDP without ShareUDPPorts, the zero AddrPort in ProbeAllHeadroom (any destination)
 	Range  PortRange      `json:"range"`  // the range in force: the Dialer's PortRange, else the namespace's ip_local_port_range
 
 	// InUse counts the ports held by sockets from Source to Dest not in
@@ -275,15 +275,18 @@ type pairKey struct {
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
 // picks for the address (asked with RTM_GETROUTE: no socket is opened, so
 // the answer comes even when every port is taken). The range is d's
-// PortRange when set, else the
-// namespace's. Host names are resolved with Base.Resolver. An address with
-// no source of its family is left out; none at all is an error. With
-// ShareUDPPorts, a UDP headroom is what a shared dial can still take toward
-// the address: InUse counts the ports connected toward it, Bound the ports
-// held for every destination by sockets a shared port cannot join (plain or
-// another user's UDP sockets, wildcard and dual-stack binds), Reserved the
-// ports of net.ipv4.ip_local_reserved_ports and those outside the
-// namespace range.
+// PortRange when set (ports of it outside the namespace range count as
+// Reserved), else the namespace's. Host names are resolved with
+// Base.Resolver. An empty or unspecified host (":53", "0.0.0.0:53",
+// "[::]:53") is taken as net.Dialer dials it: the kernel connects to this
+// host (for IPv4 the source itself, 127.0.0.1 when unbound; for IPv6 ::1),
+// and Dest is that address. An address with no source of its family is left
+// out; none at all is an error. With ShareUDPPorts, a UDP headroom is what
+// a shared dial can still take toward the address: InUse counts the ports
+// connected toward it, Bound the ports held for every destination by
+// sockets a shared port cannot join (plain or another user's UDP sockets,
+// wildcard and dual-stack binds), Reserved the ports of
+// net.ipv4.ip_local_reserved_ports and those outside the namespace range.
 // Without a source and without ShareUDPPorts, UDP dials bind nothing: the
 // kernel gives the socket a port that no UDP socket of the family holds, on
 // any address (an IPv6 "udp" socket is dual-stack, so IPv4 sockets count
@@ -309,12 +312,22 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 		}
 	}
 	var hs []Headroom
-	for _, dst := range dsts {
+	for _, asked := range dsts {
+		dst := asked
+		if dst.Addr().IsUnspecified() && d.unbound() {
+			// The kernel connects an unbound socket to its loopback
+			// address, from the source the routing picks for it.
+			dst = netip.AddrPortFrom(kernelPeer(netip.Addr{}, dst.Addr()), dst.Port())
+		}
 		srcs, err := d.sourcesFor(network, dst)
 		if err != nil {
 			return nil, fmt.Errorf("safedial: Headroom: %w", err)
 		}
 		for _, src := range srcs {
+			dst := dst
+			if dst.Addr().IsUnspecified() {
+				dst = netip.AddrPortFrom(kernelPeer(src, dst.Addr()), dst.Port())
+			}
 			if err := checkProbe(network, src, dst); err != nil {
 				return nil, err
 			}
@@ -363,6 +376,14 @@ func (d *Dialer) resolve(ctx context.Context, network, address string) ([]netip.
 	var ips []netip.Addr
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ips = []netip.Addr{ip}
+	} else if host == "" {
+		// As net.Dialer dials ":80": to the unspecified address, which
+		// the kernel replaces with this host's (see kernelPeer); an
+		// IPv4 socket but for tcp6 and udp6.
+		ips = []netip.Addr{netip.IPv4Unspecified()}
+		if strings.HasSuffix(network, "6") {
+			ips[0] = netip.IPv6Unspecified()
+		}
 	} else {
 		fam := "ip"
 		if strings.HasSuffix(network, "4") || strings.HasSuffix(network, "6") {
@@ -399,6 +420,22 @@ func probeUnboundUDP(ctx context.Context, network string, src netip.Addr, dst ne
 	}
 	host.fill(&h, &p)
 	return h, nil
+}
+
+// kernelPeer is the address the kernel connects a socket bound to src to
+// when asked for dst: dst itself, except for the unspecified address, which
+// the kernel replaces with src (IPv4; 127.0.0.1 when src is not given) or
+// ::1 (IPv6).
+func kernelPeer(src, dst netip.Addr) netip.Addr {
+	switch {
+	case !dst.IsUnspecified():
+		return dst.WithZone("")
+	case dst.Is4() && src.IsValid() && !src.IsUnspecified():
+		return src.WithZone("")
+	case dst.Is4():
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	return netip.IPv6Loopback()
 }
 
 // sourcesFor returns the sources a dial from d to dst would use.

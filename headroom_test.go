@@ -384,3 +384,43 @@ func TestDialerHeadroomWidePortRange(t *testing.T) {
 		}
 	})
 }
+
+// TestDialerHeadroomUnspecifiedDest: Dial accepts ":8080" and
+// "0.0.0.0:8080" (the kernel connects to this host: the source itself for
+// IPv4, ::1 for IPv6), so Headroom must too, and report the pair the
+// kernel makes, with Free what the dials then get.
+func TestDialerHeadroomUnspecifiedDest(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		closingServer(t, ":8080") // every address, both families
+		udpEcho(t, ":9000")
+		for _, tc := range []struct {
+			network, addr string
+			d             *safedial.Dialer
+			src, peer     string
+		}{
+			{"tcp", ":8080", &safedial.Dialer{}, "127.0.0.1", "127.0.0.1:8080"},
+			{"tcp4", "0.0.0.0:8080", &safedial.Dialer{Sources: mustAddrs("127.0.0.3")}, "127.0.0.3", "127.0.0.3:8080"},
+			{"tcp6", "[::]:8080", &safedial.Dialer{}, "::1", "[::1]:8080"},
+			{"udp", ":9000", &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 5)}}}, "127.0.0.5", "127.0.0.5:9000"},
+		} {
+			t.Run("", func(t *testing.T) { // its connections closed when it ends
+				hs, err := tc.d.Headroom(context.Background(), tc.network, tc.addr)
+				if err != nil || len(hs) != 1 {
+					t.Fatalf("Headroom(%s, %s) = %+v, %v; want one entry", tc.network, tc.addr, hs, err)
+				}
+				h := hs[0]
+				if h.Source != netip.MustParseAddr(tc.src) || h.Dest != netip.MustParseAddrPort(tc.peer) || h.Free != 100 {
+					t.Errorf("Headroom(%s, %s) = %+v, want %s -> %s, Free 100", tc.network, tc.addr, h, tc.src, tc.peer)
+				}
+				conns, err := fillConns(t, tc.d.DialContext, tc.network, []string{tc.addr}, 200)
+				if len(conns) != h.Free || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+					t.Errorf("%s dials to %s: %d, then %v; Headroom said Free %d", tc.network, tc.addr, len(conns), err, h.Free)
+				}
+				if len(conns) > 0 && netip.MustParseAddrPort(conns[0].RemoteAddr().String()) != h.Dest {
+					t.Errorf("the kernel connected to %v; Headroom said %v", conns[0].RemoteAddr(), h.Dest)
+				}
+			})
+		}
+	})
+}

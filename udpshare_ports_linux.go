@@ -193,16 +193,3 @@ func (h *Headroom) count(states []portState) {
 		}
 	}
 }
-
-// kernelPeer is the address the kernel connects a socket bound to src to
-// when asked for dst: dst itself, except for the unspecified address, which
-// the kernel replaces with src (IPv4) or ::1 (IPv6).
-func kernelPeer(src, dst netip.Addr) netip.Addr {
-	switch {
-	case !dst.IsUnspecified():
-		return dst.WithZone("")
-	case dst.Is4():
-		return src.WithZone("")
-	}
-	return netip.IPv6Loopback()
-}
