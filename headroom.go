@@ -202,7 +202,7 @@ func checkProbe(network string, src netip.Addr, dst netip.AddrPort) error {
 			return bad("unknown zone %q: %v", z, err)
 		}
 	}
-	if s.Zone() == "" && !localAddr(s) {
+	if !localAddr(s) {
 		// A typo must not read as "every port free".
 		return bad("%w: %v (see ip addr)", ErrSourceNotLocal, s)
 	}

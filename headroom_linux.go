@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -400,11 +401,45 @@ func udpPairs(ctx context.Context, v4, v6 bool, r PortRange) (map[pairKey]*pairP
 }
 
 // localAddr reports whether a is an address of this host (its network
-// namespace), as the routing says: a local route. Where the routing cannot
-// be asked, it says yes and leaves the kernel to tell.
+// namespace), as the routing says: a local route (the local table, looked up
+// first, has one for every address of the host, so "unreachable" means
+// not local). An address with a zone must be one of its interface's. Where
+// the routing or the interface cannot be asked, it says yes and leaves the
+// kernel to tell.
 func localAddr(a netip.Addr) bool {
+	if a.Zone() != "" {
+		return onInterface(a)
+	}
 	_, typ, err := routeGet(a)
+	if errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) {
+		return false
+	}
 	return err != nil || typ == unix.RTN_LOCAL
+}
+
+// onInterface reports whether a is an address of the interface its zone
+// names.
+func onInterface(a netip.Addr) bool {
+	i, err := zoneIndex(a.Zone())
+	if err != nil {
+		return false
+	}
+	ifi, err := net.InterfaceByIndex(int(i))
+	if err != nil {
+		return false // no such interface
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return true
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if b, ok := netip.AddrFromSlice(n.IP); ok && b.Unmap() == a.WithZone("").Unmap() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // diagUDPAny reads the ports of r that a UDP socket bound to no address

@@ -424,3 +424,49 @@ func TestDialerHeadroomUnspecifiedDest(t *testing.T) {
 		}
 	})
 }
+
+// TestProbeHeadroomNotLocalNoRoute: in a namespace without a default route,
+// the routing answers "unreachable" for an address not of this host, and a
+// zone's interface lists its addresses: a source that is not this host's,
+// with or without a zone, is ErrSourceNotLocal, never "every port free".
+func TestProbeHeadroomNotLocalNoRoute(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		addLinkLocal(t) // fe80::1/64 on lo
+		// Its local route comes from a work queue, after the command.
+		for end := time.Now().Add(10 * time.Second); ; {
+			out, err := exec.Command("ip", "-6", "route", "get", "fe80::1").Output()
+			if err == nil && strings.HasPrefix(string(out), "local ") {
+				break
+			} else if time.Now().After(end) {
+				t.Fatalf("ip route get fe80::1: %s %v, 10 s after it was added to lo", out, err)
+			}
+		}
+		for _, tc := range []struct {
+			src, dst string
+			local    bool
+		}{
+			{"192.0.2.1", "127.0.0.2:80", false},
+			{"2001:db8::1", "[::1]:80", false},
+			{"fe80::dead%lo", "[fe80::2%lo]:80", false},
+			{"fe80::dead", "[fe80::2]:80", false},
+			{"::1%lo", "[::1]:80", true},
+			{"fe80::1%lo", "[fe80::2%lo]:80", true},
+			{"fe80::1", "[fe80::2]:80", true},
+			{"fe80::1%1", "[fe80::2]:80", true}, // lo is interface 1
+		} {
+			for _, network := range []string{"tcp", "udp"} {
+				h, err := safedial.ProbeHeadroom(context.Background(), network, netip.MustParseAddr(tc.src), netip.MustParseAddrPort(tc.dst))
+				if tc.local && (err != nil || h.Free != 100) {
+					t.Errorf("ProbeHeadroom(%s, %s, %s) = %+v, %v; want Free 100", network, tc.src, tc.dst, h, err)
+				}
+				if !tc.local && !errors.Is(err, safedial.ErrSourceNotLocal) {
+					t.Errorf("ProbeHeadroom(%s, %s, %s) = %+v, %v; want ErrSourceNotLocal", network, tc.src, tc.dst, h, err)
+				}
+			}
+		}
+		d := &safedial.Dialer{Sources: mustAddrs("fe80::dead%lo")}
+		if hs, err := d.Headroom(context.Background(), "udp", "[fe80::2%lo]:53"); !errors.Is(err, safedial.ErrSourceNotLocal) {
+			t.Errorf("Dialer.Headroom from fe80::dead%%lo = %+v, %v; want ErrSourceNotLocal", hs, err)
+		}
+	})
+}
