@@ -7,8 +7,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,17 +72,7 @@ func TestSourcesNotUnicast(t *testing.T) {
 // the zone (fe80::1%lo), and pins the connection to it.
 func TestSourcesLinkLocal(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
-		needIPv6(t)
-		ip, err := exec.LookPath("ip")
-		if err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("iproute2's ip is needed to add a link-local address (CI=true, so this fails instead of skipping): %v", err)
-			}
-			t.Skipf("iproute2's ip is needed to add a link-local address: %v", err)
-		}
-		if out, err := exec.Command(ip, "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad").CombinedOutput(); err != nil {
-			t.Fatalf("ip addr add: %v: %s", err, out)
-		}
+		addLinkLocal(t)
 		servers(t, "tcp", []string{"fe80::1%lo"}, []int{8080})
 		// Not the listener's Addr, which came back without its zone in
 		// about half the runs here ("[fe80::1]:8080": connect then

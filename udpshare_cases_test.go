@@ -129,6 +129,16 @@ func addLinkLocal(t *testing.T) {
 	if out, err := exec.Command(ip, "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad").CombinedOutput(); err != nil {
 		t.Fatalf("ip addr add: %v: %s", err, out)
 	}
+	// The kernel adds its local route from a work queue, after the
+	// command returns; until then a connect to it gets ENETUNREACH.
+	for end := time.Now().Add(10 * time.Second); ; {
+		out, err := exec.Command(ip, "-6", "route", "get", "fe80::1").Output()
+		if err == nil && strings.HasPrefix(string(out), "local ") {
+			break
+		} else if time.Now().After(end) {
+			t.Fatalf("ip route get fe80::1: %s %v, 10 s after it was added to lo", out, err)
+		}
+	}
 }
 
 // warmUp exchanges one datagram with the echo at dst: right after the
