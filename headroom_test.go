@@ -375,6 +375,8 @@ func TestDialerHeadroomWidePortRange(t *testing.T) {
 				n, err := fill(t, tc.d.DialContext, tc.network, []string{tc.dst}, 200)
 				if n != h.Free || !errors.Is(err, safedial.ErrEphemeralExhausted) {
 					t.Errorf("%s dials from %v: %d, then %v; Headroom said Free %d", tc.network, h.Source, n, err, h.Free)
+				} else if !strings.Contains(err.Error(), "range 39950-40049 (the kernel uses only 40000-40049,") {
+					t.Errorf("%s exhaustion %q does not say that the kernel uses only 40000-40049", tc.network, err)
 				}
 			})
 		}
