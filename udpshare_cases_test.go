@@ -578,3 +578,17 @@ func TestShareUDPPortsV6OnlyWildcard(t *testing.T) {
 		}
 	})
 }
+
+// TestShareUDPPortsLocalAddrFamily: a shared dial from Base.LocalAddr to an
+// address of the other family names Base.LocalAddr, not Sources (which the
+// user did not set).
+func TestShareUDPPortsLocalAddrFamily(t *testing.T) {
+	inNamespace(t, 40000, 40031, func(t *testing.T) {
+		needIPv6(t)
+		d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+		_, err := d.Dial("udp", "[::1]:9000")
+		if !errors.Is(err, safedial.ErrInvalidConfig) || !strings.Contains(err.Error(), "Base.LocalAddr is 127.0.0.1") || strings.Contains(err.Error(), "Sources") {
+			t.Errorf("shared dial from 127.0.0.1 to [::1]:9000: %v; want ErrInvalidConfig naming Base.LocalAddr", err)
+		}
+	})
+}
