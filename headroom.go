@@ -33,7 +33,9 @@ type Headroom struct {
 	// InUse counts the ports held by sockets from Source to Dest not in
 	// TIME_WAIT (for UDP: by the sockets on Source, or on a wildcard
 	// address that covers it, whatever their destination, which hold
-	// their port for every destination).
+	// their port for every destination; likewise for the TCP dials of a
+	// Dialer with DisableBindNoPort, whose bind() picks the port before
+	// the destination is known: see Dialer.Headroom).
 	InUse int `json:"in_use"`
 	// TimeWait counts the ports of the pair's TIME_WAIT sockets that the
 	// kernel will not reuse for a new connection now: all of them when
@@ -287,6 +289,10 @@ type pairKey struct {
 // sockets a shared port cannot join (plain or another user's UDP sockets,
 // wildcard and dual-stack binds), Reserved the ports of
 // net.ipv4.ip_local_reserved_ports and those outside the namespace range.
+// With DisableBindNoPort and a source, TCP dials bind src:0 before
+// connecting, and bind() takes a port no TCP socket on the source (or the
+// wildcard address) holds, whatever its destination: InUse, TimeWait and
+// Bound count those sockets' ports, toward every destination.
 // Without a source and without ShareUDPPorts, UDP dials bind nothing: the
 // kernel gives the socket a port that no UDP socket of the family holds, on
 // any address (an IPv6 "udp" socket is dual-stack, so IPv4 sockets count
@@ -339,6 +345,10 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 				h, err = sharedHeadroom(ctx, src, dst, d.PortRange)
 			case strings.HasPrefix(network, "udp") && d.unbound():
 				h, err = probeUnboundUDP(ctx, network, src, dst, r)
+			case d.DisableBindNoPort && !d.unbound():
+				// TCP dials that bind src:0 first: bind() takes a port
+				// no socket on src holds, whatever its destination.
+				h, err = probeBindFirst(ctx, src, dst, r)
 			default:
 				h, err = probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
 			}
@@ -436,6 +446,18 @@ func kernelPeer(src, dst netip.Addr) netip.Addr {
 		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
 	}
 	return netip.IPv6Loopback()
+}
+
+// probeBindFirst is the headroom of TCP dials that bind src:0 before
+// connecting (DisableBindNoPort).
+func probeBindFirst(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+	h := Headroom{Source: src, Dest: dst, Range: r}
+	p, host, err := diagTCPBindFirst(ctx, src.Unmap().WithZone(""), r)
+	if err != nil {
+		return h, probeError(err)
+	}
+	host.fill(&h, &p)
+	return h, nil
 }
 
 // sourcesFor returns the sources a dial from d to dst would use.

@@ -475,3 +475,41 @@ func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, h
 	host, err := hostOf(r, nil)
 	return p, host, err
 }
+
+// diagTCPBindFirst reads the ports of r that a TCP bind(src:0) cannot take
+// (a Dialer with DisableBindNoPort): every port of a TCP socket on src, or
+// on a wildcard address that covers it, in any state and whatever its
+// destination (bind() picks a port no socket on the address holds; those
+// on other addresses do not matter). TIME_WAIT sockets count as TimeWait,
+// listeners and bound sockets as Bound, the others as InUse.
+func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
+	var b bytecode
+	conds := []netip.Addr{src, unspecified(src)}
+	if src.Is4() {
+		conds = append(conds, netip.IPv6Unspecified())
+	}
+	b.anyOf(conds)
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	var p pairPorts
+	bound := new(portSet)
+	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, b.bytes())}, func(msg []byte) {
+		m := parseSock(msg)
+		if m.src != src && !(m.src.IsUnspecified() && holdsFor(m, src)) {
+			return
+		}
+		switch m.state {
+		case tcpListen, tcpClose:
+			bound.add(m.sport)
+		case tcpTimeWait:
+			p.tw = append(p.tw, m.sport)
+		default:
+			p.live = append(p.live, m.sport)
+		}
+	})
+	if err != nil {
+		return p, hostPorts{}, err
+	}
+	host, err := hostOf(r, bound)
+	return p, host, err
+}

@@ -463,3 +463,37 @@ func TestProbeHeadroomNotLocalNoRoute(t *testing.T) {
 		}
 	})
 }
+
+// TestDialerHeadroomBindFirst: a Dialer with DisableBindNoPort binds src:0
+// before connecting, and bind() must pick a port no TCP socket on src (or
+// on the wildcard address) holds, whatever its destination and state;
+// sockets on other addresses do not matter. Free must be what its dials
+// then get.
+func TestDialerHeadroomBindFirst(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		a := closingServer(t, "127.0.0.2:5432")
+		b := closingServer(t, "127.0.0.4:5432")
+		src := netip.MustParseAddr("127.0.0.1")
+		ln, err := net.Listen("tcp4", "0.0.0.0:40090") // first: no connection takes its port
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		build(t, "tcp", src, a, 30, 10)                             // toward another destination
+		build(t, "tcp", netip.MustParseAddr("127.0.0.3"), a, 20, 0) // from another address
+		d := &safedial.Dialer{DisableBindNoPort: true, Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}}
+		hs, err := d.Headroom(context.Background(), "tcp", b)
+		if err != nil || len(hs) != 1 {
+			t.Fatalf("Headroom: %+v, %v", hs, err)
+		}
+		h := hs[0]
+		want := safedial.Headroom{Source: src, Dest: netip.MustParseAddrPort(b), Range: safedial.PortRange{Lo: 40000, Hi: 40099}, InUse: 30, TimeWait: 10, Bound: 1, Free: 59}
+		if diff := cmp.Diff(want, h, netipCmp); diff != "" {
+			t.Errorf("Headroom of a Dialer that binds first (-want +got):\n%s", diff)
+		}
+		n, err := fill(t, d.DialContext, "tcp", []string{b}, 200)
+		if n != h.Free || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+			t.Errorf("dials that bind first: %d, then %v; Headroom said Free %d", n, err, h.Free)
+		}
+	})
+}
