@@ -3,6 +3,7 @@ package safedial
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -275,24 +276,25 @@ type pairKey struct {
 // Headroom returns the headroom of each of d's sources toward each address
 // address resolves to: the sources of Sources of the address's family, or
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
-// picks for the address (asked with RTM_GETROUTE: no socket is opened, so
-// the answer comes even when every port is taken). The range is d's
-// PortRange when set (ports of it outside the namespace range count as
-// Reserved), else the namespace's. Host names are resolved with
-// Base.Resolver. An empty or unspecified host (":53", "0.0.0.0:53",
-// "[::]:53") is taken as net.Dialer dials it: the kernel connects to this
-// host (for IPv4 the source itself, 127.0.0.1 when unbound; for IPv6 ::1),
-// and Dest is that address. An address with no source of its family is left
-// out; none at all is an error. With ShareUDPPorts, a UDP headroom is what
-// a shared dial can still take toward the address: InUse counts the ports
-// connected toward it, Bound the ports held for every destination by
-// sockets a shared port cannot join (plain or another user's UDP sockets,
-// wildcard and dual-stack binds), Reserved the ports of
-// net.ipv4.ip_local_reserved_ports and those outside the namespace range.
-// With DisableBindNoPort and a source, TCP dials bind src:0 before
-// connecting, and bind() takes a port no TCP socket on the source (or the
-// wildcard address) holds, whatever its destination: InUse, TimeWait and
-// Bound count those sockets' ports, toward every destination.
+// picks for the address (asked with RTM_GETROUTE: no socket is opened, so the
+// answer comes even when every port is taken). The range is d's PortRange
+// when set (ports of it outside the namespace range count as Reserved), else
+// the namespace's. Host names are resolved with Base.Resolver. An empty or
+// unspecified host (":53", "0.0.0.0:53", "[::]:53") is taken as net.Dialer
+// dials it: the kernel connects to this host (for IPv4 the source itself,
+// 127.0.0.1 when unbound; for IPv6 ::1), and Dest is that address. An address
+// with no source of its family is left out; none at all is an error. A source
+// of Sources that is not an address of this host is left out too, as the
+// pool's dials fail over from it; when no source is left the error matches
+// ErrSourceNotLocal. With ShareUDPPorts, a UDP headroom is what a shared dial
+// can still take toward the address: InUse counts the ports connected toward
+// it, Bound the ports held for every destination by sockets a shared port
+// cannot join (plain or another user's UDP sockets, wildcard and dual-stack
+// binds), Reserved the ports of net.ipv4.ip_local_reserved_ports and those
+// outside the namespace range. With DisableBindNoPort and a source, TCP dials
+// bind src:0 before connecting, and bind() takes a port no TCP socket on the
+// source (or the wildcard address) holds, whatever its destination: InUse,
+// TimeWait and Bound count those sockets' ports, toward every destination.
 // Without a source and without ShareUDPPorts, UDP dials bind nothing: the
 // kernel gives the socket a port that no UDP socket of the family holds, on
 // any address (an IPv6 "udp" socket is dual-stack, so IPv4 sockets count
@@ -317,7 +319,10 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			return nil, probeError(err)
 		}
 	}
-	var hs []Headroom
+	var (
+		hs       []Headroom
+		notLocal error // of a source of Sources left out
+	)
 	for _, asked := range dsts {
 		dst := asked
 		if dst.Addr().IsUnspecified() && d.unbound() {
@@ -335,6 +340,12 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 				dst = netip.AddrPortFrom(kernelPeer(src, dst.Addr()), dst.Port())
 			}
 			if err := checkProbe(network, src, dst); err != nil {
+				if len(d.Sources) > 0 && errors.Is(err, ErrSourceNotLocal) {
+					// The pool's dials fail over from it: so does
+					// its headroom, unless no source is left.
+					notLocal = err
+					continue
+				}
 				return nil, err
 			}
 			var h Headroom
@@ -357,6 +368,9 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			}
 			hs = append(hs, h)
 		}
+	}
+	if len(hs) == 0 && notLocal != nil {
+		return nil, notLocal
 	}
 	if len(hs) == 0 {
 		return nil, fmt.Errorf("safedial: Headroom(%q, %q): no source of the family of %v", network, address, dsts)

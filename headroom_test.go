@@ -497,3 +497,27 @@ func TestDialerHeadroomBindFirst(t *testing.T) {
 		}
 	})
 }
+
+// TestDialerHeadroomPoolNotLocal: a pool's dials fail over from a source
+// that is not (or no longer) an address of this host; its Headroom leaves
+// that source out instead of failing for every source, and fails with
+// ErrSourceNotLocal only when no source is left.
+func TestDialerHeadroomPoolNotLocal(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		dst := closingServer(t, "127.0.0.2:5432")
+		d := &safedial.Dialer{Sources: mustAddrs("192.0.2.1", "127.0.0.1")}
+		hs, err := d.Headroom(context.Background(), "tcp", dst)
+		if err != nil || len(hs) != 1 || hs[0].Source != netip.MustParseAddr("127.0.0.1") || hs[0].Free != 100 {
+			t.Errorf("Headroom of a pool with a source not of this host: %+v, %v; want 127.0.0.1's alone, Free 100", hs, err)
+		}
+		if c, err := d.Dial("tcp", dst); err != nil {
+			t.Errorf("the pool's dial: %v", err)
+		} else {
+			c.Close()
+		}
+		only := &safedial.Dialer{Sources: mustAddrs("192.0.2.1")}
+		if hs, err := only.Headroom(context.Background(), "tcp", dst); !errors.Is(err, safedial.ErrSourceNotLocal) {
+			t.Errorf("Headroom of a pool with no local source: %+v, %v; want ErrSourceNotLocal", hs, err)
+		}
+	})
+}
