@@ -33,3 +33,7 @@ func localAddr(netip.Addr) bool { return true }
 func diagUDPAny(context.Context, bool, bool, PortRange) (pairPorts, hostPorts, error) {
 	return pairPorts{}, hostPorts{}, errNoDiag
 }
+
+func diagTCPBindFirst(context.Context, netip.Addr, PortRange) (pairPorts, hostPorts, error) {
+	return pairPorts{}, hostPorts{}, errNoDiag
+}

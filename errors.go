@@ -108,6 +108,10 @@ func (e *ExhaustedError) Error() string {
 	if e.Range != (PortRange{}) {
 		rng += " " + e.Range.String()
 	}
+	if ns, ok := namespaceRange(); ok && e.PerSocket && (e.Range.Lo < ns.Lo || e.Range.Hi > ns.Hi) && e.Range.Hi >= ns.Lo && e.Range.Lo <= ns.Hi {
+		// The kernel uses the intersection: say so.
+		rng += fmt.Sprintf(" (the kernel uses only %v, its part within the namespace's net.ipv4.ip_local_port_range)", PortRange{Lo: max(e.Range.Lo, ns.Lo), Hi: min(e.Range.Hi, ns.Hi)})
+	}
 	sources := func() string {
 		if len(e.Tried) > 1 {
 			return " from every source tried (" + joinAddrs(e.Tried) + ")"

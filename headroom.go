@@ -3,6 +3,7 @@ package safedial
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -27,13 +28,15 @@ import (
 // how a port was taken (see Bound).
 type Headroom struct {
 	Source netip.Addr     `json:"source"` // as asked
-	Dest   netip.AddrPort `json:"dest"`   // as asked; for UDP without ShareUDPPorts, the zero AddrPort in ProbeAllHeadroom (any destination)
+	Dest   netip.AddrPort `json:"dest"`   // as asked (by Dialer.Headroom: the peer the kernel connects to); for UDP without ShareUDPPorts, the zero AddrPort in ProbeAllHeadroom (any destination)
 	Range  PortRange      `json:"range"`  // the range in force: the Dialer's PortRange, else the namespace's ip_local_port_range
 
 	// InUse counts the ports held by sockets from Source to Dest not in
 	// TIME_WAIT (for UDP: by the sockets on Source, or on a wildcard
 	// address that covers it, whatever their destination, which hold
-	// their port for every destination).
+	// their port for every destination; likewise for the TCP dials of a
+	// Dialer with DisableBindNoPort, whose bind() picks the port before
+	// the destination is known: see Dialer.Headroom).
 	InUse int `json:"in_use"`
 	// TimeWait counts the ports of the pair's TIME_WAIT sockets that the
 	// kernel will not reuse for a new connection now: all of them when
@@ -43,7 +46,9 @@ type Headroom struct {
 	// port that is reserved or bound. Always 0 for UDP.
 	TimeWait int `json:"time_wait"`
 	// Reserved counts the ports of net.ipv4.ip_local_reserved_ports, which
-	// the kernel never hands out to a connect() or an automatic bind.
+	// the kernel never hands out to a connect() or an automatic bind, and
+	// the ports of a Dialer's PortRange outside the namespace range (the
+	// kernel uses only their intersection).
 	Reserved int `json:"reserved"`
 	// Bound counts the ports (TCP) that connect() skips for every source
 	// and destination because a bind() took them: a listener; a socket
@@ -200,7 +205,7 @@ func checkProbe(network string, src netip.Addr, dst netip.AddrPort) error {
 			return bad("unknown zone %q: %v", z, err)
 		}
 	}
-	if s.Zone() == "" && !localAddr(s) {
+	if !localAddr(s) {
 		// A typo must not read as "every port free".
 		return bad("%w: %v (see ip addr)", ErrSourceNotLocal, s)
 	}
@@ -271,17 +276,25 @@ type pairKey struct {
 // Headroom returns the headroom of each of d's sources toward each address
 // address resolves to: the sources of Sources of the address's family, or
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
-// picks for the address (asked with RTM_GETROUTE: no socket is opened, so
-// the answer comes even when every port is taken). The range is d's
-// PortRange when set, else the
-// namespace's. Host names are resolved with Base.Resolver. An address with
-// no source of its family is left out; none at all is an error. With
-// ShareUDPPorts, a UDP headroom is what a shared dial can still take toward
-// the address: InUse counts the ports connected toward it, Bound the ports
-// held for every destination by sockets a shared port cannot join (plain or
-// another user's UDP sockets, wildcard and dual-stack binds), Reserved the
-// ports of net.ipv4.ip_local_reserved_ports and those outside the
-// namespace range.
+// picks for the address (asked with RTM_GETROUTE: no socket is opened, so the
+// answer comes even when every port is taken). The range is d's PortRange
+// when set (ports of it outside the namespace range count as Reserved), else
+// the namespace's. Host names are resolved with Base.Resolver. An empty or
+// unspecified host (":53", "0.0.0.0:53", "[::]:53") is taken as net.Dialer
+// dials it: the kernel connects to this host (for IPv4 the source itself,
+// 127.0.0.1 when unbound; for IPv6 ::1), and Dest is that address. An address
+// with no source of its family is left out; none at all is an error. A source
+// of Sources that is not an address of this host is left out too, as the
+// pool's dials fail over from it; when no source is left the error matches
+// ErrSourceNotLocal. With ShareUDPPorts, a UDP headroom is what a shared dial
+// can still take toward the address: InUse counts the ports connected toward
+// it, Bound the ports held for every destination by sockets a shared port
+// cannot join (plain or another user's UDP sockets, wildcard and dual-stack
+// binds), Reserved the ports of net.ipv4.ip_local_reserved_ports and those
+// outside the namespace range. With DisableBindNoPort and a source, TCP dials
+// bind src:0 before connecting, and bind() takes a port no TCP socket on the
+// source (or the wildcard address) holds, whatever its destination: InUse,
+// TimeWait and Bound count those sockets' ports, toward every destination.
 // Without a source and without ShareUDPPorts, UDP dials bind nothing: the
 // kernel gives the socket a port that no UDP socket of the family holds, on
 // any address (an IPv6 "udp" socket is dual-stack, so IPv4 sockets count
@@ -297,20 +310,42 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 	if err != nil {
 		return nil, fmt.Errorf("safedial: Headroom: %w", err)
 	}
+	if err := d.PortRange.check(); err != nil {
+		return nil, fmt.Errorf("safedial: Headroom: %w", err)
+	}
 	r := d.PortRange
 	if r == (PortRange{}) {
 		if r, err = localPortRange(); err != nil {
 			return nil, probeError(err)
 		}
 	}
-	var hs []Headroom
-	for _, dst := range dsts {
+	var (
+		hs       []Headroom
+		notLocal error // of a source of Sources left out
+	)
+	for _, asked := range dsts {
+		dst := asked
+		if dst.Addr().IsUnspecified() && d.unbound() {
+			// The kernel connects an unbound socket to its loopback
+			// address, from the source the routing picks for it.
+			dst = netip.AddrPortFrom(kernelPeer(netip.Addr{}, dst.Addr()), dst.Port())
+		}
 		srcs, err := d.sourcesFor(network, dst)
 		if err != nil {
 			return nil, fmt.Errorf("safedial: Headroom: %w", err)
 		}
 		for _, src := range srcs {
+			dst := dst
+			if dst.Addr().IsUnspecified() {
+				dst = netip.AddrPortFrom(kernelPeer(src, dst.Addr()), dst.Port())
+			}
 			if err := checkProbe(network, src, dst); err != nil {
+				if len(d.Sources) > 0 && errors.Is(err, ErrSourceNotLocal) {
+					// The pool's dials fail over from it: so does
+					// its headroom, unless no source is left.
+					notLocal = err
+					continue
+				}
 				return nil, err
 			}
 			var h Headroom
@@ -321,6 +356,10 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 				h, err = sharedHeadroom(ctx, src, dst, d.PortRange)
 			case strings.HasPrefix(network, "udp") && d.unbound():
 				h, err = probeUnboundUDP(ctx, network, src, dst, r)
+			case d.DisableBindNoPort && !d.unbound():
+				// TCP dials that bind src:0 first: bind() takes a port
+				// no socket on src holds, whatever its destination.
+				h, err = probeBindFirst(ctx, src, dst, r)
 			default:
 				h, err = probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
 			}
@@ -329,6 +368,9 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			}
 			hs = append(hs, h)
 		}
+	}
+	if len(hs) == 0 && notLocal != nil {
+		return nil, notLocal
 	}
 	if len(hs) == 0 {
 		return nil, fmt.Errorf("safedial: Headroom(%q, %q): no source of the family of %v", network, address, dsts)
@@ -358,6 +400,14 @@ func (d *Dialer) resolve(ctx context.Context, network, address string) ([]netip.
 	var ips []netip.Addr
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ips = []netip.Addr{ip}
+	} else if host == "" {
+		// As net.Dialer dials ":80": to the unspecified address, which
+		// the kernel replaces with this host's (see kernelPeer); an
+		// IPv4 socket but for tcp6 and udp6.
+		ips = []netip.Addr{netip.IPv4Unspecified()}
+		if strings.HasSuffix(network, "6") {
+			ips[0] = netip.IPv6Unspecified()
+		}
 	} else {
 		fam := "ip"
 		if strings.HasSuffix(network, "4") || strings.HasSuffix(network, "6") {
@@ -389,6 +439,34 @@ func (d *Dialer) unbound() bool {
 func probeUnboundUDP(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
 	h := Headroom{Source: src, Dest: dst, Range: r}
 	p, host, err := diagUDPAny(ctx, dst.Addr().Unmap().Is4(), network == "udp6", r)
+	if err != nil {
+		return h, probeError(err)
+	}
+	host.fill(&h, &p)
+	return h, nil
+}
+
+// kernelPeer is the address the kernel connects a socket bound to src to
+// when asked for dst: dst itself, except for the unspecified address, which
+// the kernel replaces with src (IPv4; 127.0.0.1 when src is not given) or
+// ::1 (IPv6).
+func kernelPeer(src, dst netip.Addr) netip.Addr {
+	switch {
+	case !dst.IsUnspecified():
+		return dst.WithZone("")
+	case dst.Is4() && src.IsValid() && !src.IsUnspecified():
+		return src.WithZone("")
+	case dst.Is4():
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	return netip.IPv6Loopback()
+}
+
+// probeBindFirst is the headroom of TCP dials that bind src:0 before
+// connecting (DisableBindNoPort).
+func probeBindFirst(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+	h := Headroom{Source: src, Dest: dst, Range: r}
+	p, host, err := diagTCPBindFirst(ctx, src.Unmap().WithZone(""), r)
 	if err != nil {
 		return h, probeError(err)
 	}

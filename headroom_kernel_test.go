@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -118,7 +119,20 @@ func (f family) pairOf(t *testing.T, src netip.Addr, dst netip.AddrPort, est, tw
 		}
 		if i >= est {
 			unix.Close(s)
-			<-closed // the server closed its side: ours is in TIME_WAIT
+			<-closed // the server closed its side: ours goes to TIME_WAIT
+		}
+	}
+	// Until the client has processed each server's FIN (under load, some
+	// time after <-closed), a closed socket is in FIN_WAIT2, not TIME_WAIT.
+	// (With tcp_tw_reuse, later connections may have reused TIME_WAIT
+	// 4-tuples: fewer than tw remain.)
+	needSS(t)
+	for end := time.Now().Add(10 * time.Second); ; {
+		all, n := ssCount(t, "src", ssAddr(src), "dst", ssAddr(dst.Addr())+":"+strconv.Itoa(int(dst.Port())))
+		if all == est+n {
+			return
+		} else if time.Now().After(end) {
+			t.Fatalf("ss sees %d sockets from %v to %v, %d of them in TIME_WAIT, 10 s after the closes; want %d held and the rest in TIME_WAIT", all, src, dst, n, est)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -67,11 +68,22 @@ func parseSock(msg []byte) diagSock {
 }
 
 // hostOf reads the reserved ports and returns what holds ports of r for
-// every pair, with bound (nil for UDP).
+// every pair, with bound (nil for UDP). Ports of r outside the namespace
+// range (a Dialer's PortRange wider than it: the kernel uses the
+// intersection) count as reserved: the kernel never hands them out either.
 func hostOf(r PortRange, bound *portSet) (hostPorts, error) {
 	reserved, err := reservedPorts()
 	if err != nil {
 		return hostPorts{}, err
+	}
+	if ns, ok := namespaceRange(); ok && (r.Lo < ns.Lo || r.Hi > ns.Hi) {
+		off := *reserved // reservedPorts' set is shared: add to a copy
+		for p := int(r.Lo); p <= int(r.Hi); p++ {
+			if p < int(ns.Lo) || p > int(ns.Hi) {
+				off.add(uint16(p))
+			}
+		}
+		reserved = &off
 	}
 	return newHostPorts(r, reserved, bound), nil
 }
@@ -389,11 +401,45 @@ func udpPairs(ctx context.Context, v4, v6 bool, r PortRange) (map[pairKey]*pairP
 }
 
 // localAddr reports whether a is an address of this host (its network
-// namespace), as the routing says: a local route. Where the routing cannot
-// be asked, it says yes and leaves the kernel to tell.
+// namespace), as the routing says: a local route (the local table, looked up
+// first, has one for every address of the host, so "unreachable" means
+// not local). An address with a zone must be one of its interface's. Where
+// the routing or the interface cannot be asked, it says yes and leaves the
+// kernel to tell.
 func localAddr(a netip.Addr) bool {
+	if a.Zone() != "" {
+		return onInterface(a)
+	}
 	_, typ, err := routeGet(a)
+	if errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) {
+		return false
+	}
 	return err != nil || typ == unix.RTN_LOCAL
+}
+
+// onInterface reports whether a is an address of the interface its zone
+// names.
+func onInterface(a netip.Addr) bool {
+	i, err := zoneIndex(a.Zone())
+	if err != nil {
+		return false
+	}
+	ifi, err := net.InterfaceByIndex(int(i))
+	if err != nil {
+		return false // no such interface
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return true
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if b, ok := netip.AddrFromSlice(n.IP); ok && b.Unmap() == a.WithZone("").Unmap() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // diagUDPAny reads the ports of r that a UDP socket bound to no address
@@ -427,5 +473,43 @@ func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, h
 		return p, hostPorts{}, err
 	}
 	host, err := hostOf(r, nil)
+	return p, host, err
+}
+
+// diagTCPBindFirst reads the ports of r that a TCP bind(src:0) cannot take
+// (a Dialer with DisableBindNoPort): every port of a TCP socket on src, or
+// on a wildcard address that covers it, in any state and whatever its
+// destination (bind() picks a port no socket on the address holds; those
+// on other addresses do not matter). TIME_WAIT sockets count as TimeWait,
+// listeners and bound sockets as Bound, the others as InUse.
+func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
+	var b bytecode
+	conds := []netip.Addr{src, unspecified(src)}
+	if src.Is4() {
+		conds = append(conds, netip.IPv6Unspecified())
+	}
+	b.anyOf(conds)
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	var p pairPorts
+	bound := new(portSet)
+	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, b.bytes())}, func(msg []byte) {
+		m := parseSock(msg)
+		if m.src != src && !(m.src.IsUnspecified() && holdsFor(m, src)) {
+			return
+		}
+		switch m.state {
+		case tcpListen, tcpClose:
+			bound.add(m.sport)
+		case tcpTimeWait:
+			p.tw = append(p.tw, m.sport)
+		default:
+			p.live = append(p.live, m.sport)
+		}
+	})
+	if err != nil {
+		return p, hostPorts{}, err
+	}
+	host, err := hostOf(r, bound)
 	return p, host, err
 }

@@ -344,3 +344,180 @@ func TestDialerHeadroomRoutedSource(t *testing.T) {
 		}
 	})
 }
+
+// TestDialerHeadroomWidePortRange: a PortRange wider than the namespace
+// range gives the kernel only their intersection; the ports outside it are
+// never handed out (Reserved), and Free is what the dials then get. A
+// PortRange outside the namespace range is the dial's configuration error.
+func TestDialerHeadroomWidePortRange(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		tcpDst := closingServer(t, "127.0.0.2:5432")
+		udpDst := udpEcho(t, "127.0.0.2:9000")[0]
+		r := safedial.PortRange{Lo: 39950, Hi: 40049}
+		for _, tc := range []struct {
+			network, dst string
+			d            *safedial.Dialer
+		}{
+			{"tcp", tcpDst, &safedial.Dialer{PortRange: r}},
+			{"tcp", tcpDst, &safedial.Dialer{PortRange: r, Sources: mustAddrs("127.0.0.3")}},
+			{"udp", udpDst, &safedial.Dialer{PortRange: r, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}},
+			{"udp", udpDst, &safedial.Dialer{PortRange: r}},
+		} {
+			t.Run("", func(t *testing.T) { // its connections closed when it ends
+				hs, err := tc.d.Headroom(context.Background(), tc.network, tc.dst)
+				if err != nil || len(hs) != 1 {
+					t.Fatalf("Headroom(%s, %s): %+v, %v", tc.network, tc.dst, hs, err)
+				}
+				h := hs[0]
+				if h.Range != r || h.Reserved != 50 || h.Free != 50 || h.InUse+h.TimeWait+h.Reserved+h.Bound+h.Free != 100 {
+					t.Errorf("Headroom(%s, %s) with PortRange %v in namespace range 40000-40099 = %+v, want Reserved 50 (below the namespace range), Free 50", tc.network, tc.dst, r, h)
+				}
+				n, err := fill(t, tc.d.DialContext, tc.network, []string{tc.dst}, 200)
+				if n != h.Free || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+					t.Errorf("%s dials from %v: %d, then %v; Headroom said Free %d", tc.network, h.Source, n, err, h.Free)
+				} else if !strings.Contains(err.Error(), "range 39950-40049 (the kernel uses only 40000-40049,") {
+					t.Errorf("%s exhaustion %q does not say that the kernel uses only 40000-40049", tc.network, err)
+				}
+			})
+		}
+		out := &safedial.Dialer{PortRange: safedial.PortRange{Lo: 30000, Hi: 30099}}
+		if _, err := out.Headroom(context.Background(), "tcp", tcpDst); !errors.Is(err, safedial.ErrInvalidConfig) {
+			t.Errorf("Headroom with a PortRange outside the namespace range: %v, want ErrInvalidConfig", err)
+		}
+	})
+}
+
+// TestDialerHeadroomUnspecifiedDest: Dial accepts ":8080" and
+// "0.0.0.0:8080" (the kernel connects to this host: the source itself for
+// IPv4, ::1 for IPv6), so Headroom must too, and report the pair the
+// kernel makes, with Free what the dials then get.
+func TestDialerHeadroomUnspecifiedDest(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		closingServer(t, ":8080") // every address, both families
+		udpEcho(t, ":9000")
+		for _, tc := range []struct {
+			network, addr string
+			d             *safedial.Dialer
+			src, peer     string
+		}{
+			{"tcp", ":8080", &safedial.Dialer{}, "127.0.0.1", "127.0.0.1:8080"},
+			{"tcp4", "0.0.0.0:8080", &safedial.Dialer{Sources: mustAddrs("127.0.0.3")}, "127.0.0.3", "127.0.0.3:8080"},
+			{"tcp6", "[::]:8080", &safedial.Dialer{}, "::1", "[::1]:8080"},
+			{"udp", ":9000", &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 5)}}}, "127.0.0.5", "127.0.0.5:9000"},
+		} {
+			t.Run("", func(t *testing.T) { // its connections closed when it ends
+				hs, err := tc.d.Headroom(context.Background(), tc.network, tc.addr)
+				if err != nil || len(hs) != 1 {
+					t.Fatalf("Headroom(%s, %s) = %+v, %v; want one entry", tc.network, tc.addr, hs, err)
+				}
+				h := hs[0]
+				if h.Source != netip.MustParseAddr(tc.src) || h.Dest != netip.MustParseAddrPort(tc.peer) || h.Free != 100 {
+					t.Errorf("Headroom(%s, %s) = %+v, want %s -> %s, Free 100", tc.network, tc.addr, h, tc.src, tc.peer)
+				}
+				conns, err := fillConns(t, tc.d.DialContext, tc.network, []string{tc.addr}, 200)
+				if len(conns) != h.Free || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+					t.Errorf("%s dials to %s: %d, then %v; Headroom said Free %d", tc.network, tc.addr, len(conns), err, h.Free)
+				}
+				if len(conns) > 0 && netip.MustParseAddrPort(conns[0].RemoteAddr().String()) != h.Dest {
+					t.Errorf("the kernel connected to %v; Headroom said %v", conns[0].RemoteAddr(), h.Dest)
+				}
+			})
+		}
+	})
+}
+
+// TestProbeHeadroomNotLocalNoRoute: in a namespace without a default route,
+// the routing answers "unreachable" for an address not of this host, and a
+// zone's interface lists its addresses: a source that is not this host's,
+// with or without a zone, is ErrSourceNotLocal, never "every port free".
+func TestProbeHeadroomNotLocalNoRoute(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		addLinkLocal(t) // fe80::1/64 on lo
+		for _, tc := range []struct {
+			src, dst string
+			local    bool
+		}{
+			{"192.0.2.1", "127.0.0.2:80", false},
+			{"2001:db8::1", "[::1]:80", false},
+			{"fe80::dead%lo", "[fe80::2%lo]:80", false},
+			{"fe80::dead", "[fe80::2]:80", false},
+			{"::1%lo", "[::1]:80", true},
+			{"fe80::1%lo", "[fe80::2%lo]:80", true},
+			{"fe80::1", "[fe80::2]:80", true},
+			{"fe80::1%1", "[fe80::2]:80", true}, // lo is interface 1
+		} {
+			for _, network := range []string{"tcp", "udp"} {
+				h, err := safedial.ProbeHeadroom(context.Background(), network, netip.MustParseAddr(tc.src), netip.MustParseAddrPort(tc.dst))
+				if tc.local && (err != nil || h.Free != 100) {
+					t.Errorf("ProbeHeadroom(%s, %s, %s) = %+v, %v; want Free 100", network, tc.src, tc.dst, h, err)
+				}
+				if !tc.local && !errors.Is(err, safedial.ErrSourceNotLocal) {
+					t.Errorf("ProbeHeadroom(%s, %s, %s) = %+v, %v; want ErrSourceNotLocal", network, tc.src, tc.dst, h, err)
+				}
+			}
+		}
+		d := &safedial.Dialer{Sources: mustAddrs("fe80::dead%lo")}
+		if hs, err := d.Headroom(context.Background(), "udp", "[fe80::2%lo]:53"); !errors.Is(err, safedial.ErrSourceNotLocal) {
+			t.Errorf("Dialer.Headroom from fe80::dead%%lo = %+v, %v; want ErrSourceNotLocal", hs, err)
+		}
+	})
+}
+
+// TestDialerHeadroomBindFirst: a Dialer with DisableBindNoPort binds src:0
+// before connecting, and bind() must pick a port no TCP socket on src (or
+// on the wildcard address) holds, whatever its destination and state;
+// sockets on other addresses do not matter. Free must be what its dials
+// then get.
+func TestDialerHeadroomBindFirst(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		a := closingServer(t, "127.0.0.2:5432")
+		b := closingServer(t, "127.0.0.4:5432")
+		src := netip.MustParseAddr("127.0.0.1")
+		ln, err := net.Listen("tcp4", "0.0.0.0:40090") // first: no connection takes its port
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		build(t, "tcp", src, a, 30, 10)                             // toward another destination
+		build(t, "tcp", netip.MustParseAddr("127.0.0.3"), a, 20, 0) // from another address
+		d := &safedial.Dialer{DisableBindNoPort: true, Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}}
+		hs, err := d.Headroom(context.Background(), "tcp", b)
+		if err != nil || len(hs) != 1 {
+			t.Fatalf("Headroom: %+v, %v", hs, err)
+		}
+		h := hs[0]
+		want := safedial.Headroom{Source: src, Dest: netip.MustParseAddrPort(b), Range: safedial.PortRange{Lo: 40000, Hi: 40099}, InUse: 30, TimeWait: 10, Bound: 1, Free: 59}
+		if diff := cmp.Diff(want, h, netipCmp); diff != "" {
+			t.Errorf("Headroom of a Dialer that binds first (-want +got):\n%s", diff)
+		}
+		n, err := fill(t, d.DialContext, "tcp", []string{b}, 200)
+		if n != h.Free || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+			t.Errorf("dials that bind first: %d, then %v; Headroom said Free %d", n, err, h.Free)
+		}
+	})
+}
+
+// TestDialerHeadroomPoolNotLocal: a pool's dials fail over from a source
+// that is not (or no longer) an address of this host; its Headroom leaves
+// that source out instead of failing for every source, and fails with
+// ErrSourceNotLocal only when no source is left.
+func TestDialerHeadroomPoolNotLocal(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		dst := closingServer(t, "127.0.0.2:5432")
+		d := &safedial.Dialer{Sources: mustAddrs("192.0.2.1", "127.0.0.1")}
+		hs, err := d.Headroom(context.Background(), "tcp", dst)
+		if err != nil || len(hs) != 1 || hs[0].Source != netip.MustParseAddr("127.0.0.1") || hs[0].Free != 100 {
+			t.Errorf("Headroom of a pool with a source not of this host: %+v, %v; want 127.0.0.1's alone, Free 100", hs, err)
+		}
+		if c, err := d.Dial("tcp", dst); err != nil {
+			t.Errorf("the pool's dial: %v", err)
+		} else {
+			c.Close()
+		}
+		only := &safedial.Dialer{Sources: mustAddrs("192.0.2.1")}
+		if hs, err := only.Headroom(context.Background(), "tcp", dst); !errors.Is(err, safedial.ErrSourceNotLocal) {
+			t.Errorf("Headroom of a pool with no local source: %+v, %v; want ErrSourceNotLocal", hs, err)
+		}
+	})
+}

@@ -104,6 +104,9 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		if strings.HasSuffix(network, "6") {
 			fam = "IPv6"
 		}
+		if pd.p == pd.d.shared.Load() { // a pool of one, of Base.LocalAddr (ShareUDPPorts)
+			return errConfig("no source address of the destination's family for %s (%s): Base.LocalAddr is %s", address, fam, joinAddrs(pd.p.addrs))
+		}
 		return errConfig("no source address of the destination's family for %s (%s): Sources holds %s; add an %s source",
 			address, fam, joinAddrs(pd.p.addrs), fam) // pd.p is not nil: a routed source is always of the family
 	}

@@ -72,7 +72,6 @@ func TestSourcesNotUnicast(t *testing.T) {
 // the zone (fe80::1%lo), and pins the connection to it.
 func TestSourcesLinkLocal(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
-		needIPv6(t)
 		addLinkLocal(t)
 		servers(t, "tcp", []string{"fe80::1%lo"}, []int{8080})
 		// Not the listener's Addr, which came back without its zone in

@@ -511,3 +511,57 @@ func TestShareUDPPortsDualStack(t *testing.T) {
 		}
 	})
 }
+
+// TestShareUDPPortsV6OnlyWildcard: an IPv6-only socket on [::]:P (Go's
+// ListenPacket("udp6", ":0")) does not hold P for IPv4 addresses, so a
+// shared dial from an IPv4 source can take P; a dual-stack one on [::]:P
+// holds it. Headroom and the dials must agree with the kernel.
+func TestShareUDPPortsV6OnlyWildcard(t *testing.T) {
+	inNamespace(t, 40000, 40031, func(t *testing.T) {
+		needIPv6(t)
+		dst := udpEcho(t, "127.0.0.2:9000")[0]
+		for p := 40000; p < 40008; p++ {
+			c, err := net.ListenPacket("udp6", fmt.Sprintf("[::]:%d", p)) // IPV6_V6ONLY
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+		for p := 40008; p < 40012; p++ {
+			c, err := net.ListenPacket("udp", fmt.Sprintf(":%d", p)) // dual-stack
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+		d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+		want := safedial.Headroom{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort(dst),
+			Range: safedial.PortRange{Lo: 40000, Hi: 40031}, Bound: 4, Free: 28}
+		hs, err := d.Headroom(context.Background(), "udp", dst)
+		if err != nil || len(hs) != 1 {
+			t.Fatalf("Headroom: %v, %v", hs, err)
+		}
+		if diff := cmp.Diff(want, hs[0], netipCmp); diff != "" {
+			t.Errorf("Headroom (-want +got):\n%s", diff)
+		}
+		n, err := fillUDP(t, d, []string{dst}, 100)
+		var ee *safedial.ExhaustedError
+		if n != 28 || !errors.As(err, &ee) || ee.Held == nil || ee.Held.Bound != 4 {
+			t.Errorf("%d shared dials, then %v (Held %+v); want 28, then exhaustion with 4 bound", n, err, ee)
+		}
+	})
+}
+
+// TestShareUDPPortsLocalAddrFamily: a shared dial from Base.LocalAddr to an
+// address of the other family names Base.LocalAddr, not Sources (which the
+// user did not set).
+func TestShareUDPPortsLocalAddrFamily(t *testing.T) {
+	inNamespace(t, 40000, 40031, func(t *testing.T) {
+		needIPv6(t)
+		d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
+		_, err := d.Dial("udp", "[::1]:9000")
+		if !errors.Is(err, safedial.ErrInvalidConfig) || !strings.Contains(err.Error(), "Base.LocalAddr is 127.0.0.1") || strings.Contains(err.Error(), "Sources") {
+			t.Errorf("shared dial from 127.0.0.1 to [::1]:9000: %v; want ErrInvalidConfig naming Base.LocalAddr", err)
+		}
+	})
+}

@@ -33,6 +33,7 @@ type diagSocket struct {
 	cookie    uint64
 	marked    bool // a ShareUDPPorts socket
 	hasOpts   bool // the kernel sent INET_DIAG_SOCKOPT
+	v6only    bool // INET_DIAG_SKV6ONLY came and is set (IPV6_V6ONLY)
 }
 
 func parseDiag(msg []byte) diagSocket {
@@ -53,10 +54,15 @@ func parseDiag(msg []byte) diagSocket {
 		if l < unix.SizeofRtAttr || l > len(a) {
 			break
 		}
-		if binary.NativeEndian.Uint16(a[2:]) == inetDiagSockopt && l >= unix.SizeofRtAttr+2 {
-			bits := uint16(a[unix.SizeofRtAttr]) | uint16(a[unix.SizeofRtAttr+1])<<8
-			s.hasOpts = true
-			s.marked = bits&rfc4884Bit != 0 && bits&recverrBit == 0
+		switch binary.NativeEndian.Uint16(a[2:]) {
+		case inetDiagSockopt:
+			if l >= unix.SizeofRtAttr+2 {
+				bits := uint16(a[unix.SizeofRtAttr]) | uint16(a[unix.SizeofRtAttr+1])<<8
+				s.hasOpts = true
+				s.marked = bits&rfc4884Bit != 0 && bits&recverrBit == 0
+			}
+		case inetDiagSKV6Only:
+			s.v6only = l > unix.SizeofRtAttr && a[unix.SizeofRtAttr] != 0
 		}
 		a = a[min((l+3)&^3, len(a)):]
 	}

@@ -135,8 +135,9 @@ func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r P
 		a := s.local.Addr()
 		switch {
 		case a == src.WithZone(""):
-		case a.IsUnspecified() && (a.Is4() == src.Is4() || s.family == unix.AF_INET6 && src.Is4()):
-			// The wildcard of src's family, or the dual-stack [::].
+		case a.IsUnspecified() && (a.Is4() == src.Is4() || s.family == unix.AF_INET6 && src.Is4() && !s.v6only):
+			// The wildcard of src's family, or the dual-stack [::] (an
+			// IPv6-only [::] holds no IPv4 port).
 		default:
 			return
 		}
@@ -191,17 +192,4 @@ func (h *Headroom) count(states []portState) {
 			h.Free++
 		}
 	}
-}
-
-// kernelPeer is the address the kernel connects a socket bound to src to
-// when asked for dst: dst itself, except for the unspecified address, which
-// the kernel replaces with src (IPv4) or ::1 (IPv6).
-func kernelPeer(src, dst netip.Addr) netip.Addr {
-	switch {
-	case !dst.IsUnspecified():
-		return dst.WithZone("")
-	case dst.Is4():
-		return src.WithZone("")
-	}
-	return netip.IPv6Loopback()
 }

@@ -55,6 +55,7 @@ type options struct {
 	udp   bool
 	json  bool
 	watch time.Duration
+	tty   bool // the output is a terminal: -watch clears it before each sample
 
 	// The clock of -watch; tests replace it.
 	now   func() time.Time
@@ -179,7 +180,18 @@ func run(ctx context.Context, args []string, w io.Writer) error {
 	} else if err != nil {
 		return err
 	}
+	o.tty = terminal(w)
 	return watchLoop(ctx, o, w)
+}
+
+// terminal reports whether w is a terminal (a character device).
+func terminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // watchLoop prints one sample, or one per period with -watch.
@@ -198,8 +210,11 @@ func watchLoop(ctx context.Context, o options, w io.Writer) error {
 				return err
 			}
 		} else {
-			if o.watch > 0 {
+			switch {
+			case o.watch > 0 && o.tty:
 				fmt.Fprint(w, "\033[H\033[2J") // clear the terminal
+			case o.watch > 0 && k > 1:
+				fmt.Fprintln(w) // a file or a pipe: samples one after the other
 			}
 			show(w, r, o.watch > 0)
 		}

@@ -288,9 +288,22 @@ source     destination  in use  reserved  free  used
 			t.Fatal(err)
 		}
 		for _, at := range []time.Time{t0, t0.Add(time.Second), t0.Add(2 * time.Second)} {
-			if want := "\033[H\033[2J" + at.Format(time.RFC3339) + "\nip_local_port_range"; !strings.Contains(out.String(), want) {
+			if want := at.Format(time.RFC3339) + "\nip_local_port_range"; !strings.Contains(out.String(), want) {
 				t.Errorf("-watch output lacks the sample at %v:\n%q", at, out.String())
 			}
+		}
+		// Into a file or a pipe (-watch 10s >> headroom.log), no
+		// terminal escapes; on a terminal, each sample clears it.
+		if strings.Contains(out.String(), "\033[") {
+			t.Errorf("-watch wrote terminal escapes to a writer that is no terminal:\n%q", out.String())
+		}
+		now, sleeps, o.tty = t0, 0, true
+		out.Reset()
+		if err := watchLoop(ctx, o, text); err != nil {
+			t.Fatal(err)
+		}
+		if want := "\033[H\033[2J" + t0.Format(time.RFC3339) + "\nip_local_port_range"; !strings.Contains(out.String(), want) {
+			t.Errorf("-watch on a terminal does not clear it before a sample:\n%q", out.String())
 		}
 	})
 }
