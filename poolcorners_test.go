@@ -325,6 +325,32 @@ func TestPoolErrorSource(t *testing.T) {
 				}
 			}
 		})
+		// Errors the attempt returns at once, from the hook: connect's
+		// ENETUNREACH, and the user's hook's own error.
+		t.Run("two sources, errors in the hook", func(t *testing.T) {
+			srcs := mustAddrs("127.0.0.1", "127.0.0.2")
+			hookErr := errors.New("hook says no")
+			no := func(string, string, syscall.RawConn) error { return hookErr }
+			for _, tc := range []struct {
+				name, address string
+				hook          func(string, string, syscall.RawConn) error
+			}{
+				{"unreachable", "10.0.0.1:80", nil},
+				{"hook error", "127.0.0.1:8080", no},
+			} {
+				d := &safedial.Dialer{Sources: srcs, Base: net.Dialer{Control: tc.hook}}
+				for i := range 2 {
+					_, err := d.Dial("tcp", tc.address)
+					_, want := (&net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(srcs[i], 0)), Control: tc.hook}).Dial("tcp", tc.address)
+					if err == nil || err.Error() != want.Error() {
+						t.Errorf("%s, dial %d (from %v, in turn): %v, want %v", tc.name, i, srcs[i], err, want)
+					}
+					if diff := cmp.Diff(chain(want), chain(err)); diff != "" {
+						t.Errorf("%s, dial %d: error chain (-net.Dialer +safedial):\n%s", tc.name, i, diff)
+					}
+				}
+			}
+		})
 	})
 }
 

@@ -181,6 +181,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 				notLocal = e
 			}
 		default:
+			pd.record(s, dst, false) // the error names s, as net.Dialer{LocalAddr: s}'s would
 			return err
 		}
 	}
