@@ -227,7 +227,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		// nothing to report. dial is the general path; its last lines
 		// repeat these three on purpose: moving them into a shared helper
 		// cost 0.2-0.5 points of BenchmarkDialRatio here.
-		bind := d.Base.LocalAddr != nil
+		bind := d.Base.LocalAddr != nil && !noAddr(d.Base.LocalAddr)
 		nd := d.Base
 		nd.ControlContext = d.control(bind)
 		c, err := nd.DialContext(ctx, network, address)
@@ -299,7 +299,7 @@ func (d *Dialer) dial(ctx context.Context, network, address string, la net.Addr)
 	if d.pool.Load() != nil {
 		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
 	}
-	bind := la != nil
+	bind := !noAddr(la) // a typed nil is no address, as for net.Dialer
 	nd := d.Base
 	nd.LocalAddr = la
 	nd.ControlContext = d.control(bind)
@@ -328,7 +328,7 @@ func (d *Dialer) result(c net.Conn, err error, o options, network string) outcom
 // la names an explicit port, nor when it is not a *net.UDPAddr (net.Dialer
 // then reports the mismatch).
 func sharesLocal(la net.Addr) bool {
-	if la == nil {
+	if noAddr(la) {
 		return true
 	}
 	u, ok := la.(*net.UDPAddr)
