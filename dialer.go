@@ -30,7 +30,11 @@ type Dialer struct {
 	// is never modified. A Base.ControlContext, or Base.Control when
 	// ControlContext is nil, runs after safedial has set its options and
 	// before the socket is bound or connected, and its error is returned
-	// unchanged inside the *net.OpError.
+	// unchanged inside the *net.OpError. With Sources or ShareUDPPorts (on
+	// Linux) it runs once per socket rather than once per attempt: again
+	// on the fresh socket of each failover step between sources, and of
+	// each shared UDP port given up for another, always through the
+	// RawConn of the descriptor the connection keeps.
 	Base net.Dialer
 
 	// DisableReuseAddr turns off SO_REUSEADDR on TCP sockets that bind a
