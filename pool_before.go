@@ -38,6 +38,7 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 		notLocal *outcome // the first not-local dial's result
 		ended    error    // the context's error, when it ended between steps
 		prev     *source
+		dest     net.Addr // the address the last step dialed
 	)
 	for i := range uint32(len(srcs)) {
 		s := srcs[(start+i)%uint32(len(srcs))]
@@ -56,6 +57,9 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 		r := d.result(c, err, d.options(true), network)
 		out.refused |= r.refused
 		out.events = append(out.events, r.events...)
+		if op, ok := r.err.(*net.OpError); ok {
+			dest = op.Addr
+		}
 		var ee *ExhaustedError
 		switch {
 		case r.err == nil:
@@ -81,7 +85,7 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 	}
 	switch {
 	case ended != nil:
-		out.err = &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(prev.addr, 0)), Err: netContextError(ended)}
+		out.err = &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(prev.addr, 0)), Addr: dest, Err: netContextError(ended)}
 	case exhaust != nil:
 		out.err = exhaust.err
 	case notLocal != nil:
