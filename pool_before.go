@@ -43,10 +43,10 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 	for i := range uint32(len(srcs)) {
 		s := srcs[(start+i)%uint32(len(srcs))]
 		if i > 0 {
-			d.counters.failovers.Add(1)
 			if ended = ctx.Err(); ended != nil {
 				break
 			}
+			d.counters.failovers.Add(1)
 		}
 		prev = s
 		nd := d.Base

@@ -84,6 +84,9 @@ func TestPoolBefore(t *testing.T) {
 		if !errors.Is(err, context.Canceled) || err.Error() != want.Error() {
 			t.Errorf("cancelled between steps: %v, want %v", err, want)
 		}
+		if st := d.Stats(); st.Failovers != 0 {
+			t.Errorf("Stats().Failovers = %d after a dial stopped before its second step, want 0", st.Failovers)
+		}
 
 		// Both sources full: exhaustion from the last, naming both.
 		full2 := &Dialer{Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}}

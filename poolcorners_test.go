@@ -108,6 +108,9 @@ func TestPoolContextBetweenSteps(t *testing.T) {
 				if calls != 2 {
 					t.Errorf("the hook ran %d times, want 2 (no step after the context ended)", calls)
 				}
+				if st := d.Stats(); st.Failovers != 1 {
+					t.Errorf("Stats().Failovers = %d, want 1 (to the second source; none after the context ended)", st.Failovers)
+				}
 				if !errors.Is(err, tc.is) {
 					t.Errorf("err = %v, want it to match %v", err, tc.is)
 				}

@@ -135,12 +135,10 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 	)
 	for k, i := range order {
 		s := srcs[i]
-		if k > 0 {
-			pd.d.counters.failovers.Add(1)
-		}
 		if allKnown && last != nil {
 			// Every source was known full and the kernel confirmed it
 			// for one: the others are not asked.
+			pd.d.counters.failovers.Add(1)
 			s.skipped.Add(1)
 			if marks[i]&notLocalMark == 0 {
 				tried = append(tried, s.addr)
@@ -152,6 +150,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 				pd.record(prev, dst, false)
 				return netContextError(err)
 			}
+			pd.d.counters.failovers.Add(1)
 		}
 		if bound {
 			if err := freshSocket(orig); err != nil {
