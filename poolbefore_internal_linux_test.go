@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -102,6 +103,28 @@ func TestPoolBefore(t *testing.T) {
 		var ee *ExhaustedError
 		if !errors.As(err, &ee) || len(ee.Tried) != 2 || ee.Source.Addr() != netip.MustParseAddr("127.0.0.2") {
 			t.Errorf("both full: %v, want exhaustion from 127.0.0.2 naming both sources", err)
+		}
+	})
+}
+
+// TestPoolBeforeFamily: an IP literal of a family the pool has no source of
+// is the configuration error the hook gives on Linux, naming the family to
+// add, from either family's side.
+func TestPoolBeforeFamily(t *testing.T) {
+	netnstest.Run(t, netns.Config{PortLo: 40000, PortHi: 40099}, func(t *testing.T) {
+		for _, tc := range []struct{ src, dst, fam string }{
+			{"::1", "127.0.1.1:8080", "IPv4"},
+			{"127.0.0.1", "[::1]:8080", "IPv6"},
+		} {
+			d := &Dialer{Sources: []netip.Addr{netip.MustParseAddr(tc.src)}}
+			_, err := d.finish(d.dialPoolBefore(context.Background(), "tcp", tc.dst, d.sourcePool()))
+			_, hook := d.Dial("tcp", tc.dst)
+			if !errors.Is(err, ErrInvalidConfig) || err.Error() != hook.Error() {
+				t.Errorf("Sources %s, dial %s: %v; want the hook's %v", tc.src, tc.dst, err, hook)
+			}
+			if !strings.Contains(err.Error(), "add an "+tc.fam+" source") {
+				t.Errorf("Sources %s, dial %s: %v; want it to name the family to add (%s)", tc.src, tc.dst, err, tc.fam)
+			}
 		}
 	})
 }

@@ -100,12 +100,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 	}
 	n := len(srcs)
 	if n == 0 {
-		fam := "IPv4"
-		if strings.HasSuffix(network, "6") {
-			fam = "IPv6"
-		}
-		return errConfig("no source address of the destination's family for %s (%s): Sources holds %s; add an %s source",
-			address, fam, joinAddrs(pd.p.addrs), fam) // pd.p is not nil: a routed source is always of the family
+		return pd.p.noFamily(address, strings.HasSuffix(network, "6")) // pd.p is not nil: a routed source is always of the family
 	}
 	var orig int
 	if err := c.Control(func(fd uintptr) { orig = int(fd) }); err != nil {
