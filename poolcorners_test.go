@@ -586,3 +586,61 @@ func runPair(ref, dial func(context.Context, string, string) (net.Conn, error), 
 		}
 	}
 }
+
+// TestPoolFailoverSocketDefaults: the fresh socket of a failover step has
+// the defaults net.Dialer gave its own (SO_BROADCAST on every UDP socket,
+// IPv6 ones too; IPV6_V6ONLY), so the connection's socket is the one
+// net.Dialer{LocalAddr: that source} makes.
+func TestPoolFailoverSocketDefaults(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		needIPv6(t)
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("iproute2's ip is needed to add an address (CI=true, so this fails instead of skipping): %v", err)
+			}
+			t.Skipf("iproute2's ip is needed to add an address: %v", err)
+		}
+		if out, err := exec.Command(ip, "-6", "addr", "add", "fd00::2/128", "dev", "lo", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("ip addr add: %v: %s", err, out)
+		}
+		dst := "[::1]:9999"
+		first := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("[::1]:0"))
+		if n, _ := fill(t, (&net.Dialer{LocalAddr: first, Control: bindNoPort}).DialContext, "udp", []string{dst}, 100); n != 4 {
+			t.Fatalf("filled %d UDP ports of ::1, want 4", n)
+		}
+		type defaults struct{ Broadcast, V6Only int }
+		read := func(c net.Conn) (d defaults) {
+			t.Helper()
+			rc, err := c.(syscall.Conn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var err1, err2 error
+			if err := rc.Control(func(fd uintptr) {
+				d.Broadcast, err1 = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST)
+				d.V6Only, err2 = unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+			}); err != nil || err1 != nil || err2 != nil {
+				t.Fatalf("getsockopt: %v, %v, %v", err, err1, err2)
+			}
+			return d
+		}
+		ref, err := (&net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.MustParseAddrPort("[fd00::2]:0"))}).Dial("udp", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ref.Close()
+		d := &safedial.Dialer{Sources: mustAddrs("::1", "fd00::2")}
+		c, err := d.Dial("udp", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got := c.LocalAddr().(*net.UDPAddr).AddrPort().Addr(); got != netip.MustParseAddr("fd00::2") {
+			t.Fatalf("connected from %v, want fd00::2 (after a failover from ::1)", got)
+		}
+		if diff := cmp.Diff(read(ref), read(c)); diff != "" {
+			t.Errorf("the failover socket's defaults (-net.Dialer{LocalAddr: fd00::2} +safedial):\n%s", diff)
+		}
+	})
+}
