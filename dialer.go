@@ -176,10 +176,14 @@ type Dialer struct {
 	// with an explicit port is bound as is.
 	ShareUDPPorts bool
 
-	// OnExhausted, when not nil, is called on the dialing goroutine for
-	// every exhaustion the kernel reported during the dial, including each
-	// failover step inside a pool, before the dial returns. It must not
-	// block for long.
+	// OnExhausted, when not nil, is called on the dialing goroutine, before
+	// the dial returns, for the exhaustion a failing dial returns and, with
+	// Sources (on Linux), for every source the kernel found full in any of
+	// the dial's attempts: each failover step, including those of an
+	// attempt toward an address net.Dialer then moved past, even when the
+	// dial connected. Without Sources, net.Dialer keeps the errors of the
+	// addresses it moved past to itself, so only the returned one is seen.
+	// It must not block for long.
 	OnExhausted func(*ExhaustedError)
 
 	// OnRefused, when not nil, is called once per option for this Dialer,

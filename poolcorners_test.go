@@ -644,3 +644,36 @@ func TestPoolFailoverSocketDefaults(t *testing.T) {
 		}
 	})
 }
+
+// TestOnExhaustedScope: what OnExhausted sees, as its doc says. A name with
+// two addresses, the source full toward the first: net.Dialer moves on to
+// the second and connects. Without Sources the first exhaustion stays
+// inside net.Dialer; with Sources the hook saw it, and reports it.
+func TestOnExhaustedScope(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		servers(t, "tcp", []string{"127.0.1.1", "127.0.1.2"}, []int{8080})
+		res := fakeResolver(map[string][]netip.Addr{"two.test.": mustAddrs("127.0.1.1", "127.0.1.2")})
+		if n, _ := fill(t, (&net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0"), Control: bindNoPort}).DialContext, "tcp", []string{"127.0.1.1:8080"}, 100); n != 4 {
+			t.Fatalf("filled %d, want 4", n)
+		}
+		for _, tc := range []struct {
+			name string
+			d    *safedial.Dialer
+			want []string
+		}{
+			{"Base.LocalAddr", &safedial.Dialer{Base: net.Dialer{Resolver: res, LocalAddr: tcpAddr("127.0.0.1:0")}}, nil},
+			{"Sources", &safedial.Dialer{Base: net.Dialer{Resolver: res}, Sources: mustAddrs("127.0.0.1")}, []string{"127.0.0.1:0->127.0.1.1:8080"}},
+		} {
+			var got []string
+			tc.d.OnExhausted = func(e *safedial.ExhaustedError) { got = append(got, e.Source.String()+"->"+e.Dest.String()) }
+			c, err := tc.d.Dial("tcp", "two.test:8080")
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			c.Close()
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("%s: OnExhausted calls (-want +got):\n%s", tc.name, diff)
+			}
+		}
+	})
+}
