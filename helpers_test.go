@@ -76,6 +76,52 @@ func servers(t *testing.T, network string, hosts []string, ports []int) []string
 	return addrs
 }
 
+// acceptingServer listens on addr (TCP) until the test ends and sends each
+// connection it accepts on the returned channel; the test closes those it
+// receives, the cleanup the rest. Tests that count descriptors wait for the
+// server's side of their connections there, so that a late accept is not
+// taken for a leak.
+func acceptingServer(t *testing.T, addr string) (string, <-chan net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 256)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for c := range accepted {
+			c.Close()
+		}
+	})
+	return ln.Addr().String(), accepted
+}
+
+// receive takes n connections from accepted and closes them when the test
+// ends.
+func receive(t *testing.T, accepted <-chan net.Conn, n int) {
+	t.Helper()
+	held := make([]net.Conn, 0, n)
+	for range n {
+		held = append(held, <-accepted)
+	}
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+}
+
 // fill dials the destinations in turn until the first error, and returns the
 // number of connections made and that error. The connections stay open until
 // the test ends.

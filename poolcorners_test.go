@@ -67,7 +67,7 @@ func TestPoolProtocols(t *testing.T) {
 // there, with net.Dialer's error for an ended context from that source.
 func TestPoolContextBetweenSteps(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
-		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		dst, accepted := acceptingServer(t, "127.0.1.1:8080")
 		var srcs []netip.Addr
 		for i := range 8 {
 			srcs = append(srcs, netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)}))
@@ -75,6 +75,7 @@ func TestPoolContextBetweenSteps(t *testing.T) {
 		if n, _ := fill(t, (&safedial.Dialer{Sources: srcs}).DialContext, "tcp", []string{dst}, 100); n != 32 {
 			t.Fatalf("filled %d, want 32", n)
 		}
+		receive(t, accepted, 32) // before the descriptors are counted
 		for _, tc := range []struct {
 			name     string
 			deadline bool
@@ -361,13 +362,15 @@ func TestPoolErrorSource(t *testing.T) {
 // more than net.Dialer does with the same hook (net.Dialer's own socket).
 func TestPoolHookPanic(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
-		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		dst, accepted := acceptingServer(t, "127.0.1.1:8080")
 		if n, _ := fill(t, (&net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0"), Control: bindNoPort}).DialContext, "tcp", []string{dst}, 100); n != 4 {
 			t.Fatalf("filled %d, want 4", n)
 		}
+		receive(t, accepted, 4)
 		leak := func(dial func() (net.Conn, error)) int {
 			if c, err := (&net.Dialer{}).Dial("tcp", dst); err == nil { // warm up: the poller's descriptors
 				c.Close()
+				receive(t, accepted, 1)
 			}
 			before := fdCount(t)
 			func() {
