@@ -145,10 +145,10 @@ func (d *Dialer) classify(err error, refused uint32) (ee *ExhaustedError, _ erro
 }
 
 // notLocal returns the sourceError for a bind that failed with
-// EADDRNOTAVAIL, or nil.
+// EADDRNOTAVAIL (WSAEADDRNOTAVAIL on Windows), or nil.
 func notLocal(op *net.OpError) *sourceError {
 	sc, ok := op.Err.(*os.SyscallError)
-	if ok && sc.Syscall == "bind" && errors.Is(sc.Err, syscall.EADDRNOTAVAIL) {
+	if ok && sc.Syscall == "bind" && (errors.Is(sc.Err, syscall.EADDRNOTAVAIL) || sc.Err == wsaEADDRNOTAVAIL) {
 		return &sourceError{src: addrPort(op.Source).Addr(), err: sc}
 	}
 	return nil

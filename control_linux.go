@@ -97,8 +97,9 @@ func socketLike(s int) (int, error) {
 	}
 	if domain == unix.AF_INET6 {
 		err = copyOpt(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
-	} else if typ == unix.SOCK_DGRAM {
-		err = copyOpt(unix.SOL_SOCKET, unix.SO_BROADCAST)
+	}
+	if typ == unix.SOCK_DGRAM && err == nil {
+		err = copyOpt(unix.SOL_SOCKET, unix.SO_BROADCAST) // Go sets it on IPv6 UDP sockets too
 	}
 	if err != nil {
 		unix.Close(n)

@@ -31,6 +31,8 @@ const soReuseUnicastPort = 0x3007
 var (
 	_ [wsaEADDRINUSE - windows.WSAEADDRINUSE]struct{}
 	_ [windows.WSAEADDRINUSE - wsaEADDRINUSE]struct{}
+	_ [wsaEADDRNOTAVAIL - windows.WSAEADDRNOTAVAIL]struct{}
+	_ [windows.WSAEADDRNOTAVAIL - wsaEADDRNOTAVAIL]struct{}
 	_ [wsaENOBUFS - windows.WSAENOBUFS]struct{}
 	_ [windows.WSAENOBUFS - wsaENOBUFS]struct{}
 )

@@ -30,7 +30,11 @@ type Dialer struct {
 	// is never modified. A Base.ControlContext, or Base.Control when
 	// ControlContext is nil, runs after safedial has set its options and
 	// before the socket is bound or connected, and its error is returned
-	// unchanged inside the *net.OpError.
+	// unchanged inside the *net.OpError. With Sources or ShareUDPPorts (on
+	// Linux) it runs once per socket rather than once per attempt: again
+	// on the fresh socket of each failover step between sources, and of
+	// each shared UDP port given up for another, always through the
+	// RawConn of the descriptor the connection keeps.
 	Base net.Dialer
 
 	// DisableReuseAddr turns off SO_REUSEADDR on TCP sockets that bind a
@@ -172,10 +176,14 @@ type Dialer struct {
 	// with an explicit port is bound as is.
 	ShareUDPPorts bool
 
-	// OnExhausted, when not nil, is called on the dialing goroutine for
-	// every exhaustion the kernel reported during the dial, including each
-	// failover step inside a pool, before the dial returns. It must not
-	// block for long.
+	// OnExhausted, when not nil, is called on the dialing goroutine, before
+	// the dial returns, for the exhaustion a failing dial returns and, with
+	// Sources (on Linux), for every source the kernel found full in any of
+	// the dial's attempts: each failover step, including those of an
+	// attempt toward an address net.Dialer then moved past, even when the
+	// dial connected. Without Sources, net.Dialer keeps the errors of the
+	// addresses it moved past to itself, so only the returned one is seen.
+	// It must not block for long.
 	OnExhausted func(*ExhaustedError)
 
 	// OnRefused, when not nil, is called once per option for this Dialer,
@@ -227,7 +235,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		// nothing to report. dial is the general path; its last lines
 		// repeat these three on purpose: moving them into a shared helper
 		// cost 0.2-0.5 points of BenchmarkDialRatio here.
-		bind := d.Base.LocalAddr != nil
+		bind := d.Base.LocalAddr != nil && !noAddr(d.Base.LocalAddr)
 		nd := d.Base
 		nd.ControlContext = d.control(bind)
 		c, err := nd.DialContext(ctx, network, address)
@@ -299,7 +307,7 @@ func (d *Dialer) dial(ctx context.Context, network, address string, la net.Addr)
 	if d.pool.Load() != nil {
 		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
 	}
-	bind := la != nil
+	bind := !noAddr(la) // a typed nil is no address, as for net.Dialer
 	nd := d.Base
 	nd.LocalAddr = la
 	nd.ControlContext = d.control(bind)
@@ -328,7 +336,7 @@ func (d *Dialer) result(c net.Conn, err error, o options, network string) outcom
 // la names an explicit port, nor when it is not a *net.UDPAddr (net.Dialer
 // then reports the mismatch).
 func sharesLocal(la net.Addr) bool {
-	if la == nil {
+	if noAddr(la) {
 		return true
 	}
 	u, ok := la.(*net.UDPAddr)

@@ -48,7 +48,8 @@
 //   - Base keeps net.Dialer's meaning for every field, and is never
 //     modified. The user's Control or ControlContext hook runs after
 //     safedial's options and before the socket is bound or connected,
-//     exactly as net.Dialer would run it.
+//     as net.Dialer would run it; within a pool, once more on each fresh
+//     socket a failover step puts in the attempt's place.
 //   - Errors stay *net.OpError on the outside. Exhaustion matches
 //     [ErrEphemeralExhausted] and wraps an [*ExhaustedError] that names the
 //     source, the destination and the port range, and says what to do; the

@@ -15,7 +15,8 @@ var ErrEphemeralExhausted = errors.New("ephemeral ports exhausted")
 
 // ErrSourceNotLocal matches, with [errors.Is], the error a [Dialer] returns
 // when a source address (Base.LocalAddr or one of Sources) is not an address
-// of this host or network namespace: bind(2) answered EADDRNOTAVAIL.
+// of this host or network namespace: bind(2) answered EADDRNOTAVAIL
+// (WSAEADDRNOTAVAIL on Windows).
 // SetSources returns it for such a source; a dial with Sources fails over
 // past such a source and returns it only when no source was exhausted. It is
 // a configuration error, never exhaustion.
@@ -35,8 +36,9 @@ var ErrInvalidConfig = errors.New("invalid safedial configuration")
 // can be tested on every system; control_windows.go checks at compile time
 // that they equal golang.org/x/sys/windows.WSAEADDRINUSE and WSAENOBUFS.
 const (
-	wsaEADDRINUSE syscall.Errno = 10048
-	wsaENOBUFS    syscall.Errno = 10055
+	wsaEADDRINUSE    syscall.Errno = 10048
+	wsaEADDRNOTAVAIL syscall.Errno = 10049
+	wsaENOBUFS       syscall.Errno = 10055
 )
 
 // ExhaustedError describes one ephemeral-port exhaustion. A [Dialer] returns

@@ -36,21 +36,11 @@ func inNamespace(t *testing.T, lo, hi uint16, body func(t *testing.T)) {
 // open until the test ends. It returns the listening addresses, host-major.
 func servers(t *testing.T, network string, hosts []string, ports []int) []string {
 	t.Helper()
-	addrs, _ := countingServers(t, network, hosts, ports)
-	return addrs
-}
-
-// countingServers is servers, and a function that waits until the servers
-// have accepted n connections in all: a test that counts the process's
-// descriptors must not count while accepts are still under way.
-func countingServers(t *testing.T, network string, hosts []string, ports []int) ([]string, func(n int)) {
-	t.Helper()
 	var (
-		addrs    []string
-		mu       sync.Mutex
-		accepted = sync.NewCond(&mu)
-		held     []net.Conn
-		wg       sync.WaitGroup
+		addrs []string
+		mu    sync.Mutex
+		held  []net.Conn
+		wg    sync.WaitGroup
 	)
 	for _, h := range hosts {
 		for _, p := range ports {
@@ -69,7 +59,6 @@ func countingServers(t *testing.T, network string, hosts []string, ports []int) 
 					}
 					mu.Lock()
 					held = append(held, c)
-					accepted.Broadcast()
 					mu.Unlock()
 				}
 			}()
@@ -85,13 +74,53 @@ func countingServers(t *testing.T, network string, hosts []string, ports []int) 
 		}
 		mu.Unlock()
 	})
-	return addrs, func(n int) {
-		mu.Lock()
-		defer mu.Unlock()
-		for len(held) < n {
-			accepted.Wait()
-		}
+	return addrs
+}
+
+// acceptingServer listens on addr (TCP) until the test ends and sends each
+// connection it accepts on the returned channel; the test closes those it
+// receives, the cleanup the rest. Tests that count descriptors wait for the
+// server's side of their connections there, so that a late accept is not
+// taken for a leak.
+func acceptingServer(t *testing.T, addr string) (string, <-chan net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
 	}
+	accepted := make(chan net.Conn, 256)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for c := range accepted {
+			c.Close()
+		}
+	})
+	return ln.Addr().String(), accepted
+}
+
+// receive takes n connections from accepted and closes them when the test
+// ends.
+func receive(t *testing.T, accepted <-chan net.Conn, n int) {
+	t.Helper()
+	held := make([]net.Conn, 0, n)
+	for range n {
+		held = append(held, <-accepted)
+	}
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
 }
 
 // fill dials the destinations in turn until the first error, and returns the

@@ -67,6 +67,12 @@ func TestOptions(t *testing.T) {
 			{"no bind,PortRange", &safedial.Dialer{PortRange: safedial.PortRange{Lo: 40010, Hi: 40019}}, "tcp", sockopts{PortRange: 40019<<16 | 40010}},
 			{"udp bind: no SO_REUSEADDR", &safedial.Dialer{Base: net.Dialer{LocalAddr: udpSrc}}, "udp", sockopts{BindNoPort: 1}},
 			{"udp no bind", &safedial.Dialer{}, "udp", sockopts{}},
+			// A typed nil LocalAddr is no address, as for net.Dialer: no
+			// bind, so no options (SO_REUSEADDR would only expose the
+			// connection's port to other sockets).
+			{"typed nil LocalAddr", &safedial.Dialer{Base: net.Dialer{LocalAddr: (*net.TCPAddr)(nil)}}, "tcp", sockopts{}},
+			{"udp typed nil LocalAddr", &safedial.Dialer{Base: net.Dialer{LocalAddr: (*net.UDPAddr)(nil)}}, "udp", sockopts{}},
+			{"udp typed nil LocalAddr,ShareUDPPorts", &safedial.Dialer{Base: net.Dialer{LocalAddr: (*net.UDPAddr)(nil)}, ShareUDPPorts: true}, "udp", sockopts{BindNoPort: 1, ReusePort: 1}}, // the routed source, bound by the shared dial
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				dst := tcpDst

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 )
 
@@ -107,13 +106,16 @@ func zoneIndex(zone string) (uint32, error) {
 
 func (p *pool) matches(addrs []netip.Addr) bool { return slices.Equal(addrs, p.addrs) }
 
-// family returns the sources for a hook's network (tcp4, udp6, ...) and the
-// cursor to start from.
-func (p *pool) family(network string) ([]*source, *atomic.Uint32) {
-	if strings.HasSuffix(network, "6") {
-		return p.v6, &p.next6
+// noFamily is the configuration error of a dial to address (the address
+// the hook is given, or a name) whose family (IPv6 when v6) the pool has
+// no source of.
+func (p *pool) noFamily(address string, v6 bool) error {
+	fam := "IPv4"
+	if v6 {
+		fam = "IPv6"
 	}
-	return p.v4, &p.next4
+	return errConfig("no source address of the destination's family for %s (%s): Sources holds %s; add an %s source",
+		address, fam, joinAddrs(p.addrs), fam)
 }
 
 // sourcePool returns the pool for the current Sources.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -17,18 +18,31 @@ import (
 // lasts; a source not local is counted, and its error returned only when no
 // source was exhausted.
 func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p *pool) outcome {
-	fam := network
-	if host, _, err := net.SplitHostPort(address); err == nil {
-		if a, err := netip.ParseAddr(host); err == nil && a.Unmap().Is6() {
-			fam += "6"
+	// The family: the network's (tcp4, udp6), an IP literal's, or for a
+	// name IPv4 when the pool has IPv4 sources.
+	v6, dst := strings.HasSuffix(network, "6"), netip.AddrPort{}
+	if host, port, err := net.SplitHostPort(address); err == nil {
+		if a, err := netip.ParseAddr(host); err == nil {
+			v6 = a.Unmap().Is6()
+			if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+				dst = netip.AddrPortFrom(a.Unmap(), uint16(n))
+			}
+		} else if !strings.HasSuffix(network, "4") && !v6 {
+			v6 = len(p.v4) == 0
 		}
 	}
-	if !strings.HasSuffix(fam, "6") && len(p.v4) == 0 {
-		fam += "6"
+	srcs, cursor := p.v4, &p.next4
+	if v6 {
+		srcs, cursor = p.v6, &p.next6
 	}
-	srcs, cursor := p.family(fam)
 	if len(srcs) == 0 {
-		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: errConfig("no source address of the destination's family for %s: Sources holds %s", address, joinAddrs(p.addrs))}}
+		// The error the hook gives where it binds (on an IP literal:
+		// net.Dialer passes the hook the address).
+		where := address // a name, on a network of the other family
+		if dst.IsValid() {
+			where = dst.String()
+		}
+		return outcome{err: &net.OpError{Op: "dial", Net: network, Addr: opAddr(network, dst), Err: p.noFamily(where, v6)}}
 	}
 	start := cursor.Add(1) - 1
 	var (
@@ -38,14 +52,15 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 		notLocal *outcome // the first not-local dial's result
 		ended    error    // the context's error, when it ended between steps
 		prev     *source
+		dest     net.Addr // the address the last step dialed
 	)
 	for i := range uint32(len(srcs)) {
 		s := srcs[(start+i)%uint32(len(srcs))]
 		if i > 0 {
-			d.counters.failovers.Add(1)
 			if ended = ctx.Err(); ended != nil {
 				break
 			}
+			d.counters.failovers.Add(1)
 		}
 		prev = s
 		nd := d.Base
@@ -56,6 +71,9 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 		r := d.result(c, err, d.options(true), network)
 		out.refused |= r.refused
 		out.events = append(out.events, r.events...)
+		if op, ok := r.err.(*net.OpError); ok {
+			dest = op.Addr
+		}
 		var ee *ExhaustedError
 		switch {
 		case r.err == nil:
@@ -81,7 +99,7 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 	}
 	switch {
 	case ended != nil:
-		out.err = &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(prev.addr, 0)), Err: netContextError(ended)}
+		out.err = &net.OpError{Op: "dial", Net: network, Source: opAddr(network, netip.AddrPortFrom(prev.addr, 0)), Addr: dest, Err: netContextError(ended)}
 	case exhaust != nil:
 		out.err = exhaust.err
 	case notLocal != nil:

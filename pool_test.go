@@ -91,7 +91,9 @@ func TestPoolFailover(t *testing.T) {
 
 		var events []string
 		d := &safedial.Dialer{Sources: []netip.Addr{a, b}, OnExhausted: func(e *safedial.ExhaustedError) {
-			events = append(events, e.Source.Addr().String())
+			// The network of the dial, as in the error it returns and
+			// as for a dial without Sources (not the attempt's tcp4).
+			events = append(events, e.Net+" from "+e.Source.Addr().String())
 		}}
 		conns, err := fillConns(t, d.DialContext, "tcp", []string{dst}, 100)
 		for _, c := range conns {
@@ -121,7 +123,7 @@ func TestPoolFailover(t *testing.T) {
 		if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
 			t.Errorf("Stats (-want +got):\n%s", diff)
 		}
-		if diff := cmp.Diff([]string{a.String(), b.String(), a.String()}, events); diff != "" {
+		if diff := cmp.Diff([]string{"tcp from " + a.String(), "tcp from " + b.String(), "tcp from " + a.String()}, events); diff != "" {
 			t.Errorf("OnExhausted calls (-want +got):\n%s", diff)
 		}
 		// Both known full: one kernel attempt, from b (marked before a).

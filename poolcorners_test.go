@@ -67,8 +67,7 @@ func TestPoolProtocols(t *testing.T) {
 // there, with net.Dialer's error for an ended context from that source.
 func TestPoolContextBetweenSteps(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
-		addrs, waitAccepted := countingServers(t, "tcp", []string{"127.0.1.1"}, []int{8080})
-		dst := addrs[0]
+		dst, accepted := acceptingServer(t, "127.0.1.1:8080")
 		var srcs []netip.Addr
 		for i := range 8 {
 			srcs = append(srcs, netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)}))
@@ -76,7 +75,7 @@ func TestPoolContextBetweenSteps(t *testing.T) {
 		if n, _ := fill(t, (&safedial.Dialer{Sources: srcs}).DialContext, "tcp", []string{dst}, 100); n != 32 {
 			t.Fatalf("filled %d, want 32", n)
 		}
-		waitAccepted(32) // the server's descriptors exist before the counts
+		receive(t, accepted, 32) // before the descriptors are counted
 		for _, tc := range []struct {
 			name     string
 			deadline bool
@@ -109,6 +108,9 @@ func TestPoolContextBetweenSteps(t *testing.T) {
 				}
 				if calls != 2 {
 					t.Errorf("the hook ran %d times, want 2 (no step after the context ended)", calls)
+				}
+				if st := d.Stats(); st.Failovers != 1 {
+					t.Errorf("Stats().Failovers = %d, want 1 (to the second source; none after the context ended)", st.Failovers)
 				}
 				if !errors.Is(err, tc.is) {
 					t.Errorf("err = %v, want it to match %v", err, tc.is)
@@ -327,6 +329,32 @@ func TestPoolErrorSource(t *testing.T) {
 				}
 			}
 		})
+		// Errors the attempt returns at once, from the hook: connect's
+		// ENETUNREACH, and the user's hook's own error.
+		t.Run("two sources, errors in the hook", func(t *testing.T) {
+			srcs := mustAddrs("127.0.0.1", "127.0.0.2")
+			hookErr := errors.New("hook says no")
+			no := func(string, string, syscall.RawConn) error { return hookErr }
+			for _, tc := range []struct {
+				name, address string
+				hook          func(string, string, syscall.RawConn) error
+			}{
+				{"unreachable", "10.0.0.1:80", nil},
+				{"hook error", "127.0.0.1:8080", no},
+			} {
+				d := &safedial.Dialer{Sources: srcs, Base: net.Dialer{Control: tc.hook}}
+				for i := range 2 {
+					_, err := d.Dial("tcp", tc.address)
+					_, want := (&net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(srcs[i], 0)), Control: tc.hook}).Dial("tcp", tc.address)
+					if err == nil || err.Error() != want.Error() {
+						t.Errorf("%s, dial %d (from %v, in turn): %v, want %v", tc.name, i, srcs[i], err, want)
+					}
+					if diff := cmp.Diff(chain(want), chain(err)); diff != "" {
+						t.Errorf("%s, dial %d: error chain (-net.Dialer +safedial):\n%s", tc.name, i, diff)
+					}
+				}
+			}
+		})
 	})
 }
 
@@ -334,13 +362,15 @@ func TestPoolErrorSource(t *testing.T) {
 // more than net.Dialer does with the same hook (net.Dialer's own socket).
 func TestPoolHookPanic(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
-		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		dst, accepted := acceptingServer(t, "127.0.1.1:8080")
 		if n, _ := fill(t, (&net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0"), Control: bindNoPort}).DialContext, "tcp", []string{dst}, 100); n != 4 {
 			t.Fatalf("filled %d, want 4", n)
 		}
+		receive(t, accepted, 4)
 		leak := func(dial func() (net.Conn, error)) int {
 			if c, err := (&net.Dialer{}).Dial("tcp", dst); err == nil { // warm up: the poller's descriptors
 				c.Close()
+				receive(t, accepted, 1)
 			}
 			before := fdCount(t)
 			func() {
@@ -558,4 +588,95 @@ func runPair(ref, dial func(context.Context, string, string) (net.Conn, error), 
 			return want, got
 		}
 	}
+}
+
+// TestPoolFailoverSocketDefaults: the fresh socket of a failover step has
+// the defaults net.Dialer gave its own (SO_BROADCAST on every UDP socket,
+// IPv6 ones too; IPV6_V6ONLY), so the connection's socket is the one
+// net.Dialer{LocalAddr: that source} makes.
+func TestPoolFailoverSocketDefaults(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		needIPv6(t)
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("iproute2's ip is needed to add an address (CI=true, so this fails instead of skipping): %v", err)
+			}
+			t.Skipf("iproute2's ip is needed to add an address: %v", err)
+		}
+		if out, err := exec.Command(ip, "-6", "addr", "add", "fd00::2/128", "dev", "lo", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("ip addr add: %v: %s", err, out)
+		}
+		dst := "[::1]:9999"
+		first := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("[::1]:0"))
+		if n, _ := fill(t, (&net.Dialer{LocalAddr: first, Control: bindNoPort}).DialContext, "udp", []string{dst}, 100); n != 4 {
+			t.Fatalf("filled %d UDP ports of ::1, want 4", n)
+		}
+		type defaults struct{ Broadcast, V6Only int }
+		read := func(c net.Conn) (d defaults) {
+			t.Helper()
+			rc, err := c.(syscall.Conn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var err1, err2 error
+			if err := rc.Control(func(fd uintptr) {
+				d.Broadcast, err1 = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_BROADCAST)
+				d.V6Only, err2 = unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+			}); err != nil || err1 != nil || err2 != nil {
+				t.Fatalf("getsockopt: %v, %v, %v", err, err1, err2)
+			}
+			return d
+		}
+		ref, err := (&net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(netip.MustParseAddrPort("[fd00::2]:0"))}).Dial("udp", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ref.Close()
+		d := &safedial.Dialer{Sources: mustAddrs("::1", "fd00::2")}
+		c, err := d.Dial("udp", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got := c.LocalAddr().(*net.UDPAddr).AddrPort().Addr(); got != netip.MustParseAddr("fd00::2") {
+			t.Fatalf("connected from %v, want fd00::2 (after a failover from ::1)", got)
+		}
+		if diff := cmp.Diff(read(ref), read(c)); diff != "" {
+			t.Errorf("the failover socket's defaults (-net.Dialer{LocalAddr: fd00::2} +safedial):\n%s", diff)
+		}
+	})
+}
+
+// TestOnExhaustedScope: what OnExhausted sees, as its doc says. A name with
+// two addresses, the source full toward the first: net.Dialer moves on to
+// the second and connects. Without Sources the first exhaustion stays
+// inside net.Dialer; with Sources the hook saw it, and reports it.
+func TestOnExhaustedScope(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		servers(t, "tcp", []string{"127.0.1.1", "127.0.1.2"}, []int{8080})
+		res := fakeResolver(map[string][]netip.Addr{"two.test.": mustAddrs("127.0.1.1", "127.0.1.2")})
+		if n, _ := fill(t, (&net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0"), Control: bindNoPort}).DialContext, "tcp", []string{"127.0.1.1:8080"}, 100); n != 4 {
+			t.Fatalf("filled %d, want 4", n)
+		}
+		for _, tc := range []struct {
+			name string
+			d    *safedial.Dialer
+			want []string
+		}{
+			{"Base.LocalAddr", &safedial.Dialer{Base: net.Dialer{Resolver: res, LocalAddr: tcpAddr("127.0.0.1:0")}}, nil},
+			{"Sources", &safedial.Dialer{Base: net.Dialer{Resolver: res}, Sources: mustAddrs("127.0.0.1")}, []string{"127.0.0.1:0->127.0.1.1:8080"}},
+		} {
+			var got []string
+			tc.d.OnExhausted = func(e *safedial.ExhaustedError) { got = append(got, e.Source.String()+"->"+e.Dest.String()) }
+			c, err := tc.d.Dial("tcp", "two.test:8080")
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			c.Close()
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("%s: OnExhausted calls (-want +got):\n%s", tc.name, diff)
+			}
+		}
+	})
 }

@@ -170,6 +170,16 @@ func (d *Dialer) dialHooked(ctx context.Context, network, address string, pd *po
 	pd.done = true
 	out := outcome{c: c, events: pd.events, refused: pd.o.refusedNow(network)}
 	pd.mu.Unlock()
+	for i, e := range out.events {
+		// The attempts' network is net.Dialer's (tcp4, udp6); the
+		// events carry the dial's, as its error does. A copy: a racer
+		// that lost may still read e.
+		if e.Net != network {
+			ev := *e
+			ev.Net = network
+			out.events[i] = &ev
+		}
+	}
 	if err != nil {
 		if netw != network {
 			err = pd.p.otherFamilyOnly(ctx, &nd, network, address, err)

@@ -100,15 +100,10 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 	}
 	n := len(srcs)
 	if n == 0 {
-		fam := "IPv4"
-		if strings.HasSuffix(network, "6") {
-			fam = "IPv6"
-		}
 		if pd.p == pd.d.shared.Load() { // a pool of one, of Base.LocalAddr (ShareUDPPorts)
-			return errConfig("no source address of the destination's family for %s (%s): Base.LocalAddr is %s", address, fam, joinAddrs(pd.p.addrs))
+			return errConfig("no source address of the destination's family for %s: Base.LocalAddr is %s", address, joinAddrs(pd.p.addrs))
 		}
-		return errConfig("no source address of the destination's family for %s (%s): Sources holds %s; add an %s source",
-			address, fam, joinAddrs(pd.p.addrs), fam) // pd.p is not nil: a routed source is always of the family
+		return pd.p.noFamily(address, strings.HasSuffix(network, "6")) // pd.p is not nil: a routed source is always of the family
 	}
 	var orig int
 	if err := c.Control(func(fd uintptr) { orig = int(fd) }); err != nil {
@@ -138,12 +133,10 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 	)
 	for k, i := range order {
 		s := srcs[i]
-		if k > 0 {
-			pd.d.counters.failovers.Add(1)
-		}
 		if allKnown && last != nil {
 			// Every source was known full and the kernel confirmed it
 			// for one: the others are not asked.
+			pd.d.counters.failovers.Add(1)
 			s.skipped.Add(1)
 			if marks[i]&notLocalMark == 0 {
 				tried = append(tried, s.addr)
@@ -155,6 +148,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 				pd.record(prev, dst, false)
 				return netContextError(err)
 			}
+			pd.d.counters.failovers.Add(1)
 		}
 		if bound {
 			if err := freshSocket(orig); err != nil {
@@ -184,6 +178,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 				notLocal = e
 			}
 		default:
+			pd.record(s, dst, false) // the error names s, as net.Dialer{LocalAddr: s}'s would
 			return err
 		}
 	}

@@ -95,8 +95,7 @@ func TestTransport(t *testing.T) {
 // and checks that no file descriptor or goroutine is left behind.
 func TestNoLeaks(t *testing.T) {
 	inNamespace(t, 40000, 40009, func(t *testing.T) {
-		addrs, waitAccepted := countingServers(t, "tcp", []string{"127.0.0.2"}, []int{8080})
-		dst := addrs[0]
+		dst, accepted := acceptingServer(t, "127.0.0.2:8080")
 		full := &safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0")}}
 		if n, err := fill(t, full.DialContext, "tcp", []string{dst}, 100); n != 10 {
 			t.Fatalf("filled %d (%v), want 10", n, err)
@@ -107,6 +106,7 @@ func TestNoLeaks(t *testing.T) {
 		if n, err := fill(t, full3.DialContext, "tcp", []string{dst}, 100); n != 10 {
 			t.Fatalf("filled %d (%v), want 10", n, err)
 		}
+		receive(t, accepted, 20) // before the descriptors are counted
 		// 10 shared UDP sockets toward one destination fill the range for it.
 		udpDst := "127.0.0.2:9999"
 		shared := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}}}
@@ -134,7 +134,6 @@ func TestNoLeaks(t *testing.T) {
 			{&safedial.Dialer{Base: net.Dialer{LocalAddr: tcpAddr("127.0.0.1:0"), ControlContext: func(context.Context, string, string, syscall.RawConn) error { return hookErr }}}, "tcp", dst, hookErr},
 			{&safedial.Dialer{Sources: mustAddrs("127.0.0.1"), Base: net.Dialer{ControlContext: func(context.Context, string, string, syscall.RawConn) error { return hookErr }}}, "tcp", dst, hookErr},
 		}
-		waitAccepted(20) // the server's descriptors exist before the counts
 		runtime.GC()
 		fds, gs := fdCount(t), runtime.NumGoroutine()
 		var wg sync.WaitGroup
