@@ -277,16 +277,8 @@ func (p *pairPorts) add(m diagSock, tw twReuse) {
 // diagUDP reads the ports of r held for src by UDP sockets: those on src, on
 // its family's wildcard address, and for IPv4 on [::] unless IPv6-only.
 func diagUDP(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
-	var b bytecode
-	conds := []netip.Addr{src, unspecified(src)}
-	if src.Is4() {
-		conds = append(conds, netip.IPv6Unspecified())
-	}
-	b.anyOf(conds)
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
 	var p pairPorts
-	err := dump(ctx, requests(true, src.Is4(), src.Is6(), allStates, b.bytes()), func(msg []byte) {
+	err := dump(ctx, requests(true, src.Is4(), src.Is6(), allStates, onSource(src, r)), func(msg []byte) {
 		if m := parseSock(msg); m.src == src || m.src.IsUnspecified() && holdsFor(m, src) {
 			p.live = append(p.live, m.sport)
 		}
@@ -483,17 +475,9 @@ func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, h
 // on other addresses do not matter). TIME_WAIT sockets count as TimeWait,
 // listeners and bound sockets as Bound, the others as InUse.
 func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
-	var b bytecode
-	conds := []netip.Addr{src, unspecified(src)}
-	if src.Is4() {
-		conds = append(conds, netip.IPv6Unspecified())
-	}
-	b.anyOf(conds)
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
 	var p pairPorts
 	bound := new(portSet)
-	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, b.bytes())}, func(msg []byte) {
+	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, onSource(src, r))}, func(msg []byte) {
 		m := parseSock(msg)
 		if m.src != src && !(m.src.IsUnspecified() && holdsFor(m, src)) {
 			return
@@ -512,4 +496,19 @@ func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPor
 	}
 	host, err := hostOf(r, bound)
 	return p, host, err
+}
+
+// onSource is the filter of the sockets that can hold a port of r for src:
+// those on src, on its family's wildcard address and, for IPv4, on [::]
+// (dual-stack), with a local port in r.
+func onSource(src netip.Addr, r PortRange) []byte {
+	var b bytecode
+	conds := []netip.Addr{src, unspecified(src)}
+	if src.Is4() {
+		conds = append(conds, netip.IPv6Unspecified())
+	}
+	b.anyOf(conds)
+	b.port(bcSGE, r.Lo)
+	b.port(bcSLE, r.Hi)
+	return b.bytes()
 }
