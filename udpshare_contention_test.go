@@ -3,14 +3,12 @@
 package safedial_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -135,28 +133,9 @@ func TestShareUDPPortsContention(t *testing.T) {
 			}
 			defer pc.Close()
 		}
-		type helper struct {
-			cmd   *exec.Cmd
-			stdin io.WriteCloser
-			out   *bufio.Reader
-		}
-		var helpers []helper
+		var helpers []helperProc
 		for range procs {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestShareUDPPortsContentionHelper$", "-test.count=1")
-			cmd.Env = append(os.Environ(), contentionEnv+"="+strconv.Itoa(g))
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			helpers = append(helpers, helper{cmd, stdin, bufio.NewReader(stdout)})
+			helpers = append(helpers, startHelper(t, "TestShareUDPPortsContentionHelper", contentionEnv+"="+strconv.Itoa(g)))
 		}
 		tuples := map[string]int{}
 		pairs := map[string]int{}

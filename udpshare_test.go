@@ -283,28 +283,9 @@ func TestShareUDPPortsProcesses(t *testing.T) {
 	}
 	inNamespace(t, 40000, 40063, func(t *testing.T) {
 		dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000", "127.0.0.4:9000")
-		type helper struct {
-			cmd   *exec.Cmd
-			stdin io.WriteCloser
-			out   *bufio.Reader
-		}
-		var helpers []helper
+		var helpers []helperProc
 		for range 4 {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestShareUDPPortsHelper$", "-test.count=1")
-			cmd.Env = append(os.Environ(), shareHelperEnv+"="+strings.Join(dsts, ","))
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			helpers = append(helpers, helper{cmd, stdin, bufio.NewReader(stdout)})
+			helpers = append(helpers, startHelper(t, "TestShareUDPPortsHelper", shareHelperEnv+"="+strings.Join(dsts, ",")))
 		}
 		tuples := map[string]int{}
 		for i, h := range helpers {
@@ -366,4 +347,33 @@ func TestShareUDPPortsHeadroom(t *testing.T) {
 			}
 		}
 	})
+}
+
+// helperProc is a copy of the test binary running one helper test, fed
+// through stdin and read line by line from stdout.
+type helperProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+}
+
+// startHelper starts the test binary running only the test named, with env
+// added to its environment (the marker that makes it act as a helper).
+func startHelper(t *testing.T, test, env string) helperProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return helperProc{cmd, stdin, bufio.NewReader(stdout)}
 }
