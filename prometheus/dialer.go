@@ -2,6 +2,7 @@ package safedialprom
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,6 +49,9 @@ type DialerOpts struct {
 // optionally of its headroom toward named destinations. Its metrics are
 // listed in the package documentation. It is safe for concurrent use; make
 // one with [NewDialerCollector].
+//
+// An address the pool names twice has one series per counter, the sum of
+// its entries in Stats.Sources.
 //
 // The per-source counters are counted since the pool was made, as
 // [safedial.SourceStats] are: after [safedial.Dialer.SetSources] they start
@@ -136,7 +140,22 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.exhausted, s.Exhausted)
 	counter(c.failovers, s.Failovers)
 	counter(c.refused, s.Refused)
-	for _, src := range s.Sources {
+	// A pool may name an address twice (Stats has an entry for each): one
+	// series per address, the sum of its entries, since two series with
+	// the same labels fail the whole scrape.
+	for i, src := range s.Sources {
+		if slices.ContainsFunc(s.Sources[:i], func(o safedial.SourceStats) bool { return o.Addr == src.Addr }) {
+			continue // summed into its first entry
+		}
+		for _, o := range s.Sources[i+1:] {
+			if o.Addr == src.Addr {
+				src.Dials += o.Dials
+				src.Succeeded += o.Succeeded
+				src.Exhausted += o.Exhausted
+				src.Skipped += o.Skipped
+				src.NotLocal += o.NotLocal
+			}
+		}
 		a := src.Addr.String()
 		counter(c.srcDials, src.Dials, a)
 		counter(c.srcSucceeded, src.Succeeded, a)

@@ -120,3 +120,40 @@ func TestDialerCollector(t *testing.T) {
 		}
 	})
 }
+
+// TestDialerCollectorSourceTwice: a pool may name an address twice, and
+// Stats then has two entries for it; the collector exports one series per
+// address, their sum, instead of two series with the same labels (which
+// fail the whole scrape).
+func TestDialerCollectorSourceTwice(t *testing.T) {
+	netnstest.Run(t, netns.Config{PortLo: 40000, PortHi: 40009}, func(t *testing.T) {
+		dst, _ := netnstest.EOFServer(t, "127.0.0.2:8080")
+		lo := netip.MustParseAddr("127.0.0.1")
+		d := &safedial.Dialer{Sources: []netip.Addr{lo, netip.MustParseAddr("127.0.0.3"), lo}}
+		for range 12 {
+			c, err := d.Dial("tcp", dst)
+			if err != nil && !errors.Is(err, safedial.ErrEphemeralExhausted) {
+				t.Fatal(err)
+			}
+			if err == nil {
+				t.Cleanup(func() { c.Close() })
+			}
+		}
+		s := d.Stats()
+		if len(s.Sources) != 3 || s.Sources[0].Addr != s.Sources[2].Addr {
+			t.Fatalf("the test did not build what it meant to: Stats %+v", s)
+		}
+		var want strings.Builder
+		for _, src := range s.Sources[:2] {
+			v := src.Dials
+			if src.Addr == lo {
+				v += s.Sources[2].Dials
+			}
+			fmt.Fprintf(&want, "safedial_source_attempts_total{source=%q} %d\n", src.Addr, v)
+		}
+		got := exposition(t, safedialprom.NewDialerCollector(d, safedialprom.DialerOpts{}), "safedial_source_attempts_total")
+		if diff := cmp.Diff(want.String(), got); diff != "" {
+			t.Errorf("Stats %+v\nexposition (-want +got):\n%s", s, diff)
+		}
+	})
+}
