@@ -318,3 +318,53 @@ safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="1
 		t.Errorf("exposition (-want +got):\n%s", diff)
 	}
 }
+
+// TestHeadroomCollectorSlowProbe: a scrape that arrives during a probe
+// slower than MinInterval waits for it and gets its answer, instead of
+// probing again once it has the lock (which would turn a scrape storm into
+// a queue of probes, one per scrape).
+func TestHeadroomCollectorSlowProbe(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	var probing bool // the first probe waits for the second scrape to ask
+	entered, asked := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}}
+	c := collector(f, safedialprom.HeadroomOpts{MinInterval: time.Second})
+	safedialprom.SetClock(c, func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		if probing { // the second scrape asks, while the first probes
+			probing = false
+			close(asked)
+		}
+		return now
+	})
+	safedialprom.SetProbes(c, func(ctx context.Context, network string) ([]safedial.Headroom, error) {
+		once.Do(func() {
+			mu.Lock()
+			probing = true
+			mu.Unlock()
+			close(entered)
+			select {
+			case <-asked:
+			case <-time.After(time.Minute):
+				t.Error("the second scrape did not read the clock before the first probe ended")
+			}
+		})
+		mu.Lock()
+		now = now.Add(5 * time.Second) // each probe takes 5 s
+		mu.Unlock()
+		return f.all(ctx, network)
+	}, nil)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	var wg sync.WaitGroup
+	wg.Go(func() { reg.Gather() })
+	<-entered
+	wg.Go(func() { reg.Gather() })
+	wg.Wait()
+	if n := f.calls.Load(); n != 2 {
+		t.Errorf("a scrape during a 10 s probe: %d probe calls in all, want 2 (one probe of tcp and udp)", n)
+	}
+}

@@ -167,11 +167,14 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 
+	// As in HeadroomCollector.Collect: a scrape that waited for a probe
+	// gets its answer.
+	asked := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now := c.now(); c.at.IsZero() || c.opts.MinInterval < 0 || now.Sub(c.at) >= c.opts.MinInterval {
+	if c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval {
+		c.at = c.now()
 		c.probeLocked()
-		c.at = now
 	}
 	for i, network := range networks {
 		counter(c.head.errors, c.errors[i], network)

@@ -155,11 +155,15 @@ func (c *HeadroomCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect probes (unless the last probe is more recent than MinInterval)
 // and sends the metrics.
 func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
+	// The age of the last probe is taken from when this scrape asked, not
+	// from when it got the lock: a scrape that waited for a probe slower
+	// than MinInterval gets that probe's answer instead of probing again.
+	asked := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if now := c.now(); c.at.IsZero() || c.opts.MinInterval < 0 || now.Sub(c.at) >= c.opts.MinInterval {
+	if c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval {
+		c.at = c.now()
 		c.probeLocked()
-		c.at = now
 	}
 	if c.rng >= 0 {
 		ch <- prometheus.MustNewConstMetric(rangeDesc, prometheus.GaugeValue, float64(c.rng))
