@@ -368,3 +368,27 @@ func TestHeadroomCollectorSlowProbe(t *testing.T) {
 		t.Errorf("a scrape during a 10 s probe: %d probe calls in all, want 2 (one probe of tcp and udp)", n)
 	}
 }
+
+// TestHeadroomCollectorNamedZone: a named address with a zone (-src
+// ::1%lo) names the pair of the kernel's sockets, which have none: that
+// pair is exported once, not a second time under the zoned name.
+func TestHeadroomCollectorNamedZone(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("::1", "[::1]:8080", 5, 0, 0, 0)}}
+	c := collector(f, safedialprom.HeadroomOpts{
+		Sources: []netip.Addr{netip.MustParseAddr("::1%lo")},
+		Dests:   []netip.AddrPort{netip.MustParseAddrPort("[::1%lo]:8080")},
+	})
+	got := exposition(t, c, "safedial_headroom_pairs", "safedial_headroom_pairs_exported", "safedial_headroom_used_ratio")
+	want := `safedial_headroom_pairs{protocol="tcp"} 1
+safedial_headroom_pairs{protocol="udp"} 0
+safedial_headroom_pairs_exported{protocol="tcp"} 1
+safedial_headroom_pairs_exported{protocol="udp"} 0
+safedial_headroom_used_ratio{destination="[::1]:8080",protocol="tcp",source="::1"} 0.05
+`
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("exposition (-want +got):\n%s", diff)
+	}
+	if n := f.one.Load(); n != 0 {
+		t.Errorf("%d probes of a named pair that the probe of every pair found", n)
+	}
+}

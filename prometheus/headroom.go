@@ -136,11 +136,13 @@ func NewHeadroomCollector(opts HeadroomOpts) *HeadroomCollector {
 		probe:    safedial.ProbeHeadroom,
 		now:      time.Now,
 	}
+	// The kernel's sockets have no zone: a named ::1%lo is the pair of
+	// ::1, not a second pair exported beside it.
 	for _, s := range opts.Sources {
-		c.sources[s.Unmap()] = true
+		c.sources[s.Unmap().WithZone("")] = true
 	}
 	for _, d := range opts.Dests {
-		c.dests[netip.AddrPortFrom(d.Addr().Unmap(), d.Port())] = true
+		c.dests[netip.AddrPortFrom(d.Addr().Unmap().WithZone(""), d.Port())] = true
 	}
 	return c
 }
