@@ -66,6 +66,13 @@ func isExporter(args []string) bool {
 	return false
 }
 
+// exporterIdleTimeout closes a keep-alive connection idle this long: without
+// it (net/http has no default), idle connections stay open for good, each
+// holding a descriptor and a goroutine, and a client that opens them without
+// end grows the exporter without bound. A Prometheus scraping at most every
+// minute keeps its connection.
+var exporterIdleTimeout = 2 * time.Minute
+
 // exporterOptions are the exporter's flags.
 type exporterOptions struct {
 	listen      string
@@ -206,7 +213,7 @@ func exporter(ctx context.Context, args []string, stdout, stderr io.Writer, read
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: exporterIdleTimeout}
 	logger.Printf("serving http://%s/metrics", ln.Addr())
 	if ready != nil {
 		ready <- ln.Addr().String()

@@ -6,11 +6,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/safedial/safedial/internal/netns"
 	"github.com/safedial/safedial/internal/netnstest"
@@ -167,4 +169,46 @@ func TestExporterCommandLine(t *testing.T) {
 			t.Errorf("safedial %q: exit %d, stdout %q, stderr %q; want exit %d, stdout with %q, stderr starting %q", tc.args, code, stdout.String(), stderr.String(), tc.code, tc.stdout, tc.stderr)
 		}
 	}
+}
+
+// TestExporterIdleTimeout: the exporter closes a keep-alive connection left
+// idle, rather than holding its descriptor and goroutine for good.
+func TestExporterIdleTimeout(t *testing.T) {
+	netnstest.Run(t, netns.Config{PortLo: 40000, PortHi: 40099}, func(t *testing.T) {
+		old := exporterIdleTimeout
+		exporterIdleTimeout = time.Millisecond
+		t.Cleanup(func() { exporterIdleTimeout = old })
+		ctx, cancel := context.WithCancel(context.Background())
+		ready, done := make(chan string, 1), make(chan error, 1)
+		go func() {
+			done <- exporter(ctx, []string{"-listen", "127.0.0.1:0"}, io.Discard, io.Discard, ready)
+		}()
+		var addr string
+		select {
+		case addr = <-ready:
+		case err := <-done:
+			t.Fatalf("exporter: %v", err)
+		}
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("exporter: %v", err)
+			}
+		}()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		// Not a measure of time: a bound on how long a broken exporter
+		// keeps the test waiting for the close it never makes.
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		b, err := io.ReadAll(c)
+		if err != nil || !strings.Contains(string(b), "/metrics") {
+			t.Errorf("a keep-alive connection after one request: %v, read %q; want the answer then the exporter's close", err, b)
+		}
+	})
 }
