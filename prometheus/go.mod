@@ -2,6 +2,11 @@ module github.com/safedial/safedial/prometheus
 
 go 1.26.0
 
+// The replace directive builds the collectors on this repository's library
+// (go.work does the same from the root). A module that requires this one
+// ignores it and would ask for the v0.0.0 pseudo-version below, which does
+// not exist: a release tags the root module first, then requires that
+// version here before tagging prometheus/vX.Y.Z.
 replace github.com/safedial/safedial => ../
 
 require (
