@@ -158,6 +158,7 @@ func TestExporterCommandLine(t *testing.T) {
 	}{
 		{[]string{"help"}, 0, "exporter ", ""},
 		{[]string{"help", "exporter"}, 0, "usage: safedial exporter -listen ADDR", ""},
+		{[]string{"help", "headroom"}, 0, "With -listen ADDR, headroom serves Prometheus", ""}, // headroom's help says -listen exists
 		{[]string{"exporter", "-h"}, 0, "usage: safedial exporter -listen ADDR", ""},
 		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-h"}, 0, "usage: safedial exporter -listen ADDR", ""},
 		{[]string{"exporter"}, 2, "", "safedial exporter: -listen ADDR is required\n"},

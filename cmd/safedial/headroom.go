@@ -40,6 +40,9 @@ and [::] unless IPv6-only). There is no TIME_WAIT column. With -udp and
 or without -src that of an unbound socket (as net.Dial makes it), whose
 port no UDP socket of the family may hold on any address.
 
+With -listen ADDR, headroom serves Prometheus instead, as the exporter
+subcommand does (its flags: safedial help exporter).
+
 Flags:
 
 `)
