@@ -53,8 +53,9 @@ type HeadroomOpts struct {
 	// Timeout bounds one probe of one protocol. Zero means 10 seconds.
 	Timeout time.Duration
 	// OnError, when set, is called with each probe error (network is tcp
-	// or udp), for example to log it; at most once per MinInterval and
-	// network.
+	// or udp), for example to log it: at most once per probe (so per
+	// MinInterval) and network for the probe of every pair, plus once per
+	// named pair whose own probe fails.
 	OnError func(network string, err error)
 }
 
