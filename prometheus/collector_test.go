@@ -392,3 +392,21 @@ safedial_headroom_used_ratio{destination="[::1]:8080",protocol="tcp",source="::1
 		t.Errorf("%d probes of a named pair that the probe of every pair found", n)
 	}
 }
+
+// TestDialerCollectorMappedSource: a source configured IPv4-mapped is
+// labelled unmapped, as the headroom rows name it (so that the two join on
+// source), and the same address given both ways is one series, not two
+// that would fail the scrape when labelled alike.
+func TestDialerCollectorMappedSource(t *testing.T) {
+	d := &safedial.Dialer{}
+	if err := d.SetSources([]netip.Addr{netip.MustParseAddr("::ffff:127.0.0.1"), netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::ffff:127.0.0.3")}); err != nil {
+		t.Fatal(err)
+	}
+	got := exposition(t, safedialprom.NewDialerCollector(d, safedialprom.DialerOpts{}), "safedial_source_attempts_total")
+	want := `safedial_source_attempts_total{source="127.0.0.1"} 0
+safedial_source_attempts_total{source="127.0.0.3"} 0
+`
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Stats %+v\nexposition (-want +got):\n%s", d.Stats(), diff)
+	}
+}

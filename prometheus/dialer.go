@@ -50,8 +50,9 @@ type DialerOpts struct {
 // listed in the package documentation. It is safe for concurrent use; make
 // one with [NewDialerCollector].
 //
-// An address the pool names twice has one series per counter, the sum of
-// its entries in Stats.Sources.
+// The source label is the address unmapped, as in the headroom rows: an
+// address the pool names twice (or as IPv4 and IPv4-mapped IPv6) has one
+// series per counter, the sum of its entries in Stats.Sources.
 //
 // The per-source counters are counted since the pool was made, as
 // [safedial.SourceStats] are: after [safedial.Dialer.SetSources] they start
@@ -140,15 +141,18 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.exhausted, s.Exhausted)
 	counter(c.failovers, s.Failovers)
 	counter(c.refused, s.Refused)
-	// A pool may name an address twice (Stats has an entry for each): one
-	// series per address, the sum of its entries, since two series with
-	// the same labels fail the whole scrape.
+	// A pool may name an address twice (Stats has an entry for each), or
+	// as IPv4 and IPv4-mapped IPv6, which bind the same: one series per
+	// address, labelled as the headroom rows are (unmapped), the sum of
+	// its entries, since two series with the same labels fail the whole
+	// scrape.
+	same := func(a, b safedial.SourceStats) bool { return a.Addr.Unmap() == b.Addr.Unmap() }
 	for i, src := range s.Sources {
-		if slices.ContainsFunc(s.Sources[:i], func(o safedial.SourceStats) bool { return o.Addr == src.Addr }) {
+		if slices.ContainsFunc(s.Sources[:i], func(o safedial.SourceStats) bool { return same(o, src) }) {
 			continue // summed into its first entry
 		}
 		for _, o := range s.Sources[i+1:] {
-			if o.Addr == src.Addr {
+			if same(o, src) {
 				src.Dials += o.Dials
 				src.Succeeded += o.Succeeded
 				src.Exhausted += o.Exhausted
@@ -156,7 +160,7 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 				src.NotLocal += o.NotLocal
 			}
 		}
-		a := src.Addr.String()
+		a := src.Addr.Unmap().String()
 		counter(c.srcDials, src.Dials, a)
 		counter(c.srcSucceeded, src.Succeeded, a)
 		counter(c.srcExhausted, src.Exhausted, a)
