@@ -295,28 +295,6 @@ func requests(udp, v4, v6 bool, states uint32, bc []byte) [][]byte {
 	return reqs
 }
 
-// diagCount counts the sockets from src to dst (UDP without perDest: on src
-// or the wildcard address, any destination) with a local port in r, and
-// those of them in TIME_WAIT.
-func diagCount(ctx context.Context, udp, perDest bool, src netip.Addr, dst netip.AddrPort, r PortRange) (inUse, timeWait int, err error) {
-	var b bytecode
-	if udp && !perDest {
-		b.either(func(b *bytecode) { b.cond(bcSCond, src, -1) }, func(b *bytecode) { b.cond(bcSCond, unspecified(src), -1) })
-	} else {
-		b.cond(bcSCond, src, -1)
-		b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
-	}
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
-	err = dump(ctx, requests(udp, src.Is4(), src.Is6(), allStates, b.bytes()), func(msg []byte) {
-		inUse++
-		if msg[1] == tcpTimeWait {
-			timeWait++
-		}
-	})
-	return inUse, timeWait, err
-}
-
 // familyOf returns a's address family, as the kernel's structures take it.
 func familyOf(a netip.Addr) byte {
 	if a.Is4() {

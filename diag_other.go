@@ -10,10 +10,6 @@ import (
 // sock_diag is Linux's: elsewhere the probes say so.
 const diagSupported = false
 
-func diagCount(context.Context, bool, bool, netip.Addr, netip.AddrPort, PortRange) (int, int, error) {
-	return 0, 0, errNoDiag
-}
-
 func diagTCP(context.Context, netip.Addr, netip.AddrPort, PortRange) (pairPorts, hostPorts, error) {
 	return pairPorts{}, hostPorts{}, errNoDiag
 }
@@ -25,8 +21,6 @@ func diagUDP(context.Context, netip.Addr, PortRange) (pairPorts, hostPorts, erro
 func diagPairs(context.Context, bool, bool, bool, PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
 	return nil, hostPorts{}, errNoDiag
 }
-
-func hostOf(PortRange, *portSet) (hostPorts, error) { return hostPorts{}, errNoDiag }
 
 func localAddr(netip.Addr) bool { return true }
 

@@ -132,12 +132,12 @@ func ProbeHeadroom(ctx context.Context, network string, src netip.Addr, dst neti
 	if err != nil {
 		return h, probeError(err)
 	}
-	return probeIn(ctx, network, src, dst, r, false)
+	return probeIn(ctx, network, src, dst, r)
 }
 
-// probeIn is ProbeHeadroom with the range given; shared counts UDP sockets
-// per destination, as ShareUDPPorts uses ports.
-func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange, shared bool) (Headroom, error) {
+// probeIn is ProbeHeadroom with the range given. (Dialer.Headroom counts
+// shared UDP ports with sharedHeadroom instead.)
+func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
 	h := Headroom{Source: src, Dest: dst, Range: r}
 	s, d := src.Unmap().WithZone(""), netip.AddrPortFrom(dst.Addr().Unmap().WithZone(""), dst.Port())
 	var (
@@ -146,18 +146,6 @@ func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.Addr
 		err  error
 	)
 	switch udp := strings.HasPrefix(network, "udp"); {
-	case udp && shared:
-		var inUse, tw int
-		inUse, tw, err = diagCount(ctx, true, true, s, d, r)
-		if err == nil {
-			host, err = hostOf(r, nil)
-		}
-		if err != nil {
-			return h, probeError(err)
-		}
-		h.InUse, h.TimeWait, h.Reserved = inUse, tw, host.nReserved
-		h.Free = max(r.size()-inUse-h.Reserved, 0)
-		return h, nil
 	case udp:
 		p, host, err = diagUDP(ctx, s, r)
 	default:
@@ -361,7 +349,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 				// no socket on src holds, whatever its destination.
 				h, err = probeBindFirst(ctx, src, dst, r)
 			default:
-				h, err = probeIn(ctx, network, src, dst, r, d.ShareUDPPorts)
+				h, err = probeIn(ctx, network, src, dst, r)
 			}
 			if err != nil {
 				return nil, err
