@@ -21,6 +21,7 @@ type sharePair struct {
 // so that two of them do not race for the same last ports; waiting honours
 // the dial's context.
 type pairLock struct {
+	key  sharePair
 	ch   chan struct{}
 	refs int // dials holding this entry (pairLocks.mu)
 }
@@ -50,7 +51,7 @@ func (t *pairTable) acquire(k sharePair) *pairLock {
 	defer t.mu.Unlock()
 	l := t.m[k]
 	if l == nil {
-		l = &pairLock{ch: make(chan struct{}, 1)}
+		l = &pairLock{key: k, ch: make(chan struct{}, 1)}
 		t.m[k] = l
 	}
 	l.refs++
@@ -61,12 +62,7 @@ func (t *pairTable) release(l *pairLock) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if l.refs--; l.refs == 0 {
-		for k, v := range t.m {
-			if v == l {
-				delete(t.m, k)
-				break
-			}
-		}
+		delete(t.m, l.key)
 	}
 }
 
