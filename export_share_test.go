@@ -47,3 +47,30 @@ func UnreadablePortRange() (restore func()) {
 		shareRanges.Store(nil)
 	}
 }
+
+// SharedCandidates makes f run for each port a shared dial tries; the
+// returned func removes it.
+func SharedCandidates(f func(port uint16)) (restore func()) {
+	shareCandidate = f
+	return func() { shareCandidate = nil }
+}
+
+// ShareWaiting makes f run each time a shared dial finds only claims in
+// flight holding its candidates; the returned func removes it.
+func ShareWaiting(f func()) (restore func()) {
+	shareWaiting = f
+	return func() { shareWaiting = nil }
+}
+
+// TupleLocked reports whether the lock of shared claims of the 4-tuple
+// (src on interface zone, port, peer) is held in this network namespace.
+func TupleLocked(src netip.Addr, zone uint32, port uint16, peer netip.AddrPort) bool {
+	unlock, ok, err := lockTuple(src, zone, port, peer)
+	if err != nil {
+		panic(err)
+	}
+	if ok {
+		unlock()
+	}
+	return !ok
+}

@@ -27,6 +27,7 @@ var recverrBit, rfc4884Bit = func() (uint16, uint16) {
 type diagSocket struct {
 	family    byte
 	connected bool
+	ifindex   uint32         // the interface the socket is bound to, or 0
 	local     netip.AddrPort // unmapped
 	remote    netip.AddrPort // unmapped
 	uid       uint32
@@ -47,6 +48,7 @@ func parseDiag(msg []byte) diagSocket {
 	}
 	s.local = netip.AddrPortFrom(src, binary.BigEndian.Uint16(id[0:2]))
 	s.remote = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4]))
+	s.ifindex = binary.NativeEndian.Uint32(id[36:40])
 	s.cookie = binary.NativeEndian.Uint64(id[40:48])
 	s.uid = binary.NativeEndian.Uint32(msg[64:68])
 	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
@@ -96,59 +98,6 @@ func drain(fd int) {
 		}
 		return // EAGAIN: nothing left
 	}
-}
-
-// othersConnected reports whether a UDP socket other than the one with
-// cookie is connected from src:port to peer: one dump of src's family,
-// filtered by the kernel to that 4-tuple (a dump walks the kernel's whole
-// UDP table). For an IPv4 source, IPv6 sockets can hold the 4-tuple too
-// (IPv4-mapped or the dual-stack wildcard); they are dumped only when a
-// lookup (no walk) finds an IPv6 socket that would receive from the peer
-// on that port, which any of them would.
-func othersConnected(ctx context.Context, nl int, src netip.Addr, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
-	var b bytecode
-	b.cond(bcSCond, src, int32(port))
-	b.cond(bcDCond, peer.Addr(), int32(peer.Port()))
-	// Connected sockets only, and the ports in the request itself: the
-	// kernel's UDP dump compares those before running the bytecode.
-	reqs := requests(true, src.Is4(), src.Is6(), 1<<tcpEstablished, b.bytes())
-	if src.Is4() {
-		_, v6, err := udpOwner(ctx, nl, unix.AF_INET6, netip.AddrPortFrom(src, port), peer, 0)
-		if err != nil {
-			return false, err
-		}
-		if !v6 {
-			reqs = reqs[1:] // AF_INET only
-		}
-	}
-	for _, req := range reqs {
-		id := req[unix.SizeofNlMsghdr+8:]
-		binary.BigEndian.PutUint16(id[0:], port)
-		binary.BigEndian.PutUint16(id[2:], peer.Port())
-	}
-	others := false
-	err := dumpOn(ctx, nl, reqs, func(msg []byte) {
-		if binary.NativeEndian.Uint64(msg[4+40:]) != cookie {
-			others = true
-		}
-	})
-	return others, err
-}
-
-// dumpOn is dump on the dial's own NETLINK_SOCK_DIAG socket nl (with its
-// read deadline set), which saves making one per dump.
-func dumpOn(ctx context.Context, nl int, reqs [][]byte, each func(msg []byte)) error {
-	bp := diagBufs.Get().(*[]byte)
-	defer diagBufs.Put(bp)
-	for _, req := range reqs {
-		if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return os.NewSyscallError("sendto", err)
-		}
-		if err := answers(ctx, nl, *bp, each); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func reusePort(fd, v int) error {

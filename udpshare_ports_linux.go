@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,14 +50,20 @@ func markShared(fd int) {
 // namespace's net.ipv4.ip_local_port_range, less
 // net.ipv4.ip_local_reserved_ports: the ports the kernel itself would hand
 // out. An unreadable setting is an error that says so, never an empty range.
-// The settings are read at most once a second.
+// Both settings are read at every dial (two small reads of /proc), so a port
+// reserved before a dial starts is never used; the set computed from them is
+// reused while they read the same.
 func shareRange(r PortRange) (PortRange, *portSet, error) {
-	if c := shareRanges.Load(); c != nil && c.asked == r && time.Since(c.at) < time.Second {
-		return c.r, c.off, nil
-	}
 	ns, err := readPortRange()
 	if err != nil {
 		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_port_range, the ports a dial may use: %w", err)
+	}
+	reserved, err := readReserved()
+	if err != nil {
+		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_reserved_ports, ports the kernel never hands out: %w", err)
+	}
+	if c := shareRanges.Load(); c != nil && c.asked == r && c.ns == ns && c.reserved == reserved {
+		return c.r, c.off, nil
 	}
 	asked := r
 	if r == (PortRange{}) {
@@ -68,35 +73,41 @@ func shareRange(r PortRange) (PortRange, *portSet, error) {
 	if in.Lo > in.Hi {
 		return r, nil, errConfig("ShareUDPPorts: PortRange %v does not intersect this network namespace's net.ipv4.ip_local_port_range %v", r, ns)
 	}
-	reserved, err := readReserved()
+	list, err := parsePortList(reserved)
 	if err != nil {
 		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_reserved_ports, ports the kernel never hands out: %w", err)
 	}
 	off := new(portSet)
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
-		if p < int(in.Lo) || p > int(in.Hi) || reserved.has(uint16(p)) {
+		if p < int(in.Lo) || p > int(in.Hi) || list.has(uint16(p)) {
 			off.add(uint16(p))
 		}
 	}
-	shareRanges.Store(&rangeEntry{asked: asked, r: r, off: off, at: time.Now()})
+	shareRanges.Store(&rangeEntry{asked: asked, ns: ns, reserved: reserved, r: r, off: off})
 	return r, off, nil
 }
 
-// shareRanges caches the last answer of shareRange (its off set is never
-// modified).
+// shareRanges keeps the last answer of shareRange and the settings it was
+// made from (its off set is never modified).
 var shareRanges atomic.Pointer[rangeEntry]
 
 type rangeEntry struct {
-	asked, r PortRange
-	off      *portSet
-	at       time.Time
+	asked, ns, r PortRange
+	reserved     string // net.ipv4.ip_local_reserved_ports as read
+	off          *portSet
 }
 
 // Tests replace these to make the settings unreadable.
 var (
 	readPortRange = localPortRange
-	readReserved  = reservedPorts
+	readReserved  = reservedText
 )
+
+// reservedText reads net.ipv4.ip_local_reserved_ports as it is now.
+func reservedText() (string, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_reserved_ports")
+	return string(b), err
+}
 
 // sharedPorts lists, for each port of r, what holds it for a shared dial
 // from src toward peer (the address the kernel connects to): one dump per
@@ -110,7 +121,11 @@ var (
 // the scheme). Where the kernel shows no socket options (before Linux
 // 5.10) or refuses the mark, the sockets of this user are tried instead,
 // and a failed bind tells. off marks the ports the kernel never hands out.
-func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r PortRange, off *portSet) ([]portState, error) {
+// For a link-local source (zone: its interface index), sockets bound to
+// another interface are left out, as the kernel keeps them apart. inFlight,
+// when not nil, is called for each ShareUDPPorts socket of this user bound
+// in the range and not connected: a claim in flight.
+func sharedPorts(ctx context.Context, src netip.Addr, zone uint32, peer netip.Addr, peerPort uint16, r PortRange, off *portSet, inFlight func(port uint16, cookie uint64)) ([]portState, error) {
 	states := make([]portState, r.size())
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
 		if off.has(uint16(p)) {
@@ -132,6 +147,9 @@ func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r P
 		if p < r.Lo || p > r.Hi {
 			return
 		}
+		if zone != 0 && s.ifindex != 0 && s.ifindex != zone {
+			return // bound to another link: the kernel keeps the two apart
+		}
 		a := s.local.Addr()
 		switch {
 		case a == src.WithZone(""):
@@ -151,6 +169,9 @@ func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r P
 			st = portBound // a plain socket of this user
 		case !s.connected:
 			st = portMaybe
+			if inFlight != nil && s.marked {
+				inFlight(p, s.cookie)
+			}
 		}
 		if i := int(p - r.Lo); st > states[i] {
 			states[i] = st
@@ -168,8 +189,12 @@ func sharedHeadroom(ctx context.Context, src netip.Addr, dst netip.AddrPort, r P
 		return h, err
 	}
 	h.Range = rng
+	zone, err := zoneIndex(src.Zone())
+	if err != nil {
+		return h, errConfig("ShareUDPPorts: source %v: unknown interface: %v", src, err)
+	}
 	peer := kernelPeer(src, dst.Addr())
-	states, err := sharedPorts(ctx, src, peer, dst.Port(), rng, off)
+	states, err := sharedPorts(ctx, src.WithZone(""), zone, peer, dst.Port(), rng, off, nil)
 	if err != nil {
 		return h, probeError(err)
 	}
