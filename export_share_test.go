@@ -40,10 +40,11 @@ func BeforeSharedConnect(f func(fd int, port uint16)) (restore func()) {
 // UnreadablePortRange makes shared dials find net.ipv4.ip_local_port_range
 // unreadable; the returned func restores the real one.
 func UnreadablePortRange() (restore func()) {
+	orig := readPortRange
 	readPortRange = func() (PortRange, error) { return PortRange{}, errors.New("permission denied (test)") }
 	shareRanges.Store(nil)
 	return func() {
-		readPortRange = localPortRange
+		readPortRange = orig
 		shareRanges.Store(nil)
 	}
 }
