@@ -124,56 +124,19 @@ type Dialer struct {
 	// No connection with a local port outside PortRange is ever returned.
 	PortRange PortRange
 
-	// ShareUDPPorts, when set, lets UDP dials (udp, udp4, udp6: with
-	// Base.LocalAddr, with Sources, or from the source the kernel's routing
-	// picks) share local ports between destinations, as TCP connections
-	// do: each dial chooses its local port itself so that a port serves
-	// one connected socket per destination, and the capacity is the ports
-	// of the range times the destinations instead of the range. Without
-	// it, connect(2) gives a UDP socket a port no other UDP socket uses,
-	// whatever the destination.
-	//
-	// Each dial follows Cloudflare's "connectx" scheme: bind a candidate
-	// port with SO_REUSEPORT, turn it off (no other socket can join the
-	// port), check with sock_diag that this socket alone would receive
-	// from the destination, connect, list the sockets connected to the
-	// same 4-tuple and back out if another is there, discard what was
-	// queued before the connect, and turn SO_REUSEPORT on again. Every
-	// check uses the peer the kernel connects to: this host for an
-	// unspecified destination such as ":53".
-	//
-	// The trust boundary: no two safedial sockets share a 4-tuple, across
-	// goroutines and processes; a same-user SO_REUSEPORT socket can. A
-	// shared port must keep SO_REUSEPORT on, and the kernel lets any
-	// socket of the same user that sets SO_REUSEPORT join it; connected to
-	// the same peer, the newest socket takes the replies. That needs no
-	// intent: a program of the same user that sets SO_REUSEPORT on client
-	// sockets and connects without binding can be given a shared port.
-	// Another user is always refused (SO_REUSEADDR, which would let any
-	// user join, is never set). Run ShareUDPPorts under a dedicated user
-	// where that matters. Shared sockets also carry IP_RECVERR_RFC4884
-	// (which does nothing without IP_RECVERR), the mark by which other
-	// shared dials, in any process, tell them from sockets that do not
-	// share.
-	//
-	// Ports come from PortRange when set, else from the namespace's range,
-	// less net.ipv4.ip_local_reserved_ports and ports outside the namespace
-	// range: the ports the kernel hands out. A port held by a socket a
-	// shared port cannot join (a plain UDP socket, another user's, a
-	// wildcard bind) is taken for every destination. When no port is left
-	// the dial fails with an *ExhaustedError (Op "connect", Shared set,
-	// Held saying what holds the ports). A dial waits only for other dials
-	// of this process from the same source to the same peer, and under its
-	// context; no lock is held while the user's hooks run.
-	//
-	// Cost: besides a few lookups, each dial walks the kernel's UDP table
-	// once (a sock_diag dump; the table is host-wide, every namespace's
-	// sockets included), so a shared dial costs more as the host holds
-	// more UDP sockets: the README has the table and the command that
-	// measures it. It was asked for explicitly, so where sock_diag or
-	// SO_REUSEPORT is not available the dial fails with an error matching
-	// errors.ErrUnsupported instead of silently capping. A Base.LocalAddr
-	// with an explicit port is bound as is.
+	// ShareUDPPorts, when set, lets UDP dials (udp, udp4, udp6) share
+	// local ports between destinations, as TCP connections do: each dial
+	// picks a port that no other socket uses toward its destination
+	// (Cloudflare's "connectx" scheme, with a per-namespace lock of the
+	// 4-tuple), so the capacity is ports x destinations. No two safedial
+	// sockets share a 4-tuple; a same-user SO_REUSEPORT socket can, so run
+	// it under a dedicated user where that matters. When no port is left
+	// the dial fails with an *ExhaustedError (Shared set, Held saying what
+	// holds the ports); it waits for claims in flight under its context.
+	// Where sock_diag or SO_REUSEPORT is missing the dial fails with an
+	// error matching errors.ErrUnsupported. A Base.LocalAddr with an
+	// explicit port is bound as is. docs/udp-sharing.md has the details,
+	// the guarantees and the costs.
 	ShareUDPPorts bool
 
 	// OnExhausted, when not nil, is called on the dialing goroutine, before
