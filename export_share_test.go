@@ -66,12 +66,18 @@ func ShareWaiting(f func()) (restore func()) {
 // TupleLocked reports whether the lock of shared claims of the 4-tuple
 // (src on interface zone, port, peer) is held in this network namespace.
 func TupleLocked(src netip.Addr, zone uint32, port uint16, peer netip.AddrPort) bool {
-	unlock, ok, err := lockTuple(src, zone, port, peer)
+	unlock, state, err := lockTuple(src, zone, port, peer)
 	if err != nil {
 		panic(err)
 	}
-	if ok {
+	if state == tupleLocked {
 		unlock()
 	}
-	return !ok
+	return state != tupleLocked
+}
+
+// TupleName is the abstract AF_UNIX name (with a leading '@' for the NUL)
+// of the lock of shared claims of the 4-tuple.
+func TupleName(src netip.Addr, zone uint32, port uint16, peer netip.AddrPort) string {
+	return tupleName(src, zone, port, peer)
 }

@@ -44,20 +44,32 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 		return taken, err
 	}
 	defer s.lock.unlock()
-	unlock, ok, err := lockTuple(s.src, s.zone, port, s.peer)
+	unlock, state, err := lockTuple(s.src, s.zone, port, s.peer)
 	if err != nil {
 		return taken, err
 	}
-	if !ok {
+	switch state {
+	case tupleBusy:
 		s.busy = append(s.busy, inFlight{0, port})
 		return busy, nil
+	case tupleLocked:
+		defer unlock()
 	}
-	defer unlock()
 	cookie, res, err := s.bindAlone(fd, port)
 	if res != claimed || err != nil {
 		return res, err
 	}
-	return s.connect(fd, port, cookie)
+	if res, err = s.connect(fd, port); res != claimed || err != nil || state == tupleLocked {
+		return res, err
+	}
+	// Another user holds the lock's name: without the lock, list the
+	// sockets connected to the 4-tuple (a walk of the UDP table) and back
+	// out if another is there. Of two sockets that connected to one
+	// 4-tuple, the second to connect sees the first.
+	if others, err := othersConnected(s.ctx, s.nl, s.src, s.zone, port, s.peer, cookie); err != nil || others {
+		return lost, err
+	}
+	return claimed, nil
 }
 
 // bindAlone binds fd to src:port where no socket would receive from the
@@ -102,7 +114,7 @@ func (s *search) bindAlone(fd int, port uint16) (uint64, claimResult, error) {
 // connect connects fd, alone on src:port toward the peer, checks that the
 // kernel connected it to the peer, discards what was queued before, and
 // lets sockets toward other peers join the port again.
-func (s *search) connect(fd int, port uint16, cookie uint64) (claimResult, error) {
+func (s *search) connect(fd int, port uint16) (claimResult, error) {
 	if shareBeforeConnect != nil {
 		shareBeforeConnect(fd, port)
 	}
@@ -117,9 +129,6 @@ func (s *search) connect(fd int, port uint16, cookie uint64) (claimResult, error
 		s.moved = peer
 		return moved, nil
 	}
-	if shareAfterConnect != nil {
-		shareAfterConnect(cookie)
-	}
 	drain(fd)
 	if err := reusePort(fd, 1); err != nil {
 		return lost, err
@@ -127,39 +136,71 @@ func (s *search) connect(fd int, port uint16, cookie uint64) (claimResult, error
 	return claimed, nil
 }
 
-// Test hooks: shareBeforeConnect runs while a claimed socket is bound but
-// not yet connected; shareAfterConnect once it is connected to the peer,
-// still holding the locks.
-var (
-	shareBeforeConnect func(fd int, port uint16)
-	shareAfterConnect  func(cookie uint64)
+// shareBeforeConnect, when set by a test, runs while a claimed socket is
+// bound but not yet connected.
+var shareBeforeConnect func(fd int, port uint16)
+
+// What lockTuple found.
+type tupleState int
+
+const (
+	tupleLocked   tupleState = iota // the lock is this claim's
+	tupleBusy                       // a claim of this user holds it: a claim in flight
+	tupleSquatted                   // another user holds the name (or a socket that is not a lock)
 )
 
 // lockTuple takes the lock of the claims of one 4-tuple (src on interface
-// zone, port, peer) in this network namespace: an abstract AF_UNIX socket
-// bound to a name made of the 4-tuple. Abstract names are per network
-// namespace, as UDP ports are; the kernel lets one socket hold a name and
-// releases it when the socket closes, also when its process dies. It
-// returns false when another socket holds the name: a claim of this
-// 4-tuple in flight. Every process that dials with ShareUDPPorts uses the
-// same names; any process of the namespace can hold one, which makes the
-// port look busy to shared dials toward that peer (as any process can take
-// a UDP port from them by binding it).
-func lockTuple(src netip.Addr, zone uint32, port uint16, peer netip.AddrPort) (unlock func(), ok bool, err error) {
-	l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, false, &unsupportedError{what: "ShareUDPPorts needs AF_UNIX sockets", err: os.NewSyscallError("socket", err)}
-	}
-	switch err := unix.Bind(l, &unix.SockaddrUnix{Name: tupleName(src, zone, port, peer)}); err {
-	case nil:
-		return func() { unix.Close(l) }, true, nil
-	case unix.EADDRINUSE:
+// zone, port, peer) in this network namespace: a listening abstract
+// AF_UNIX socket bound to a name made of the 4-tuple. Abstract names are
+// per network namespace, as UDP ports are; the kernel lets one socket hold
+// a name and releases it when the socket closes, also when its process
+// dies. When the name is held, a connection to it tells who holds it
+// (SO_PEERCRED): a process of this user is a claim in flight (tupleBusy);
+// anything else can be any process of the namespace squatting the name
+// (tupleSquatted), which must not turn a port away: the claim then goes on
+// without the lock, checking for duplicates as it did before there was
+// one.
+func lockTuple(src netip.Addr, zone uint32, port uint16, peer netip.AddrPort) (unlock func(), state tupleState, err error) {
+	name := &unix.SockaddrUnix{Name: tupleName(src, zone, port, peer)}
+	for range 2 {
+		l, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			return nil, 0, &unsupportedError{what: "ShareUDPPorts needs AF_UNIX sockets", err: os.NewSyscallError("socket", err)}
+		}
+		switch err := unix.Bind(l, name); err {
+		case nil:
+			if err := unix.Listen(l, 64); err != nil {
+				unix.Close(l)
+				return nil, 0, os.NewSyscallError("listen", err)
+			}
+			return func() { unix.Close(l) }, tupleLocked, nil
+		case unix.EADDRINUSE:
+		default:
+			unix.Close(l)
+			return nil, 0, &unsupportedError{what: "ShareUDPPorts needs abstract AF_UNIX names", err: os.NewSyscallError("bind", err)}
+		}
+		// Held: ask the holder who it is, with the same socket.
+		switch err := unix.Connect(l, name); err {
+		case nil:
+			cred, err := unix.GetsockoptUcred(l, unix.SOL_SOCKET, unix.SO_PEERCRED)
+			unix.Close(l)
+			if err == nil && cred.Uid == uint32(os.Geteuid()) {
+				return nil, tupleBusy, nil
+			}
+			return nil, tupleSquatted, nil
+		case unix.EAGAIN:
+			// Its backlog is full: a squatter that never accepts (64
+			// claims asking one claim in flight at once is unlikely,
+			// and going on without the lock is sound anyway).
+			unix.Close(l)
+			return nil, tupleSquatted, nil
+		}
+		// Refused: gone since the bind (try once more), or a holder that
+		// does not listen (a claim between its bind and listen, or a
+		// squatter).
 		unix.Close(l)
-		return nil, false, nil
-	default:
-		unix.Close(l)
-		return nil, false, &unsupportedError{what: "ShareUDPPorts needs abstract AF_UNIX names", err: os.NewSyscallError("bind", err)}
 	}
+	return nil, tupleSquatted, nil
 }
 
 // tupleName is the abstract name of a 4-tuple's lock: "@safedial-udp "

@@ -191,6 +191,10 @@ func TestShareUDPPortsTwoLinks(t *testing.T) {
 		}
 		for _, link := range []string{"a0", "b0"} {
 			d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: src(link)}}
+			hs, err := d.Headroom(context.Background(), "udp", "[fe80::2%"+link+"]:53")
+			if err != nil || len(hs) != 1 || hs[0].Free != 16 {
+				t.Errorf("Headroom from fe80::1%%%s before its dials: %+v, %v; want 16 free", link, hs, err)
+			}
 			conns, err := fill(d.DialContext, link)
 			var ee *safedial.ExhaustedError
 			if len(conns) != 16 || !errors.As(err, &ee) || ee.Held == nil || ee.Held.InUse != 16 {
@@ -330,5 +334,71 @@ func TestShareUDPPortsKilledClaim(t *testing.T) {
 			t.Errorf("port %d, want 40000", p)
 		}
 		checkUDP(t, []net.Conn{c})
+	})
+}
+
+// TestShareUDPPortsSquattedLock (issue 24, item 5): another user (uid
+// 65534) holding the lock names of every 4-tuple of the range toward a
+// peer, listening or not, turns no port away: the dials go on without the
+// lock (checking for duplicates with a dump) and hold the whole range, as
+// the kernel allows.
+func TestShareUDPPortsSquattedLock(t *testing.T) {
+	inNamespace(t, 40000, 40007, func(t *testing.T) {
+		python, err := exec.LookPath("/usr/bin/python3")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("python3 plays the other user (CI=true, so this fails instead of skipping): %v", err)
+			}
+			t.Skipf("python3 plays the other user: %v", err)
+		}
+		dst := udpEcho(t, "127.0.0.2:9000")[0]
+		src, peer := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddrPort(dst)
+		var names []string
+		for p := uint16(40000); p <= 40007; p++ {
+			names = append(names, fmt.Sprintf("%q", "\x00"+strings.TrimPrefix(safedial.TupleName(src, 0, p, peer), "@")))
+		}
+		script := fmt.Sprintf(`
+import socket, sys
+held = []
+for i, name in enumerate([%s]):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM if i %% 2 == 0 else socket.SOCK_DGRAM)
+    s.bind(name.encode("latin-1"))
+    if i %% 4 == 0:
+        s.listen(1)
+    held.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+`, strings.Join(names, ", "))
+		cmd := exec.Command(python, "-c", script)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer cmd.Wait()
+		defer stdin.Close()
+		buf := make([]byte, 6)
+		if n, err := out.Read(buf); err != nil || string(buf[:n]) != "ready\n" {
+			t.Fatalf("the other user's squatter: %q, %v", buf[:n], err)
+		}
+		for p := uint16(40000); p <= 40007; p += 2 {
+			if !safedial.TupleLocked(src, 0, p, peer) {
+				t.Fatalf("the squatter does not hold the name of port %d", p)
+			}
+		}
+		d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: &net.UDPAddr{IP: src.AsSlice()}}}
+		conns, err := fillConns(t, d.DialContext, "udp", []string{dst}, 100)
+		if len(conns) != 8 || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+			t.Errorf("with the lock names squatted: %d sockets, then %v; want 8, then exhaustion", len(conns), err)
+		}
+		checkUDP(t, conns)
 	})
 }

@@ -100,6 +100,61 @@ func drain(fd int) {
 	}
 }
 
+// othersConnected reports whether a UDP socket other than the one with
+// cookie is connected from src:port (on interface zone, when not 0) to
+// peer: one dump of src's family, filtered by the kernel to that 4-tuple (a
+// dump walks the kernel's whole UDP table). For an IPv4 source, IPv6
+// sockets can hold the 4-tuple too (IPv4-mapped or the dual-stack
+// wildcard); they are dumped only when a lookup (no walk) finds an IPv6
+// socket that would receive from the peer on that port, which any of them
+// would. Claims use it only when another user holds their 4-tuple's lock.
+func othersConnected(ctx context.Context, nl int, src netip.Addr, zone uint32, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
+	var b bytecode
+	b.cond(bcSCond, src, int32(port))
+	b.cond(bcDCond, peer.Addr(), int32(peer.Port()))
+	// Connected sockets only, and the ports in the request itself: the
+	// kernel's UDP dump compares those before running the bytecode.
+	reqs := requests(true, src.Is4(), src.Is6(), 1<<tcpEstablished, b.bytes())
+	if src.Is4() {
+		_, v6, err := udpOwner(ctx, nl, unix.AF_INET6, netip.AddrPortFrom(src, port), peer, 0)
+		if err != nil {
+			return false, err
+		}
+		if !v6 {
+			reqs = reqs[1:] // AF_INET only
+		}
+	}
+	for _, req := range reqs {
+		id := req[unix.SizeofNlMsghdr+8:]
+		binary.BigEndian.PutUint16(id[0:], port)
+		binary.BigEndian.PutUint16(id[2:], peer.Port())
+	}
+	others := false
+	err := dumpOn(ctx, nl, reqs, func(msg []byte) {
+		s := parseDiag(msg)
+		if s.cookie != cookie && (zone == 0 || s.ifindex == 0 || s.ifindex == zone) {
+			others = true
+		}
+	})
+	return others, err
+}
+
+// dumpOn is dump on the dial's own NETLINK_SOCK_DIAG socket nl (with its
+// read deadline set), which saves making one per dump.
+func dumpOn(ctx context.Context, nl int, reqs [][]byte, each func(msg []byte)) error {
+	bp := diagBufs.Get().(*[]byte)
+	defer diagBufs.Put(bp)
+	for _, req := range reqs {
+		if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return os.NewSyscallError("sendto", err)
+		}
+		if err := answers(ctx, nl, *bp, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func reusePort(fd, v int) error {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, v); err != nil {
 		return &unsupportedError{what: "ShareUDPPorts needs SO_REUSEPORT", err: os.NewSyscallError("setsockopt", err)}

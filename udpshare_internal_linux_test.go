@@ -37,14 +37,14 @@ func TestTupleName(t *testing.T) {
 }
 
 // BenchmarkTupleLock is what the lock of a claim costs: an AF_UNIX socket,
-// a bind of its abstract name, a close.
+// a bind of its abstract name, a listen, a close.
 func BenchmarkTupleLock(b *testing.B) {
 	src, peer := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddrPort("127.0.0.2:9000")
 	b.ReportAllocs()
 	for b.Loop() {
-		unlock, ok, err := lockTuple(src, 0, 40000, peer)
-		if err != nil || !ok {
-			b.Fatal(ok, err)
+		unlock, state, err := lockTuple(src, 0, 40000, peer)
+		if err != nil || state != tupleLocked {
+			b.Fatal(state, err)
 		}
 		unlock()
 	}
