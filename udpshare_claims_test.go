@@ -3,6 +3,7 @@
 package safedial_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -385,9 +386,8 @@ sys.stdin.read()
 		}
 		defer cmd.Wait()
 		defer stdin.Close()
-		buf := make([]byte, 6)
-		if n, err := out.Read(buf); err != nil || string(buf[:n]) != "ready\n" {
-			t.Fatalf("the other user's squatter: %q, %v", buf[:n], err)
+		if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+			t.Fatalf("the other user's squatter: %q, %v", line, err)
 		}
 		for p := uint16(40000); p <= 40007; p += 2 {
 			if !safedial.TupleLocked(src, 0, p, peer) {

@@ -18,11 +18,12 @@ const shareSupported = true
 // table (host-wide: its cost grows with every UDP socket of the host).
 const shareCandidates = 3
 
-// shareRounds is how many dumps in a row a shared dial makes while the free
-// ports they show keep being taken before it can bind them, before it
-// reports exhaustion, saying so. A dump that leaves no candidate at all ends
-// the dial at once; ports held by claims in flight (see search.dump) make
-// it wait instead, under its context.
+// shareRounds is how many dumps a shared dial makes at once while the free
+// ports they show keep being taken before it can bind them; then it pauses
+// between dumps, and reports exhaustion, saying so, when that goes on for
+// shareStale. A dump that leaves no candidate at all ends the dial at once;
+// ports held by claims in flight (see search.dump) make it wait instead,
+// under its context.
 const shareRounds = 4
 
 // shareStale is how long a port may look held by a claim in flight (a
@@ -116,12 +117,13 @@ type search struct {
 	lock  *pairLock
 
 	// The candidates.
-	tried  map[uint16]bool
-	queue  []uint16
-	random int  // random candidates left
-	cached bool // the last dump of this pair (portCache) was tried
-	rounds int  // dumps whose free ports were all taken in the meantime
-	last   []portState
+	tried     map[uint16]bool
+	queue     []uint16
+	random    int       // random candidates left
+	cached    bool      // the last dump of this pair (portCache) was tried
+	rounds    int       // dumps whose free ports were all taken in the meantime
+	contested time.Time // when rounds reached shareRounds
+	last      []portState
 
 	// Claims in flight: when each was first seen (a socket by its cookie,
 	// a lock by its port), the locks found held since the last dump, and
@@ -232,7 +234,7 @@ func (s *search) dump() error {
 			return err
 		}
 	}
-	if s.rounds == shareRounds {
+	if s.rounds >= shareRounds && time.Since(s.contested) >= shareStale {
 		return s.full(s.last)
 	}
 	now := time.Now()
@@ -255,18 +257,34 @@ func (s *search) dump() error {
 	if len(s.queue) == 0 {
 		return s.full(states)
 	}
-	if states[s.queue[0]-s.rng.Lo] == portMaybe {
+	switch {
+	case states[s.queue[0]-s.rng.Lo] == portMaybe:
 		// Only claims in flight hold the candidates: wait before the
 		// next dump if these fail too.
-		s.backoff = min(max(2*s.backoff, 50*time.Microsecond), 5*time.Millisecond)
+		s.grow()
 		if shareWaiting != nil {
 			shareWaiting()
 		}
-	} else {
+	case s.rounds+1 < shareRounds:
 		s.rounds++
 		s.backoff = 0
+	default:
+		// Free ports keep being taken between a dump and the bind (by
+		// claims in flight, which release them when they connect
+		// elsewhere or back out): go on, pausing between dumps, for
+		// shareStale.
+		if s.rounds++; s.rounds == shareRounds {
+			s.contested = time.Now()
+		}
+		s.grow()
 	}
 	return nil
+}
+
+// grow lengthens the pause before the next dump: 50 µs, doubling, at most
+// 5 ms.
+func (s *search) grow() {
+	s.backoff = min(max(2*s.backoff, 50*time.Microsecond), 5*time.Millisecond)
 }
 
 // noteInFlight marks in states the ports that claims in flight hold (seen

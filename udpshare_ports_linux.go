@@ -173,8 +173,9 @@ func readProc(path string, buf []byte) ([]byte, error) {
 // and a failed bind tells. off marks the ports the kernel never hands out.
 // For a link-local source (zone: its interface index), sockets bound to
 // another interface are left out, as the kernel keeps them apart. inFlight,
-// when not nil, is called for each ShareUDPPorts socket of this user bound
-// in the range and not connected: a claim in flight.
+// when not nil, is called for each socket of this user bound in the range
+// and not connected that may be a claim in flight (a ShareUDPPorts socket,
+// or any socket where the mark cannot be seen).
 func sharedPorts(ctx context.Context, src netip.Addr, zone uint32, peer netip.Addr, peerPort uint16, r PortRange, off *portSet, inFlight func(port uint16, cookie uint64)) ([]portState, error) {
 	states := make([]portState, r.size())
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
@@ -219,7 +220,7 @@ func sharedPorts(ctx context.Context, src netip.Addr, zone uint32, peer netip.Ad
 			st = portBound // a plain socket of this user
 		case !s.connected:
 			st = portMaybe
-			if inFlight != nil && s.marked {
+			if inFlight != nil {
 				inFlight(p, s.cookie)
 			}
 		}
