@@ -340,7 +340,8 @@ func TestShareUDPPortsKilledClaim(t *testing.T) {
 
 // TestShareUDPPortsSquattedLock (issue 24, item 5): another user (uid
 // 65534) holding the lock names of every 4-tuple of the range toward a
-// peer, listening or not, turns no port away: the dials go on without the
+// peer (stream sockets, listening or not; datagram sockets, whose names the
+// kernel keeps apart from stream ones) turns no port away: the dials go on without the
 // lock (checking for duplicates with a dump) and hold the whole range, as
 // the kernel allows.
 func TestShareUDPPortsSquattedLock(t *testing.T) {
