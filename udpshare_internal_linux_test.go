@@ -4,6 +4,7 @@ package safedial
 
 import (
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 )
@@ -39,7 +40,9 @@ func TestTupleName(t *testing.T) {
 // BenchmarkTupleLock is what the lock of a claim costs: an AF_UNIX socket,
 // a bind of its abstract name, a listen, a close.
 func BenchmarkTupleLock(b *testing.B) {
-	src, peer := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddrPort("127.0.0.2:9000")
+	// A peer port of this process's own, in case another runs it at once
+	// in the same namespace.
+	src, peer := netip.MustParseAddr("127.0.0.1"), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), uint16(os.Getpid()))
 	b.ReportAllocs()
 	for b.Loop() {
 		unlock, state, err := lockTuple(src, 0, 40000, peer)
