@@ -15,7 +15,7 @@ import (
 
 // Classify applies safedial's exhaustion rules to an error from any dialer:
 // a plain [net.Dialer], an [http.Client] (whose errors are [*url.Error]), or
-// code that wrapped them. When err reports ephemeral-port exhaustion, Classify
+// code that wrapped them (a proxy client's own *net.OpError included). When err reports ephemeral-port exhaustion, Classify
 // returns an error that matches [ErrEphemeralExhausted] and wraps an
 // [*ExhaustedError]; a *url.Error or *net.OpError on the outside stays on the
 // outside. Otherwise, and for errors that already match, it returns err
@@ -39,6 +39,11 @@ func Classify(err error) error {
 		if ee := exhausted(e, PortRange{}); ee != nil {
 			return withErr(e, ee)
 		}
+		// A proxy client (x/net/proxy's SOCKS5: Op "socks connect") wraps
+		// the dialer's *net.OpError in one of its own.
+		if inner := Classify(e.Err); inner != e.Err {
+			return withErr(e, inner)
+		}
 		return err
 	case *url.Error:
 		if inner := Classify(e.Err); inner != e.Err {
@@ -46,13 +51,31 @@ func Classify(err error) error {
 		}
 		return err
 	}
-	var op *net.OpError
-	if errors.As(err, &op) {
-		if ee := exhausted(op, PortRange{}); ee != nil {
-			return &classified{err: err, ee: ee}
-		}
+	if ee := findExhausted(err); ee != nil {
+		return &classified{err: err, ee: ee}
 	}
 	return err
+}
+
+// findExhausted returns the exhaustion reported by the first *net.OpError
+// anywhere in err's chain (joined errors included) that reports one.
+func findExhausted(err error) *ExhaustedError {
+	switch e := err.(type) {
+	case nil:
+		return nil
+	case *net.OpError:
+		if ee := exhausted(e, PortRange{}); ee != nil {
+			return ee
+		}
+	case interface{ Unwrap() []error }:
+		for _, err := range e.Unwrap() {
+			if ee := findExhausted(err); ee != nil {
+				return ee
+			}
+		}
+		return nil
+	}
+	return findExhausted(errors.Unwrap(err))
 }
 
 // classified adds an ExhaustedError to an error chain Classify cannot rebuild.

@@ -138,6 +138,37 @@ func TestClassifyWrapping(t *testing.T) {
 	}
 }
 
+// TestClassifyInnerOpError: the dialer's *net.OpError is found anywhere in
+// the chain, also under another *net.OpError (x/net/proxy's SOCKS5 client
+// wraps it in one whose Op is "socks connect"; examples/clients runs that
+// through the real client), which stays outermost.
+func TestClassifyInnerOpError(t *testing.T) {
+	inner := opErr("tcp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.9:1080")
+	socks := &net.OpError{Op: "socks connect", Net: "tcp", Source: inner.Addr, Addr: inner.Addr, Err: inner}
+	got := safedial.Classify(socks)
+	op, ok := got.(*net.OpError)
+	if !ok || op.Op != "socks connect" {
+		t.Fatalf("Classify(socks) = %#v, want the SOCKS *net.OpError outermost", got)
+	}
+	var ee *safedial.ExhaustedError
+	if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.As(got, &ee) || ee.Op != "bind" || !errors.Is(got, syscall.EADDRINUSE) {
+		t.Fatalf("Classify(socks) = %v: want ErrEphemeralExhausted with the bind ExhaustedError and its errno", got)
+	}
+
+	// The first *net.OpError of a chain need not be the one that reports
+	// exhaustion: here a refused dial joined before an exhausted one.
+	refused := opErr("tcp", "connect", syscall.ECONNREFUSED, "", "127.0.0.2:80")
+	joined := fmt.Errorf("all dials failed: %w", errors.Join(refused, socks))
+	got = safedial.Classify(joined)
+	if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.Is(got, joined) {
+		t.Errorf("Classify(joined) = %v: want ErrEphemeralExhausted, the original chain kept", got)
+	}
+	notExhausted := &net.OpError{Op: "socks connect", Net: "tcp", Err: refused}
+	if safedial.Classify(notExhausted) != error(notExhausted) {
+		t.Error("Classify changed a SOCKS error that is not exhaustion")
+	}
+}
+
 // TestConfigErrors: bad configuration is reported before any socket is made.
 func TestConfigErrors(t *testing.T) {
 	hookRan := false
