@@ -22,9 +22,9 @@ import (
 // unchanged (nil stays nil).
 //
 // The rules, from the system call that failed:
-//   - bind, EADDRINUSE, requested local port 0: exhaustion (Op "bind");
-//   - TCP connect, EADDRNOTAVAIL, no explicit local port: exhaustion (Op "connect");
-//   - UDP connect, EAGAIN, no explicit local port: exhaustion (Op "connect");
+//   - bind, EADDRINUSE, requested local port 0: exhaustion (Syscall "bind");
+//   - TCP connect, EADDRNOTAVAIL, no explicit local port: exhaustion (Syscall "connect");
+//   - UDP connect, EAGAIN, no explicit local port: exhaustion (Syscall "connect");
 //   - Windows: bind, WSAENOBUFS; connectex, WSAEADDRINUSE, no explicit
 //     local port: exhaustion;
 //   - anything else is not: bind EADDRNOTAVAIL (the source is not local),
@@ -120,7 +120,7 @@ func exhausted(op *net.OpError, pr PortRange) *ExhaustedError {
 	default:
 		return nil
 	}
-	ee := &ExhaustedError{Op: what, Net: op.Net, Source: src, Dest: addrPort(op.Addr), Err: sc}
+	ee := &ExhaustedError{Syscall: what, Net: op.Net, Source: src.Addr(), Dest: addrPort(op.Addr), Err: sc}
 	if pr != (PortRange{}) {
 		ee.Range, ee.PerSocket = pr, true
 	} else {

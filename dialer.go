@@ -52,10 +52,10 @@ type Dialer struct {
 	// capacity above.
 	DisableReuseAddr bool
 
-	// DisableBindNoPort turns off IP_BIND_ADDRESS_NO_PORT (Linux), and
-	// SO_REUSE_UNICASTPORT (Windows), on sockets that bind a source
-	// address. Without it, bind(ip:0) must pick the port before the
-	// destination is known, and the host is capped at one connection per
+	// DisableBindNoPort turns off the option that chooses the port at
+	// connect time: IP_BIND_ADDRESS_NO_PORT on Linux, SO_REUSE_UNICASTPORT
+	// on Windows. Without it, bind(ip:0) picks the port before the
+	// destination is known, and a source is capped at one connection per
 	// port of the range.
 	DisableBindNoPort bool
 
@@ -161,7 +161,7 @@ type Dialer struct {
 	// range: the ports the kernel hands out. A port held by a socket a
 	// shared port cannot join (a plain UDP socket, another user's, a
 	// wildcard bind) is taken for every destination. When no port is left
-	// the dial fails with an *ExhaustedError (Op "connect", Shared set,
+	// the dial fails with an *ExhaustedError (Syscall "connect", Shared set,
 	// Held saying what holds the ports). A dial waits only for other dials
 	// of this process from the same source to the same peer, and under its
 	// context; no lock is held while the user's hooks run.

@@ -83,7 +83,7 @@ func ExampleClassify() {
 	}
 	cerr := safedial.Classify(err)
 	var ee *safedial.ExhaustedError
-	fmt.Println(errors.Is(cerr, safedial.ErrEphemeralExhausted), errors.As(cerr, &ee) && ee.Op == "bind")
+	fmt.Println(errors.Is(cerr, safedial.ErrEphemeralExhausted), errors.As(cerr, &ee) && ee.Syscall == "bind")
 	fmt.Println(errors.Is(cerr, syscall.EADDRINUSE))
 	var op *net.OpError
 	fmt.Println(errors.As(cerr, &op) && op == cerr)
@@ -100,7 +100,7 @@ func ExampleExhaustedError() {
 	var ee *safedial.ExhaustedError
 	switch {
 	case errors.As(err, &ee):
-		log.Printf("no port from %v to %v (%s); range %v", ee.Source, ee.Dest, ee.Op, ee.Range)
+		log.Printf("no port from %v to %v (%s); range %v", ee.Source, ee.Dest, ee.Syscall, ee.Range)
 	case errors.Is(err, safedial.ErrSourceNotLocal), errors.Is(err, safedial.ErrInvalidConfig):
 		log.Fatal("fix the configuration: ", err)
 	case err != nil:
@@ -121,7 +121,7 @@ func ExampleDialer_Sources() {
 	d := &safedial.Dialer{
 		Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
 		OnExhausted: func(e *safedial.ExhaustedError) {
-			log.Printf("source %v exhausted toward %v", e.Source.Addr(), e.Dest)
+			log.Printf("source %v exhausted toward %v", e.Source, e.Dest)
 		},
 	}
 	for range 3 {

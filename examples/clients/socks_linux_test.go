@@ -64,7 +64,7 @@ func TestSOCKS5Exhaustion(t *testing.T) {
 				proxy.Dialer
 				proxy.ContextDialer
 			}
-			syscall string // ExhaustedError.Op
+			syscall string // ExhaustedError.Syscall
 		}{
 			{"safedial", &safedial.Dialer{Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}}, "connect"},
 			{"net.Dialer+LocalAddr", &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 3)}}, "bind"},
@@ -97,7 +97,7 @@ func TestSOCKS5Exhaustion(t *testing.T) {
 				}
 				got := safedial.Classify(err)
 				var ee *safedial.ExhaustedError
-				if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.As(got, &ee) || ee.Op != tc.syscall {
+				if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.As(got, &ee) || ee.Syscall != tc.syscall {
 					t.Fatalf("Classify(%v) = %v, want ErrEphemeralExhausted from %s", err, got, tc.syscall)
 				}
 				if !errors.As(got, &op) || op.Op != "socks connect" {
