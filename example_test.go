@@ -111,7 +111,7 @@ func ExampleExhaustedError() {
 
 // A pool of source addresses: dials are spread over them, fail over when one
 // is exhausted, and are counted.
-func ExampleDialer_Sources() {
+func ExampleDialer_sources() {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)
@@ -178,7 +178,7 @@ func ExampleDialer_Stats() {
 
 // Log, once, that the system refused an optional option: dials go on
 // without it, as net.Dialer's would, and Stats counts them.
-func ExampleDialer_OnRefused() {
+func ExampleDialer_onRefused() {
 	d := &safedial.Dialer{
 		Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}},
 		OnRefused: func(e *safedial.RefusedError) {
@@ -193,7 +193,7 @@ func ExampleDialer_OnRefused() {
 
 // Connected UDP sockets toward many destinations from one source, past the
 // ephemeral range: a port serves one socket per destination.
-func ExampleDialer_ShareUDPPorts() {
+func ExampleDialer_shareUDPPorts() {
 	echo, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)
