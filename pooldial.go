@@ -209,7 +209,7 @@ func (pd *poolDial) finalError(err error, network string, refused uint32) error 
 	case *ExhaustedError:
 		e.Net = network
 		e.noteRefused(refused)
-		op.Source = opAddr(network, e.Source)
+		op.Source = opAddr(network, netip.AddrPortFrom(e.Source, 0))
 	case *sourceError:
 		op.Source = opAddr(network, netip.AddrPortFrom(e.src, 0))
 	default:

@@ -195,7 +195,7 @@ func TestBurstLogger(t *testing.T) {
 	var buf bytes.Buffer
 	now := time.Unix(1000, 0)
 	b := &burstLogger{logger: log.New(&buf, "", 0), quiet: time.Second, every: 10 * time.Second, now: func() time.Time { return now }}
-	ee := &safedial.ExhaustedError{Op: "connect", Dest: netip.MustParseAddrPort("127.0.0.2:80")}
+	ee := &safedial.ExhaustedError{Syscall: "connect", Dest: netip.MustParseAddrPort("127.0.0.2:80")}
 	step := func(d time.Duration) { now = now.Add(d); b.tick() }
 
 	// A burst of 25 s, 10 answers a second, ticks every 250 ms.
