@@ -2,6 +2,7 @@ package safedial_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -231,6 +232,7 @@ func TestFollowAddDelete(t *testing.T) {
 		if fromGone.Load() != 0 {
 			t.Errorf("%d dials begun after the removal was seen came from the deleted address", fromGone.Load())
 		}
+		t.Logf("Dialer stats after the delete: %+v", d.Stats())
 		if st := f.Pool().Stats(); len(st) != 2 {
 			t.Errorf("pool stats after the delete: %+v, want two sources", st)
 		}
@@ -349,4 +351,52 @@ func countFDs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// TestFollowCapacity: with the kernel as the judge, a followed pool holds
+// exactly sources x ports connections; an address added then carries its own
+// range's worth more, and once the interface is gone a dial fails with
+// ErrSourceNotLocal, saying no address matches.
+func TestFollowCapacity(t *testing.T) {
+	inNamespace(t, 40000, 40019, func(t *testing.T) {
+		veth(t, "eth9")
+		ip(t, "addr", "add", "198.18.0.1/32", "dev", "eth9")
+		ip(t, "addr", "add", "198.18.0.2/32", "dev", "eth9")
+		dst := servers(t, "tcp", []string{"127.0.0.1"}, []int{9000})[0]
+		f, ch := follow(t, safedial.FollowConfig{Interface: "eth9", Network: "ip4"})
+		ch.wait(t, "198.18.0.1", "198.18.0.2")
+		d := &safedial.Dialer{GetSources: f.GetSources}
+		var held []net.Conn
+		t.Cleanup(func() {
+			for _, c := range held {
+				c.Close()
+			}
+		})
+		fill := func() (int, error) {
+			n := 0
+			for {
+				c, err := d.Dial("tcp", dst)
+				if err != nil {
+					return n, err
+				}
+				held = append(held, c)
+				n++
+			}
+		}
+		n, err := fill()
+		var ee *safedial.ExhaustedError
+		if n != 40 || !errors.As(err, &ee) || len(ee.Tried) != 2 {
+			t.Fatalf("two sources, 20 ports: %d connections, then %v; want 40, then exhaustion naming both sources", n, err)
+		}
+		ip(t, "addr", "add", "198.18.0.3/32", "dev", "eth9")
+		ch.wait(t, "198.18.0.1", "198.18.0.2", "198.18.0.3")
+		if n, err := fill(); n != 20 || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+			t.Fatalf("after adding a third source: %d more connections, then %v; want 20, then exhaustion", n, err)
+		}
+		ip(t, "link", "del", "eth9")
+		ch.wait(t)
+		if _, err := d.Dial("tcp", dst); !errors.Is(err, safedial.ErrSourceNotLocal) || !strings.Contains(err.Error(), "no address of this host matches") {
+			t.Errorf("dial once the interface is gone: %v, want ErrSourceNotLocal saying no address matches", err)
+		}
+	})
 }
