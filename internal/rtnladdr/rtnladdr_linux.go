@@ -58,12 +58,15 @@ func List() ([]Addr, error) {
 	var addrs []Addr
 	buf := make([]byte, 1<<16)
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, from, err := unix.Recvfrom(fd, buf, 0)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return nil, os.NewSyscallError("recvfrom", err)
+		}
+		if !fromKernel(from) {
+			continue
 		}
 		done, err := parse(buf[:n], func(e Event) {
 			if e.New {
@@ -78,8 +81,9 @@ func List() ([]Addr, error) {
 
 // Conn receives the host's address events.
 type Conn struct {
-	f  *os.File
-	rc syscall.RawConn
+	f   *os.File
+	rc  syscall.RawConn
+	buf []byte
 }
 
 // Subscribe opens a socket that receives IPv4 and IPv6 address events.
@@ -106,7 +110,7 @@ func Subscribe(rcvbuf int) (*Conn, error) {
 		f.Close()
 		return nil, err
 	}
-	return &Conn{f: f, rc: rc}, nil
+	return &Conn{f: f, rc: rc, buf: make([]byte, 1<<16)}, nil
 }
 
 // ErrOverrun is returned by Read when the kernel dropped events because the
@@ -118,13 +122,16 @@ var ErrOverrun = errors.New("rtnetlink: events lost (ENOBUFS): the receive buffe
 // burst is read in one call. It returns ErrOverrun after an overrun (events
 // before it were passed), and an error wrapping os.ErrClosed once Close was
 // called.
+//
+// Only the kernel's messages count: any local process may send a netlink
+// message to this socket's port ID, and such messages are dropped.
 func (c *Conn) Read(fn func(Event)) error {
-	buf := make([]byte, 1<<16)
+	buf := c.buf
 	var perr error
 	got := false
 	err := c.rc.Read(func(fd uintptr) bool {
 		for {
-			n, _, err := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			n, from, err := unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
 			switch {
 			case err == unix.EINTR:
 				continue
@@ -138,6 +145,9 @@ func (c *Conn) Read(fn func(Event)) error {
 				perr = os.NewSyscallError("recvfrom", err)
 				return true
 			}
+			if !fromKernel(from) {
+				continue
+			}
 			got = true
 			if _, err := parse(buf[:n], fn); err != nil {
 				perr = err
@@ -149,6 +159,13 @@ func (c *Conn) Read(fn func(Event)) error {
 		return err
 	}
 	return perr
+}
+
+// fromKernel reports whether a message came from the kernel (port ID 0),
+// not from another process that sent it to this socket.
+func fromKernel(from unix.Sockaddr) bool {
+	sa, ok := from.(*unix.SockaddrNetlink)
+	return ok && sa.Pid == 0
 }
 
 // drain discards what is queued on fd. After an overrun the kernel marks a
