@@ -14,7 +14,8 @@ import (
 // sources. Every field narrows the set; an address must pass them all.
 type FollowConfig struct {
 	// Interface, when not empty, keeps only the addresses of the network
-	// interface with this name (eth0). It may appear later.
+	// interface with this name (eth0). It may appear later; a name is
+	// looked up once per interface index (again after a re-list).
 	Interface string
 
 	// Prefixes, when not empty, keeps only the addresses within one of
