@@ -39,15 +39,23 @@ func NewSourcePool(srcs []netip.Addr) (*SourcePool, error) {
 }
 
 // Addrs returns the pool's sources, as given to NewSourcePool.
-func (sp *SourcePool) Addrs() []netip.Addr { return slices.Clone(sp.p.addrs) }
+func (sp *SourcePool) Addrs() []netip.Addr {
+	if sp == nil || sp.p == nil {
+		return nil
+	}
+	return slices.Clone(sp.p.addrs)
+}
 
 // String lists the pool's sources, comma-separated.
-func (sp *SourcePool) String() string { return joinAddrs(sp.p.addrs) }
+func (sp *SourcePool) String() string { return joinAddrs(sp.Addrs()) }
 
 // Stats returns the counters of each source of the pool, in order, counted
 // over every dial the pool was returned for: what [Stats].Sources holds for a
 // Dialer with Sources.
 func (sp *SourcePool) Stats() []SourceStats {
+	if sp == nil || sp.p == nil {
+		return nil
+	}
 	s := make([]SourceStats, len(sp.p.srcs))
 	for i := range sp.p.srcs {
 		src := &sp.p.srcs[i]
@@ -82,6 +90,8 @@ func (d *Dialer) dialChosen(ctx context.Context, network, address string, la net
 		return fail(err)
 	case sp == nil:
 		return d.dialUnpooled(ctx, network, address, la)
+	case sp.p == nil:
+		return fail(errConfig("GetSources returned a zero SourcePool: make pools with NewSourcePool"))
 	}
 	return d.dialPool(ctx, network, address, la, sp.p)
 }

@@ -189,6 +189,9 @@ func TestGetSourcesErrors(t *testing.T) {
 			{"unix network", &safedial.Dialer{GetSources: fixed}, "unix", safedial.ErrInvalidConfig},
 			{"the function's error", &safedial.Dialer{GetSources: func(context.Context, string, string) (*safedial.SourcePool, error) { return nil, mine }}, "tcp", mine},
 			{"IPv6 destination, IPv4 pool", &safedial.Dialer{GetSources: fixed}, "tcp", safedial.ErrInvalidConfig},
+			{"a zero SourcePool", &safedial.Dialer{GetSources: func(context.Context, string, string) (*safedial.SourcePool, error) {
+				return &safedial.SourcePool{}, nil
+			}}, "tcp", safedial.ErrInvalidConfig},
 		} {
 			addr := dst
 			if tc.name == "IPv6 destination, IPv4 pool" {
