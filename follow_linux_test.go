@@ -393,6 +393,20 @@ func TestFollowCapacity(t *testing.T) {
 		if n, err := fill(); n != 20 || !errors.Is(err, safedial.ErrEphemeralExhausted) {
 			t.Fatalf("after adding a third source: %d more connections, then %v; want 20, then exhaustion", n, err)
 		}
+		out, err := exec.Command("ss", "-Htn", "state", "established", "src", "198.18.0.0/24").Output()
+		if err != nil {
+			t.Fatalf("ss: %v", err)
+		}
+		bySrc := map[string]int{}
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.Fields(line); len(f) >= 3 {
+				host, _, _ := net.SplitHostPort(f[2])
+				bySrc[host]++
+			}
+		}
+		if diff := cmp.Diff(map[string]int{"198.18.0.1": 20, "198.18.0.2": 20, "198.18.0.3": 20}, bySrc); diff != "" {
+			t.Errorf("established connections by source, per ss (-want +got):\n%s", diff)
+		}
 		ip(t, "link", "del", "eth9")
 		ch.wait(t)
 		if _, err := d.Dial("tcp", dst); !errors.Is(err, safedial.ErrSourceNotLocal) || !strings.Contains(err.Error(), "no address of this host matches") {
