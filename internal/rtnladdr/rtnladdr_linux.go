@@ -36,15 +36,30 @@ type Event struct {
 }
 
 // List returns every address of the host (this network namespace), from one
-// RTM_GETADDR dump.
+// consistent RTM_GETADDR dump: a dump the kernel marks interrupted
+// (NLM_F_DUMP_INTR: the addresses changed while it ran, so it may miss or
+// repeat some) is made again, up to maxDumps times.
 func List() ([]Addr, error) {
+	for range maxDumps {
+		addrs, intr, err := list()
+		if err != nil || !intr {
+			return addrs, err
+		}
+	}
+	return nil, fmt.Errorf("rtnetlink: %d address dumps in a row were interrupted by changes; try again", maxDumps)
+}
+
+const maxDumps = 100
+
+// list makes one dump and reports whether the kernel marked it interrupted.
+func list() (addrs []Addr, intr bool, err error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return nil, false, os.NewSyscallError("socket", err)
 	}
 	defer unix.Close(fd)
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, os.NewSyscallError("bind", err)
+		return nil, false, os.NewSyscallError("bind", err)
 	}
 	req := make([]byte, unix.SizeofNlMsghdr+unix.SizeofIfAddrmsg)
 	binary.NativeEndian.PutUint32(req[0:4], uint32(len(req)))
@@ -53,9 +68,8 @@ func List() ([]Addr, error) {
 	binary.NativeEndian.PutUint32(req[8:12], 1) // seq
 	req[unix.SizeofNlMsghdr] = unix.AF_UNSPEC
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, os.NewSyscallError("sendto", err)
+		return nil, false, os.NewSyscallError("sendto", err)
 	}
-	var addrs []Addr
 	buf := make([]byte, 1<<16)
 	for {
 		n, from, err := unix.Recvfrom(fd, buf, 0)
@@ -63,18 +77,19 @@ func List() ([]Addr, error) {
 			continue
 		}
 		if err != nil {
-			return nil, os.NewSyscallError("recvfrom", err)
+			return nil, false, os.NewSyscallError("recvfrom", err)
 		}
 		if !fromKernel(from) {
 			continue
 		}
+		intr = intr || interrupted(buf[:n])
 		done, err := parse(buf[:n], func(e Event) {
 			if e.New {
 				addrs = append(addrs, e.Addr)
 			}
 		})
 		if err != nil || done {
-			return addrs, err
+			return addrs, intr, err
 		}
 	}
 }
@@ -159,6 +174,22 @@ func (c *Conn) Read(fn func(Event)) error {
 		return err
 	}
 	return perr
+}
+
+// interrupted reports whether a message of a dump's datagram b carries
+// NLM_F_DUMP_INTR.
+func interrupted(b []byte) bool {
+	for len(b) >= unix.SizeofNlMsghdr {
+		l := int(binary.NativeEndian.Uint32(b[0:4]))
+		if binary.NativeEndian.Uint16(b[6:8])&unix.NLM_F_DUMP_INTR != 0 {
+			return true
+		}
+		if l < unix.SizeofNlMsghdr || nlAlign(l) >= len(b) {
+			return false
+		}
+		b = b[nlAlign(l):]
+	}
+	return false
 }
 
 // fromKernel reports whether a message came from the kernel (port ID 0),

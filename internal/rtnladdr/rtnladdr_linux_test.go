@@ -67,3 +67,30 @@ func TestForgedEvent(t *testing.T) {
 		}
 	})
 }
+
+// TestInterrupted: a dump datagram is interrupted when any of its messages
+// carries NLM_F_DUMP_INTR, the last (NLMSG_DONE) included.
+func TestInterrupted(t *testing.T) {
+	msg := func(typ, flags uint16) []byte {
+		b := make([]byte, unix.SizeofNlMsghdr+4)
+		binary.NativeEndian.PutUint32(b[0:4], uint32(len(b)))
+		binary.NativeEndian.PutUint16(b[4:6], typ)
+		binary.NativeEndian.PutUint16(b[6:8], flags)
+		return b
+	}
+	multi := uint16(unix.NLM_F_MULTI)
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want bool
+	}{
+		{"clean", append(msg(unix.RTM_NEWADDR, multi), msg(unix.NLMSG_DONE, multi)...), false},
+		{"first", append(msg(unix.RTM_NEWADDR, multi|unix.NLM_F_DUMP_INTR), msg(unix.NLMSG_DONE, multi)...), true},
+		{"done", append(msg(unix.RTM_NEWADDR, multi), msg(unix.NLMSG_DONE, multi|unix.NLM_F_DUMP_INTR)...), true},
+		{"truncated", msg(unix.RTM_NEWADDR, multi)[:10], false},
+	} {
+		if got := interrupted(tc.b); got != tc.want {
+			t.Errorf("%s: interrupted = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
