@@ -414,3 +414,42 @@ func TestFollowCapacity(t *testing.T) {
 		}
 	})
 }
+
+// TestFollowFilter: what each filter keeps, from the listing Follow makes
+// before it returns; loopback only when asked for, IPv6 link-local never.
+func TestFollowFilter(t *testing.T) {
+	inNamespace(t, 0, 0, func(t *testing.T) {
+		veth(t, "eth9")
+		ip(t, "addr", "add", "198.18.0.1/32", "dev", "eth9")
+		ip(t, "addr", "add", "198.18.1.1/32", "dev", "eth9")
+		ip(t, "addr", "add", "2001:db8::1/64", "dev", "eth9", "nodad")
+		ip(t, "addr", "add", "fe80::99/64", "dev", "eth9", "nodad")
+		for _, tc := range []struct {
+			cfg  safedial.FollowConfig
+			want []netip.Addr
+		}{
+			{safedial.FollowConfig{}, addrs("198.18.0.1", "198.18.1.1", "2001:db8::1")},
+			{safedial.FollowConfig{Interface: "eth9", Network: "ip4"}, addrs("198.18.0.1", "198.18.1.1")},
+			{safedial.FollowConfig{Prefixes: []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24")}}, addrs("198.18.1.1")},
+			{safedial.FollowConfig{Network: "ip6"}, addrs("2001:db8::1")},
+			{safedial.FollowConfig{Interface: "lo"}, addrs("127.0.0.1", "::1")},
+			{safedial.FollowConfig{Interface: "eth10"}, nil},
+		} {
+			ctx, cancel := context.WithCancel(context.Background())
+			f, err := tc.cfg.Follow(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, f.Pool().Addrs(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+				t.Errorf("%+v: sources (-want +got):\n%s", tc.cfg, diff)
+			}
+			cancel()
+			<-f.Done()
+		}
+		for _, cfg := range []safedial.FollowConfig{{Network: "tcp"}, {Prefixes: []netip.Prefix{{}}}} {
+			if _, err := cfg.Follow(context.Background()); !errors.Is(err, safedial.ErrInvalidConfig) {
+				t.Errorf("%+v: %v, want ErrInvalidConfig", cfg, err)
+			}
+		}
+	})
+}
