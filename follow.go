@@ -243,4 +243,3 @@ func carryCounts(old, p *pool) {
 		n.notLocal.Store(o.notLocal.Load())
 	}
 }
-
