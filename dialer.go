@@ -60,6 +60,20 @@ type Dialer struct {
 	// See the package doc's "Source pools".
 	Sources []netip.Addr
 
+	// GetSources, when not nil, chooses the sources of each dial from its
+	// context, network and address (as given to DialContext: before
+	// resolution): the pool it returns is used as Sources would be, with
+	// the same failover, memory of full sources and errors; a nil pool
+	// dials from the source the kernel's routing picks, and an error fails
+	// the dial, returned inside the *net.OpError. It runs once per dial on
+	// the dialing goroutine, before any socket is made, and must be safe
+	// for concurrent use. Build each *SourcePool once (NewSourcePool checks
+	// it as SetSources does) and return it for every dial that shares it:
+	// a dial then costs what a Sources dial costs. GetSources and Sources
+	// are mutually exclusive; Stats().Sources stays nil: see
+	// SourcePool.Stats. [Follower.GetSources] fits here.
+	GetSources func(ctx context.Context, network, address string) (*SourcePool, error)
+
 	// PortRange, when not zero, restricts the local ports of every socket
 	// this Dialer makes to Lo..Hi (inclusive), with IP_LOCAL_PORT_RANGE
 	// (Linux 6.3 and later). It is never silently ignored, since processes
@@ -133,7 +147,7 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // local matches [ErrSourceNotLocal]; configuration errors match
 // [ErrInvalidConfig].
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	if len(d.Sources) == 0 && d.PortRange == (PortRange{}) && !d.ShareUDPPorts && d.pool.Load() == nil {
+	if len(d.Sources) == 0 && d.PortRange == (PortRange{}) && !d.ShareUDPPorts && d.GetSources == nil && d.pool.Load() == nil {
 		// The common case, kept short (it measurably matters): nothing to
 		// check before the dial and, on success with no option refused,
 		// nothing to report. dial is the general path; its last lines
@@ -202,14 +216,23 @@ func (d *Dialer) dial(ctx context.Context, network, address string, la net.Addr)
 	if err := d.PortRange.check(); err != nil {
 		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
 	}
-	if len(d.Sources) > 0 {
-		return d.dialPool(ctx, network, address, la)
+	if d.GetSources != nil {
+		return d.dialChosen(ctx, network, address, la)
 	}
-	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(la) {
-		return d.dialShared(ctx, network, address, la)
+	if len(d.Sources) > 0 {
+		return d.dialPool(ctx, network, address, la, d.sourcePool())
 	}
 	if d.pool.Load() != nil {
 		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
+	}
+	return d.dialUnpooled(ctx, network, address, la)
+}
+
+// dialUnpooled dials without a pool of sources: from la, if any, or from
+// the source the kernel's routing picks.
+func (d *Dialer) dialUnpooled(ctx context.Context, network, address string, la net.Addr) outcome {
+	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(la) {
+		return d.dialShared(ctx, network, address, la)
 	}
 	bind := !noAddr(la) // a typed nil is no address, as for net.Dialer
 	nd := d.Base

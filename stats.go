@@ -89,13 +89,18 @@ func (d *Dialer) Stats() Stats {
 	s.Succeeded = d.counters.succeeded.Load()
 	s.Dials = s.Succeeded + failed
 	if p := d.pool.Load(); p != nil && p.err == nil && len(p.srcs) > 0 {
-		s.Sources = make([]SourceStats, len(p.srcs))
-		for i := range p.srcs {
-			src := &p.srcs[i]
-			s.Sources[i] = SourceStats{Addr: src.conf, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load(),
-				Skipped: src.skipped.Load(), NotLocal: src.notLocal.Load()}
-			s.Sources[i].Attempts = src.dials.Load()
-		}
+		s.Sources = p.stats()
+	}
+	return s
+}
+
+// stats returns the counters of each of p's sources, in order.
+func (p *pool) stats() []SourceStats {
+	s := make([]SourceStats, len(p.srcs))
+	for i := range p.srcs {
+		src := &p.srcs[i]
+		s[i] = SourceStats{Addr: src.conf, Attempts: src.dials.Load(), Succeeded: src.succeeded.Load(),
+			Exhausted: src.exhausted.Load(), Skipped: src.skipped.Load(), NotLocal: src.notLocal.Load()}
 	}
 	return s
 }
