@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // This file holds what a pool runs inside net.Dialer's Control hook: the
@@ -144,7 +145,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			continue
 		}
 		if k > 0 {
-			if err := ctx.Err(); err != nil {
+			if err := ctxDone(ctx); err != nil {
 				pd.record(prev, dst, false)
 				return netContextError(err)
 			}
@@ -311,4 +312,17 @@ func destination(network, address string) netip.AddrPort {
 		return netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(n))
 	}
 	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(n))
+}
+
+// ctxDone returns ctx.Err(), or context.DeadlineExceeded once ctx's deadline
+// has passed by the clock: under load the runtime's timer fires late, and a
+// dial must not start another kernel attempt after its deadline.
+func ctxDone(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }

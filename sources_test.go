@@ -21,6 +21,7 @@ import (
 // the bind (the kernel's choice read back) where it cannot.
 func TestSourcesNotUnicast(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		needIPv6(t)
 		dst4 := servers(t, "tcp", []string{"127.0.0.2"}, []int{8080})[0]
 		dst6 := servers(t, "tcp", []string{"::1"}, []int{8080})[0]
@@ -176,6 +177,7 @@ func TestStatsWhileSourcesChange(t *testing.T) {
 // destination is not affected.
 func TestPoolMemory(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dsts := servers(t, "tcp", []string{"127.0.1.1", "127.0.1.2"}, []int{8080})
 		srcs := mustAddrs("127.0.0.1", "127.0.0.2")
 		a, b := srcs[0], srcs[1]

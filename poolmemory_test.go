@@ -1,0 +1,240 @@
+//go:build linux
+
+package safedial_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/safedial/safedial"
+)
+
+// stopClock freezes safedial's clock for the rest of the test, so that marks
+// of full sources neither expire nor age while the test counts attempts.
+func stopClock(t *testing.T) (advance func(time.Duration)) {
+	adv, restore := safedial.StopClock()
+	t.Cleanup(restore)
+	return func(d time.Duration) { adv(int64(d)) }
+}
+
+// dialFrom makes n sequential dials to dst with d, counting the source of
+// each connection; each connection is closed abortively (no TIME_WAIT), so
+// that the next dial has the same ports.
+func dialFrom(t *testing.T, d *safedial.Dialer, dst string, n int) map[netip.Addr]int {
+	t.Helper()
+	got := make(map[netip.Addr]int)
+	for i := range n {
+		c, err := d.Dial("tcp", dst)
+		if err != nil {
+			t.Fatalf("dial %d of %d: %v", i, n, err)
+		}
+		got[localAddr(c).Addr()]++
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	return got
+}
+
+// abort closes conns abortively, which frees their ports at once.
+func abort(conns []net.Conn) {
+	for _, c := range conns {
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+}
+
+// TestPoolTransientFull: a source another program filled for a moment, and
+// that has room again, carries its share once its mark is FullTTL old: the
+// 200 dials that follow split 100/100, as two net.Dialers taken in turn
+// would. (v0.3.0's mark lasted until a success through the source, which
+// never came: 0/200.)
+func TestPoolTransientFull(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		advance := stopClock(t)
+		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		a, b := netip.MustParseAddr("127.0.0.10"), netip.MustParseAddr("127.0.0.11")
+		other := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0)), Control: bindNoPort}
+		held, err := fillConns(t, other.DialContext, "tcp", []string{dst}, 100)
+		if len(held) != 4 {
+			t.Fatalf("the other program holds %d of %v's ports (%v), want 4", len(held), a, err)
+		}
+		d := &safedial.Dialer{Sources: []netip.Addr{a, b}}
+		if got := dialFrom(t, d, dst, 1); got[b] != 1 {
+			t.Fatalf("while %v is full: %v, want the dial from %v", a, got, b)
+		}
+		abort(held)
+		if got := dialFrom(t, d, dst, 10); got[b] != 10 {
+			t.Errorf("within FullTTL of the mark: %v, want every dial from %v (the mark orders)", got, b)
+		}
+		advance(safedial.FullTTL)
+		if got := dialFrom(t, d, dst, 200); got[a] != 100 || got[b] != 100 {
+			t.Errorf("200 dials after the mark expired: %d from %v, %d from %v; want 100 each", got[a], a, got[b], b)
+		}
+	})
+}
+
+// TestPoolBurstFull: a burst over capacity marks all four sources full; once
+// it drains and the marks are FullTTL old, 400 dials split evenly (v0.3.0:
+// 400/0/0/0, the first source to connect again kept every dial).
+func TestPoolBurstFull(t *testing.T) {
+	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		advance := stopClock(t)
+		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		srcs := mustAddrs("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13")
+		d := &safedial.Dialer{Sources: srcs}
+		burst, err := fillConns(t, d.DialContext, "tcp", []string{dst}, 100)
+		if len(burst) != 16 || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+			t.Fatalf("burst: %d connections, then %v; want 16, then exhaustion", len(burst), err)
+		}
+		abort(burst)
+		advance(safedial.FullTTL)
+		got := dialFrom(t, d, dst, 400)
+		for _, s := range srcs {
+			if got[s] < 99 || got[s] > 101 {
+				t.Errorf("400 dials after the burst: %v; want 100 ± 1 from each source", got)
+				break
+			}
+		}
+	})
+}
+
+// TestPoolFullAttempts: with every port of the range bound (so every source
+// is full toward every destination), a failing dial costs one kernel
+// attempt, for a pool of 32 sources dialing 3 destinations and of 8 dialing
+// 9, on the real clock (marks that expire still ask one source). v0.3.0's 64
+// slots could not hold 96 or 72 marks: 32.0 and 8.0 attempts per dial.
+func TestPoolFullAttempts(t *testing.T) {
+	for _, size := range []struct{ srcs, dsts int }{{32, 3}, {8, 9}} {
+		t.Run(fmt.Sprintf("%dx%d", size.srcs, size.dsts), func(t *testing.T) {
+			inNamespace(t, 40000, 40003, func(t *testing.T) {
+				for range 4 { // the whole range: 40000-40003
+					ln, err := net.Listen("tcp4", "127.0.0.200:0")
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { ln.Close() })
+				}
+				var srcs []netip.Addr
+				for i := range size.srcs {
+					srcs = append(srcs, netip.AddrFrom4([4]byte{127, 0, 0, byte(10 + i)}))
+				}
+				var dsts []string
+				for i := range size.dsts {
+					dsts = append(dsts, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)}), 8080).String())
+				}
+				d := &safedial.Dialer{Sources: srcs}
+				attempts := func() (n uint64) {
+					for _, s := range d.Stats().Sources {
+						n += s.Dials
+					}
+					return n
+				}
+				const rounds = 10
+				for round := range rounds + 1 {
+					if round == 1 {
+						// Round 0 found every source full toward every destination.
+						if got, want := attempts(), uint64(size.srcs*size.dsts); got != want {
+							t.Fatalf("first round: %d kernel attempts, want %d", got, want)
+						}
+					}
+					for _, dst := range dsts {
+						if _, err := d.Dial("tcp", dst); !errors.Is(err, safedial.ErrEphemeralExhausted) {
+							t.Fatalf("round %d, %s: %v, want exhaustion", round, dst, err)
+						}
+					}
+				}
+				got := attempts() - uint64(size.srcs*size.dsts)
+				if want := uint64(rounds * size.dsts); got != want {
+					t.Errorf("%d failing dials made %d kernel attempts (%.1f per dial), want one per dial", want, got, float64(got)/float64(want))
+				}
+			})
+		})
+	}
+}
+
+// TestPoolSourceReadded: a source removed from the host (found not local by
+// a dial) and added again carries its share once the mark is FullTTL old.
+// (v0.3.0: the not-local mark lasted until a success that never came.)
+func TestPoolSourceReadded(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		advance := stopClock(t)
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("iproute2's ip is needed to add and remove an address (CI=true, so this fails instead of skipping): %v", err)
+			}
+			t.Skipf("iproute2's ip is needed to add and remove an address: %v", err)
+		}
+		ipCmd := func(args ...string) {
+			t.Helper()
+			if out, err := exec.Command(ip, args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		ipCmd("addr", "add", "10.9.9.9/32", "dev", "lo")
+		waitLocal(t, "10.9.9.9")
+		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		extra, lo := netip.MustParseAddr("10.9.9.9"), netip.MustParseAddr("127.0.0.1")
+		d := &safedial.Dialer{Sources: []netip.Addr{extra, lo}}
+		ipCmd("addr", "del", "10.9.9.9/32", "dev", "lo")
+		if got := dialFrom(t, d, dst, 1); got[lo] != 1 {
+			t.Fatalf("after the removal: %v, want the dial from %v", got, lo)
+		}
+		ipCmd("addr", "add", "10.9.9.9/32", "dev", "lo")
+		waitLocal(t, "10.9.9.9")
+		advance(safedial.FullTTL)
+		if got := dialFrom(t, d, dst, 200); got[extra] != 100 || got[lo] != 100 {
+			t.Errorf("200 dials after the address came back: %d from %v, %d from %v; want 100 each", got[extra], extra, got[lo], lo)
+		}
+		if st := d.Stats().Sources[0]; st.NotLocal != 1 {
+			t.Errorf("Stats().Sources[0].NotLocal = %d, want 1", st.NotLocal)
+		}
+	})
+}
+
+// passingCtx is a context whose deadline passes when pass is called, while
+// its Err stays nil: a runtime timer that has not fired yet.
+type passingCtx struct {
+	context.Context
+	future time.Time // the deadline until it passes
+	passed bool
+}
+
+func (c *passingCtx) Deadline() (time.Time, bool) {
+	if c.passed {
+		return time.Now().Add(-time.Millisecond), true
+	}
+	return c.future, true
+}
+
+// TestPoolDeadlinePassed: the failover loop compares the context's deadline
+// with the clock, not only ctx.Err(): a deadline that passed during an
+// attempt ends the dial before the next source is asked, with net.Dialer's
+// timeout error, even when the runtime's timer has not fired yet. (v0.3.0
+// went on to the next source.)
+func TestPoolDeadlinePassed(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		gone, lo := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("127.0.0.1")
+		ctx := &passingCtx{Context: context.Background(), future: time.Now().Add(time.Hour)}
+		d := &safedial.Dialer{Sources: []netip.Addr{gone, lo}}
+		d.Base.Control = func(_, _ string, _ syscall.RawConn) error {
+			ctx.passed = true // during the first attempt
+			return nil
+		}
+		_, err := d.DialContext(ctx, "tcp", "127.0.1.1:9")
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("err = %v, want a timeout (context.DeadlineExceeded)", err)
+		}
+		if st := d.Stats().Sources; st[0].NotLocal != 1 || st[1].Dials != 0 {
+			t.Errorf("Stats().Sources = %+v; want the first source found not local, the second not asked", st)
+		}
+	})
+}
