@@ -1,13 +1,15 @@
 package safedial
 
 import (
+	"errors"
 	"os"
 
 	"golang.org/x/sys/unix"
 )
 
 // checkLocal checks that s is an address of this host: a throwaway UDP
-// socket binds it with IP_BIND_ADDRESS_NO_PORT, which takes no port.
+// socket binds it with IP_BIND_ADDRESS_NO_PORT, which takes no port. Where
+// ip_nonlocal_bind lets bind accept any address, the routing table answers.
 func checkLocal(s *source) error {
 	domain := unix.AF_INET
 	if s.addr.Is6() {
@@ -22,7 +24,60 @@ func checkLocal(s *source) error {
 	if err := unix.Bind(fd, sockaddr(s.addr, s.zone, 0)); err == unix.EADDRNOTAVAIL {
 		return &sourceError{src: s.conf, err: os.NewSyscallError("bind", err)}
 	}
+	if se := goneUnderNonlocalBind(s); se != nil {
+		se.src = s.conf
+		return se
+	}
 	return nil
+}
+
+// goneUnderNonlocalBind returns the not-local error of s when bind cannot
+// tell (net.ipv4.ip_nonlocal_bind or net.ipv6.ip_nonlocal_bind is set: bind
+// accepts any address, IPv4's connect then fails with ENETUNREACH and
+// IPv6's sends its SYN from an address the host does not have) and the
+// routing table has no local route for s. Without the sysctl it costs one
+// cached read; with it, one RTM_GETROUTE.
+func goneUnderNonlocalBind(s *source) *sourceError {
+	name := "net/ipv4/ip_nonlocal_bind"
+	if s.addr.Is6() {
+		name = "net/ipv6/ip_nonlocal_bind"
+	}
+	if v, ok := sysctlInt(name); !ok || v == 0 {
+		return nil
+	}
+	return notLocalRoute(s)
+}
+
+// notLocalRoute returns the not-local error of s when the routing table
+// answers that s is not an address of this host (a route type other than
+// RTN_LOCAL); nil when it is, or when the routing cannot be asked. A
+// link-local source (with a zone) is not asked: the lookup would need the
+// interface.
+func notLocalRoute(s *source) *sourceError {
+	if s.zone != 0 {
+		return nil
+	}
+	_, typ, err := routeGet(s.addr.WithZone(""))
+	var se *os.SyscallError
+	switch {
+	case err == nil && typ == unix.RTN_LOCAL:
+		return nil
+	case err == nil:
+		err = os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
+	case !errors.As(err, &se) || se.Syscall != "RTM_GETROUTE":
+		return nil // the routing could not be asked; the kernel's answer (no route) falls through
+	}
+	return &sourceError{src: s.addr, err: err}
+}
+
+// unreachableFrom returns the not-local error of s when a connect from s
+// failed with err because s is no longer an address of this host (IPv4
+// under ip_nonlocal_bind answers ENETUNREACH), as the routing table says.
+func unreachableFrom(s *source, call string, err error) *sourceError {
+	if call != "connect" || err != unix.ENETUNREACH {
+		return nil
+	}
+	return notLocalRoute(s)
 }
 
 // dupFD returns a second descriptor for socket s.

@@ -213,6 +213,9 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 		return err
 	}
 	s.dials.Add(1)
+	if se := goneUnderNonlocalBind(s); se != nil {
+		return se // bind would succeed, and prove nothing
+	}
 	var (
 		call string
 		err  error
@@ -254,6 +257,9 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 		if ee := pd.exhausted(network, s, dst, call, err); ee != nil {
 			ee.Held = held
 			return ee
+		}
+		if se := unreachableFrom(s, call, err); se != nil {
+			return se
 		}
 		op := attemptError(network, s, dst, call, err)
 		if se := notLocal(op); se != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/safedial/safedial"
+	"golang.org/x/sys/unix"
 )
 
 // stopClock freezes safedial's clock for the rest of the test, so that marks
@@ -235,6 +236,72 @@ func TestPoolDeadlinePassed(t *testing.T) {
 		}
 		if st := d.Stats().Sources; st[0].NotLocal != 1 || st[1].Dials != 0 {
 			t.Errorf("Stats().Sources = %+v; want the first source found not local, the second not asked", st)
+		}
+	})
+}
+
+// TestPoolNonlocalBind: with ip_nonlocal_bind=1 (set in the test's namespace
+// only; keepalived and VRRP hosts set it), bind accepts an address the host
+// does not have, so locality comes from the routing table: SetSources
+// refuses the address, and a pool given it fails over to the other source
+// and counts it NotLocal, for IPv4 and IPv6. (v0.3.0: SetSources took it;
+// IPv4 dials failed with ENETUNREACH, IPv6 ones sent their SYN from the
+// missing address and ran to the Timeout.)
+func TestPoolNonlocalBind(t *testing.T) {
+	for _, tc := range []struct{ family, gone, here, dst string }{
+		{"ipv4", "192.0.2.1", "127.0.0.1", "127.0.1.1"},
+		{"ipv6", "2001:db8::1", "::1", "::1"},
+	} {
+		t.Run(tc.family, func(t *testing.T) {
+			inNamespace(t, 40000, 40099, func(t *testing.T) {
+				stopClock(t)
+				if tc.family == "ipv6" {
+					needIPv6(t)
+				}
+				if err := os.WriteFile("/proc/sys/net/"+tc.family+"/ip_nonlocal_bind", []byte("1"), 0); err != nil {
+					t.Fatalf("setting ip_nonlocal_bind in the test's namespace: %v", err)
+				}
+				dst := servers(t, "tcp", []string{tc.dst}, []int{8080})[0]
+				gone, here := netip.MustParseAddr(tc.gone), netip.MustParseAddr(tc.here)
+				d := &safedial.Dialer{}
+				if err := d.SetSources([]netip.Addr{gone, here}); !errors.Is(err, safedial.ErrSourceNotLocal) {
+					t.Errorf("SetSources with %v: %v, want ErrSourceNotLocal", gone, err)
+				}
+				d.Sources = []netip.Addr{gone, here} // assigned, not checked: as if removed since
+				d.Base.Timeout = 5 * time.Second     // bounds v0.3.0's IPv6 dials, which wait for an answer that never comes
+				if got := dialFrom(t, d, dst, 20); got[here] != 20 {
+					t.Errorf("20 dials: %v, want every one from %v", got, here)
+				}
+				if st := d.Stats().Sources[0]; st.NotLocal != 1 || st.Dials != 1 {
+					t.Errorf("Stats().Sources[0] = %+v, want one attempt, found not local", st)
+				}
+			})
+		})
+	}
+}
+
+// TestPoolFreebindUnreachable: a user hook that sets IP_FREEBIND lets bind
+// accept an address the host does not have; the connect's ENETUNREACH from
+// that source, which the routing table says is not local, fails over and
+// counts NotLocal, as a bind's EADDRNOTAVAIL does.
+func TestPoolFreebindUnreachable(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t)
+		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+		gone, here := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("127.0.0.1")
+		d := &safedial.Dialer{Sources: []netip.Addr{gone, here}}
+		d.Base.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1) }); err != nil {
+				return err
+			}
+			return serr
+		}
+		if got := dialFrom(t, d, dst, 4); got[here] != 4 {
+			t.Errorf("4 dials: %v, want every one from %v", got, here)
+		}
+		if st := d.Stats().Sources[0]; st.NotLocal != 1 || st.Dials != 1 {
+			t.Errorf("Stats().Sources[0] = %+v, want one attempt, found not local", st)
 		}
 	})
 }
