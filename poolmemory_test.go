@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -302,6 +303,58 @@ func TestPoolFreebindUnreachable(t *testing.T) {
 		}
 		if st := d.Stats().Sources[0]; st.NotLocal != 1 || st.Dials != 1 {
 			t.Errorf("Stats().Sources[0] = %+v, want one attempt, found not local", st)
+		}
+	})
+}
+
+// TestPoolTentativeRejoins: an IPv6 source added while tentative (duplicate
+// address detection refuses its bind) is found not local; once DAD ends and
+// the mark is FullTTL old it carries its share. (v0.3.0: 0 of 200.)
+func TestPoolTentativeRejoins(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		advance := stopClock(t)
+		needIPv6(t)
+		ip, err := exec.LookPath("ip")
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("iproute2's ip is needed to add a tentative address (CI=true, so this fails instead of skipping): %v", err)
+			}
+			t.Skipf("iproute2's ip is needed to add a tentative address: %v", err)
+		}
+		ipCmd := func(args ...string) string {
+			t.Helper()
+			out, err := exec.Command(ip, args...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+			return string(out)
+		}
+		// A veth pair runs DAD (lo and dummy interfaces skip it).
+		ipCmd("link", "add", "sd0", "type", "veth", "peer", "name", "sd1")
+		ipCmd("link", "set", "sd1", "up")
+		ipCmd("link", "set", "sd0", "up")
+		ipCmd("-6", "addr", "add", "2001:db8::5/64", "dev", "sd0")
+		dst := servers(t, "tcp", []string{"::1"}, []int{8080})[0]
+		tent, lo := netip.MustParseAddr("2001:db8::5"), netip.MustParseAddr("::1")
+		d := &safedial.Dialer{Sources: []netip.Addr{tent, lo}}
+		if !strings.Contains(ipCmd("-6", "addr", "show", "dev", "sd0"), "tentative") {
+			t.Skip("2001:db8::5 was not tentative at the first dial: DAD ended already")
+		}
+		if got := dialFrom(t, d, dst, 1); got[lo] != 1 {
+			t.Fatalf("while tentative: %v, want the dial from %v", got, lo)
+		}
+		if st := d.Stats().Sources[0]; st.NotLocal != 1 {
+			t.Fatalf("Stats().Sources[0] = %+v, want the tentative source found not local", st)
+		}
+		// DAD takes about a second: ask ip until it ends; 10 s is a bound, not a pace.
+		for end := time.Now().Add(10 * time.Second); strings.Contains(ipCmd("-6", "addr", "show", "dev", "sd0"), "tentative"); {
+			if time.Now().After(end) {
+				t.Fatal("2001:db8::5 still tentative 10 s after it was added")
+			}
+		}
+		advance(safedial.FullTTL)
+		if got := dialFrom(t, d, dst, 200); got[tent] != 100 || got[lo] != 100 {
+			t.Errorf("200 dials after DAD: %d from %v, %d from %v; want 100 each", got[tent], tent, got[lo], lo)
 		}
 	})
 }
