@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http/httptrace"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -385,6 +386,39 @@ func TestFixedPortTupleInUse(t *testing.T) {
 		var op *net.OpError
 		if !errors.As(err, &op) || op.Op != "dial" {
 			t.Errorf("%T, want a *net.OpError", err)
+		}
+	})
+}
+
+// TestPoolOneFamilyOneLookup: a pool of one family dialing a name makes one
+// DNS lookup per dial, as net.Dialer{LocalAddr} does, whether the name has
+// addresses of the pool's family or of the other family only. (v0.3.0
+// looked a name of the other family up twice, each under its own Timeout.)
+func TestPoolOneFamilyOneLookup(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		needIPv6(t)
+		servers(t, "tcp", []string{"127.0.0.2"}, []int{8080})
+		res := fakeResolver(map[string][]netip.Addr{
+			"both.test.": mustAddrs("::1", "127.0.0.2"),
+			"v6.test.":   mustAddrs("::1"),
+		})
+		for _, tc := range []struct {
+			address string
+			ok      bool
+		}{{"both.test:8080", true}, {"v6.test:8080", false}, {"nx.test:8080", false}} {
+			lookups := 0
+			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{DNSStart: func(httptrace.DNSStartInfo) { lookups++ }})
+			d := &safedial.Dialer{Sources: mustAddrs("127.0.0.1"), Base: net.Dialer{Resolver: res}}
+			c, err := d.DialContext(ctx, "tcp", tc.address)
+			if (err == nil) != tc.ok {
+				t.Errorf("%s: %v, want success %v", tc.address, err, tc.ok)
+			}
+			if c != nil {
+				c.Close()
+			}
+			if lookups != 1 {
+				t.Errorf("%s: %d DNS lookups, want 1", tc.address, lookups)
+			}
 		}
 	})
 }
