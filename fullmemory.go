@@ -10,22 +10,32 @@ import (
 // The memory of full sources orders the sources of a pool's attempt; it never
 // refuses one for long. A source the kernel found full toward a destination
 // (or no longer local) is remembered until a later attempt through it
-// succeeds, and for fullTTL at most as a verdict: after that the mark is a
-// hint that only orders. An attempt tries the sources not known full first,
-// in turn (a mark older than fullTTL counts as not known), and the known ones
+// succeeds, and for its lifetime at most as a verdict: after that the mark is
+// a hint that only orders. A first mark lives fullTTL; each time the source
+// is asked again and is still full, the next lifetime doubles, up to
+// fullTTLMax, and a success forgets it. An attempt tries the sources not known
+// full first, in turn (a mark past its lifetime counts as not known), and the known ones
 // after them, marked longest ago first; when every source is marked, it asks
 // the kernel about one of them only, the one marked longest ago (see
-// poolDial.control). So a source that stays full is asked once per fullTTL
-// per destination, and a failing dial of a pool that is full everywhere
-// costs one kernel attempt. TCP and UDP ports are separate spaces, so the
-// protocol is part of the key.
+// poolDial.control). When that one connects, the other full marks toward
+// the destination become hints at once: a drained burst is spread again
+// without waiting. So a source that stays full is asked about once per
+// fullTTLMax per destination, one that was full for a moment carries its
+// share again fullTTL after, and a failing dial of a pool that is full
+// everywhere costs one kernel attempt. TCP and UDP ports are separate
+// spaces, so the protocol is part of the key.
 
-// fullTTL is how long a mark orders a source last. A source that has room
-// again carries its share within fullTTL; one that stays full costs one
-// failing kernel attempt (a scan of the range: 26-48 µs at 100 ports, 2.3 ms
-// at 8,000) per fullTTL per destination, against thousands of dials in that
-// time at loopback speeds (docs/pools.md has the figures).
-const fullTTL = 50 * time.Millisecond
+// fullTTL is how long a first mark orders a source last: a source full for
+// a moment carries its share again within fullTTL. fullTTLMax bounds the
+// doubling lifetime of a source found full again and again: one that stays
+// full costs one failing kernel attempt (a scan of the range: 26-48 µs at
+// 100 ports, 1.6-2.3 ms at 4,000-8,000) per fullTTLMax per destination, not
+// per fullTTL, which at 4,000 ports would add about 6% to the mean dial of
+// a pool with one full source (docs/pools.md has the figures).
+const (
+	fullTTL    = 50 * time.Millisecond
+	fullTTLMax = time.Second
+)
 
 // fullDests bounds the destinations a pool's memory holds; each holds a mark
 // per source at most, so a pool of any size has room for the marks of
@@ -69,7 +79,10 @@ type fullMark struct {
 	src  *source
 	mark uint64 // seq, with notLocalMark for a source not local
 	at   int64  // nanotime of the mark
+	ttl  int64  // its lifetime: fullTTL, doubled per re-ask that found it full
 }
+
+func (e *fullMark) stale(now int64) bool { return now-e.at >= e.ttl }
 
 // marks sets out[i] to the mark of srcs[i] toward dst (0 when not known
 // full) and reports whether any source is known; srcs[i].fam must be i.
@@ -91,7 +104,7 @@ func (m *fullMemory) marks(srcs []*source, dst netip.AddrPort, udp bool, out []u
 		if f := e.src.fam; f < len(srcs) && srcs[f] == e.src {
 			out[f] = e.mark
 			marked++
-			if now-e.at >= int64(fullTTL) {
+			if e.stale(now) {
 				stale++
 			}
 		}
@@ -101,7 +114,7 @@ func (m *fullMemory) marks(srcs []*source, dst netip.AddrPort, udp bool, out []u
 	}
 	every := marked == len(srcs)
 	for _, e := range dm.marks {
-		if f := e.src.fam; f < len(srcs) && srcs[f] == e.src && now-e.at >= int64(fullTTL) {
+		if f := e.src.fam; f < len(srcs) && srcs[f] == e.src && e.stale(now) {
 			if every {
 				out[f] &^= notLocalMark
 			} else {
@@ -137,14 +150,18 @@ func (m *fullMemory) mark(k fullKey, notLocal bool) {
 		m.used.Add(1)
 	}
 	m.seq++
-	e := fullMark{src: k.src, mark: m.seq, at: now}
+	e := fullMark{src: k.src, mark: m.seq, at: now, ttl: int64(fullTTL)}
 	if notLocal {
 		e.mark |= notLocalMark
 	}
 	dm.newest = now
 	for i := range dm.marks {
-		if dm.marks[i].src == k.src {
-			dm.marks[i] = e
+		if old := &dm.marks[i]; old.src == k.src {
+			e.ttl = old.ttl
+			if old.stale(now) { // asked again, still full
+				e.ttl = min(2*old.ttl, int64(fullTTLMax))
+			}
+			*old = e
 			return
 		}
 	}
@@ -169,11 +186,17 @@ func (m *fullMemory) evict() {
 	}
 }
 
-// clear forgets k: an attempt through its source found a port.
-func (m *fullMemory) clear(k fullKey) {
+// clear forgets k: an attempt through its source found a port. When the
+// source was known full (freed), ports toward the destination are being
+// freed, as when a burst drains: the destination's other full marks become
+// hints at once (as if past their lifetime), so that the next dials ask those
+// sources in turn rather than only the one that connected. Each that is
+// still full costs one kernel attempt, and is marked again.
+func (m *fullMemory) clear(k fullKey, freed bool) {
 	if m == nil || m.used.Load() == 0 {
 		return
 	}
+	now := nanotime()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	key := fullDest{k.dst, k.udp}
@@ -185,6 +208,11 @@ func (m *fullMemory) clear(k fullKey) {
 		if e.src == k.src {
 			dm.marks = append(dm.marks[:i], dm.marks[i+1:]...)
 			break
+		}
+	}
+	for i := range dm.marks {
+		if e := &dm.marks[i]; freed && e.mark&notLocalMark == 0 {
+			e.at = min(e.at, now-e.ttl)
 		}
 	}
 	if len(dm.marks) == 0 {

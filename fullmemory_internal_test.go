@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestFullMemory: the memory keys on source, destination and protocol,
@@ -42,7 +43,7 @@ func TestFullMemory(t *testing.T) {
 	if got := order(false, 0); !slices.Equal(got, []int{1, 0, 2}) {
 		t.Errorf("a marked again: order %v, want b, a, c", got)
 	}
-	m.clear(fullKey{b, dst, false})
+	m.clear(fullKey{b, dst, false}, false)
 	if got := order(false, 2); !slices.Equal(got, []int{1, 0, 2}) {
 		t.Errorf("b cleared: order %v, want b (not known) first, then a, c", got)
 	}
@@ -64,7 +65,7 @@ func TestFullMemory(t *testing.T) {
 	}
 	var none *fullMemory // a dial from the routed source remembers nothing
 	none.mark(fullKey{a, dst, false}, false)
-	none.clear(fullKey{a, dst, false})
+	none.clear(fullKey{a, dst, false}, false)
 	if none.marks(p.v4, dst, false, make([]uint64, 3)) {
 		t.Error("a nil memory knows something")
 	}
@@ -142,4 +143,38 @@ func countZeros(s []uint64) (n int) {
 		}
 	}
 	return n
+}
+
+// TestFullMemoryBackoff: a source asked again past its mark's lifetime and
+// still full is left alone twice as long, up to fullTTLMax; a success
+// forgets the lifetime with the mark.
+func TestFullMemoryBackoff(t *testing.T) {
+	advance, restore := StopClock()
+	defer restore()
+	p := newPool([]netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")})
+	a := p.v4[0]
+	dst := netip.MustParseAddrPort("127.0.1.1:53")
+	m := &p.full
+	known := func() bool { return m.marks(p.v4, dst, false, make([]uint64, 2)) }
+	m.mark(fullKey{a, dst, false}, false)
+	var lifetimes []time.Duration
+	for range 7 {
+		var lived time.Duration
+		for known() {
+			advance(int64(fullTTL / 10))
+			lived += fullTTL / 10
+		}
+		lifetimes = append(lifetimes, lived)
+		m.mark(fullKey{a, dst, false}, false) // asked again: still full
+	}
+	want := []time.Duration{fullTTL, 2 * fullTTL, 4 * fullTTL, 8 * fullTTL, 16 * fullTTL, fullTTLMax, fullTTLMax}
+	if !slices.Equal(lifetimes, want) {
+		t.Errorf("lifetimes %v, want %v", lifetimes, want)
+	}
+	m.clear(fullKey{a, dst, false}, false)
+	m.mark(fullKey{a, dst, false}, false)
+	advance(int64(fullTTL))
+	if known() {
+		t.Errorf("a mark made after a success lives longer than fullTTL")
+	}
 }

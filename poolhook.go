@@ -169,7 +169,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		switch e := err.(type) {
 		case nil:
 			pd.record(s, dst, true)
-			mem.clear(key) // also a mark made since the plan; one atomic load when empty
+			mem.clear(key, marks[i] != 0) // also a mark made since the plan; one atomic load when empty
 			return nil
 		case *ExhaustedError:
 			pd.record(s, dst, false)

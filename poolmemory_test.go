@@ -85,11 +85,13 @@ func TestPoolTransientFull(t *testing.T) {
 }
 
 // TestPoolBurstFull: a burst over capacity marks all four sources full; once
-// it drains and the marks are FullTTL old, 400 dials split evenly (v0.3.0:
-// 400/0/0/0, the first source to connect again kept every dial).
+// it drains, the first dial connects through the source marked longest ago,
+// which makes the other marks hints at once (no need to wait FullTTL): 400
+// dials split evenly. (v0.3.0: 400/0/0/0, the first source to connect again
+// kept every dial.)
 func TestPoolBurstFull(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
-		advance := stopClock(t)
+		stopClock(t)
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		srcs := mustAddrs("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13")
 		d := &safedial.Dialer{Sources: srcs}
@@ -98,7 +100,6 @@ func TestPoolBurstFull(t *testing.T) {
 			t.Fatalf("burst: %d connections, then %v; want 16, then exhaustion", len(burst), err)
 		}
 		abort(burst)
-		advance(safedial.FullTTL)
 		got := dialFrom(t, d, dst, 400)
 		for _, s := range srcs {
 			if got[s] < 99 || got[s] > 101 {
@@ -420,5 +421,58 @@ func TestPoolOneFamilyOneLookup(t *testing.T) {
 				t.Errorf("%s: %d DNS lookups, want 1", tc.address, lookups)
 			}
 		}
+	})
+}
+
+// TestPoolRejoinRealClock: TestPoolTransientFull and TestPoolBurstFull on
+// the real clock: dials poll (bounded at 5 s) until the source that was full
+// connects again, then the next dials split evenly. It logs how long the
+// rejoin took (a figure for docs/pools.md, not an assertion).
+func TestPoolRejoinRealClock(t *testing.T) {
+	rejoin := func(t *testing.T, d *safedial.Dialer, dst string, want netip.Addr, since time.Time) {
+		t.Helper()
+		for end := since.Add(5 * time.Second); ; {
+			if got := dialFrom(t, d, dst, 1); got[want] == 1 {
+				t.Logf("%v carried a dial again %v after its ports were freed", want, time.Since(since).Round(time.Millisecond))
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%v not used 5 s after its ports were freed", want)
+			}
+		}
+	}
+	t.Run("transient", func(t *testing.T) {
+		inNamespace(t, 40000, 40003, func(t *testing.T) {
+			dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+			a, b := netip.MustParseAddr("127.0.0.10"), netip.MustParseAddr("127.0.0.11")
+			other := &net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0)), Control: bindNoPort}
+			held, _ := fillConns(t, other.DialContext, "tcp", []string{dst}, 4)
+			d := &safedial.Dialer{Sources: []netip.Addr{a, b}}
+			dialFrom(t, d, dst, 1) // finds a full
+			abort(held)
+			rejoin(t, d, dst, a, time.Now())
+			if got := dialFrom(t, d, dst, 200); got[a] < 80 || got[a] > 120 {
+				t.Errorf("200 dials after the rejoin: %d from %v, %d from %v; want 100 ± 20 each", got[a], a, got[b], b)
+			} else {
+				t.Logf("200 dials after the rejoin: %d from %v, %d from %v", got[a], a, got[b], b)
+			}
+		})
+	})
+	t.Run("burst", func(t *testing.T) {
+		inNamespace(t, 40000, 40003, func(t *testing.T) {
+			dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
+			srcs := mustAddrs("127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13")
+			d := &safedial.Dialer{Sources: srcs}
+			burst, _ := fillConns(t, d.DialContext, "tcp", []string{dst}, 100)
+			abort(burst)
+			start := time.Now()
+			got := dialFrom(t, d, dst, 400)
+			for _, s := range srcs {
+				if got[s] < 80 || got[s] > 120 {
+					t.Fatalf("400 dials after the burst (%v): %v; want 100 ± 20 from each source", time.Since(start).Round(time.Millisecond), got)
+				}
+			}
+			t.Logf("400 dials after the burst (%v): %v", time.Since(start).Round(time.Millisecond), got)
+		})
 	})
 }
