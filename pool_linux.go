@@ -3,6 +3,8 @@ package safedial
 import (
 	"errors"
 	"os"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,14 +40,36 @@ func checkLocal(s *source) error {
 // routing table has no local route for s. Without the sysctl it costs one
 // cached read; with it, one RTM_GETROUTE.
 func goneUnderNonlocalBind(s *source) *sourceError {
-	name := "net/ipv4/ip_nonlocal_bind"
-	if s.addr.Is6() {
-		name = "net/ipv6/ip_nonlocal_bind"
-	}
-	if v, ok := sysctlInt(name); !ok || v == 0 {
+	if !nonlocalBind(s.addr.Is6()) {
 		return nil
 	}
 	return notLocalRoute(s)
+}
+
+// nonlocalBinds caches the two ip_nonlocal_bind sysctls, read at most once
+// a second: the check runs in every attempt, and a lock there would be one
+// more point of contention.
+var nonlocalBinds atomic.Pointer[struct {
+	at     time.Duration // since epoch, on the real clock
+	v4, v6 bool
+}]
+
+func nonlocalBind(v6 bool) bool {
+	now := time.Since(epoch)
+	c := nonlocalBinds.Load()
+	if c == nil || now-c.at >= time.Second {
+		v4, _ := sysctlInt("net/ipv4/ip_nonlocal_bind")
+		v6, _ := sysctlInt("net/ipv6/ip_nonlocal_bind")
+		c = &struct {
+			at     time.Duration
+			v4, v6 bool
+		}{now, v4 != 0, v6 != 0}
+		nonlocalBinds.Store(c)
+	}
+	if v6 {
+		return c.v6
+	}
+	return c.v4
 }
 
 // notLocalRoute returns the not-local error of s when the routing table
