@@ -164,6 +164,9 @@ func (d *Dialer) classify(err error, refused uint32) (ee *ExhaustedError, _ erro
 	if se := notLocal(op); se != nil {
 		return nil, withErr(op, se)
 	}
+	if te := tupleInUse(op); te != nil {
+		return nil, withErr(op, te)
+	}
 	return nil, err
 }
 

@@ -240,9 +240,12 @@ func TestClassifyKernel(t *testing.T) {
 				}
 				defer c.Close()
 				// Same 4-tuple again: SO_REUSEADDR lets the bind through,
-				// and connect finds the tuple in use: a conflict.
+				// and connect finds the tuple in use: a conflict, which
+				// the error explains (TestFixedPortTupleInUse).
 				_, err = d.Dial("tcp", dst)
-				if diff := cmp.Diff(plainChain("tcp", "connect", "EADDRNOTAVAIL"), chain(err)); diff != "" {
+				want := plainChain("tcp", "connect", "EADDRNOTAVAIL")
+				want = append(want[:1], append([]link{{Type: "*safedial.tupleInUseError"}}, want[1:]...)...)
+				if diff := cmp.Diff(want, chain(err)); diff != "" {
 					t.Errorf("error chain (-want +got):\n%s", diff)
 				}
 				if errors.Is(safedial.Classify(err), safedial.ErrEphemeralExhausted) {

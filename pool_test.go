@@ -25,6 +25,7 @@ func localAddr(c net.Conn) netip.AddrPort {
 // trying every source.
 func TestPoolCapacity(t *testing.T) {
 	inNamespace(t, 40000, 40023, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dsts := servers(t, "tcp", []string{"127.0.1.1", "127.0.1.2", "127.0.1.3"}, []int{8080})
 		srcs := mustAddrs("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
 		var events []string
@@ -82,6 +83,7 @@ func TestPoolCapacity(t *testing.T) {
 // and the next one only about the source marked longest ago.
 func TestPoolFailover(t *testing.T) {
 	inNamespace(t, 40000, 40023, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		a, b := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")
 		other := &safedial.Dialer{Base: net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, 0))}}
@@ -148,6 +150,7 @@ func TestPoolFailover(t *testing.T) {
 // name is resolved with Base.Resolver and tried in its order.
 func TestPoolFamilies(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		needIPv6(t)
 		v4 := servers(t, "tcp", []string{"127.0.0.2"}, []int{8080})[0]
 		v6 := servers(t, "tcp", []string{"::1"}, []int{8080})[0]
@@ -301,6 +304,7 @@ func TestPortRange(t *testing.T) {
 // connections; run it with -race.
 func TestPoolConcurrent(t *testing.T) {
 	inNamespace(t, 40000, 40023, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		var events atomic.Uint64
 		d := &safedial.Dialer{

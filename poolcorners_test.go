@@ -67,6 +67,7 @@ func TestPoolProtocols(t *testing.T) {
 // there, with net.Dialer's error for an ended context from that source.
 func TestPoolContextBetweenSteps(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dst, accepted := acceptingServer(t, "127.0.1.1:8080")
 		var srcs []netip.Addr
 		for i := range 8 {
@@ -423,6 +424,7 @@ func TestPoolLocalAddrTypedNil(t *testing.T) {
 // an address appears twice.
 func TestPoolStatsAddr(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		mapped := netip.MustParseAddr("::ffff:127.0.0.3")
 		d := &safedial.Dialer{Sources: []netip.Addr{mapped}}
@@ -483,6 +485,7 @@ func TestSetSourcesNotLocal(t *testing.T) {
 // last, and Stats counts it as NotLocal.
 func TestPoolSourceGone(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		good, gone := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("192.0.2.1")
 		d := &safedial.Dialer{Sources: []netip.Addr{good, gone}} // assigned, not checked: as if removed since
@@ -515,6 +518,7 @@ func TestPoolSourceGone(t *testing.T) {
 // it, and refuses it after.
 func TestPoolSourceRemoved(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		ip, err := exec.LookPath("ip")
 		if err != nil {
 			if os.Getenv("CI") == "true" {
