@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -89,20 +90,21 @@ func benchDialers() []struct {
 		{"floor-bind", (&net.Dialer{LocalAddr: src, Control: floorHook}).DialContext},
 		{"safedial-pool", (&safedial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}).DialContext},
 		{"safedial-getsources", (&safedial.Dialer{GetSources: func(context.Context, string, string) (*safedial.SourcePool, error) {
-			return benchPool, nil
+			return benchPool(), nil
 		}}).DialContext},
 	}
 }
 
 // benchPool is the pool safedial-getsources returns for every dial: one
 // source, as safedial-pool's.
-var benchPool = func() *safedial.SourcePool {
+// It is made on first use, not when the test binary starts.
+var benchPool = sync.OnceValue(func() *safedial.SourcePool {
 	p, err := safedial.NewSourcePool([]netip.Addr{netip.MustParseAddr("127.0.0.1")})
 	if err != nil {
 		panic(err)
 	}
 	return p
-}()
+})
 
 // BenchmarkDial measures dial + close for each dialer in turn.
 func BenchmarkDial(b *testing.B) {

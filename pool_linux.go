@@ -26,9 +26,11 @@ func checkLocal(s *source) error {
 	if err := unix.Bind(fd, sockaddr(s.addr, s.zone, 0)); err == unix.EADDRNOTAVAIL {
 		return &sourceError{src: s.conf, err: os.NewSyscallError("bind", err)}
 	}
-	if se := goneUnderNonlocalBind(s); se != nil {
-		se.src = s.conf
-		return se
+	if nonlocalBind(s.addr.Is6(), true) {
+		if se := notLocalRoute(s); se != nil {
+			se.src = s.conf
+			return se
+		}
 	}
 	return nil
 }
@@ -40,26 +42,29 @@ func checkLocal(s *source) error {
 // routing table has no local route for s. Without the sysctl it costs one
 // cached read; with it, one RTM_GETROUTE.
 func goneUnderNonlocalBind(s *source) *sourceError {
-	if !nonlocalBind(s.addr.Is6()) {
+	if !nonlocalBind(s.addr.Is6(), false) {
 		return nil
 	}
 	return notLocalRoute(s)
 }
 
-// nonlocalBinds caches the two ip_nonlocal_bind sysctls, read at most once
-// a second: the check runs in every attempt, and a lock there would be one
-// more point of contention.
+// nonlocalBinds caches the two ip_nonlocal_bind sysctls for the dial path,
+// read at most once a second there: the check runs in every attempt, and
+// reading the sysctls costs about 12 µs. SetSources reads them fresh (and
+// refreshes the cache), so a pool set after the sysctl changed is checked
+// against it; a dial may see a change up to a second late, and then IPv4's
+// ENETUNREACH (unreachableFrom) still fails over.
 var nonlocalBinds atomic.Pointer[struct {
 	at     time.Duration // since epoch, on the real clock
 	v4, v6 bool
 }]
 
-func nonlocalBind(v6 bool) bool {
+func nonlocalBind(v6, fresh bool) bool {
 	now := time.Since(epoch)
 	c := nonlocalBinds.Load()
-	if c == nil || now-c.at >= time.Second {
-		v4, _ := sysctlInt("net/ipv4/ip_nonlocal_bind")
-		v6, _ := sysctlInt("net/ipv6/ip_nonlocal_bind")
+	if fresh || c == nil || now-c.at >= time.Second {
+		v4, _ := readSysctl("net/ipv4/ip_nonlocal_bind")
+		v6, _ := readSysctl("net/ipv6/ip_nonlocal_bind")
 		c = &struct {
 			at     time.Duration
 			v4, v6 bool

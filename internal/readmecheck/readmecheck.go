@@ -78,6 +78,7 @@ var Packages = map[string]Package{
 	"os":       {"os", ""},
 	"strings":  {"strings", ""},
 	"sync":     {"sync", ""},
+	"syscall":  {"syscall", ""},
 	"atomic":   {"sync/atomic", ""},
 	"time":     {"time", ""},
 	"safedial": {"github.com/safedial/safedial", ""},
