@@ -87,14 +87,14 @@ type Dialer struct {
 
 	// ShareUDPPorts, when set, lets UDP dials share a local port between
 	// destinations, as TCP connections do: each dial picks its own port
-	// (Cloudflare's "connectx" scheme, checked with sock_diag), so capacity
-	// is the ports of the range times the destinations. No two safedial
-	// sockets share a 4-tuple, but a socket of the same user that sets
-	// SO_REUSEPORT can join a shared port and take its replies: use a
-	// dedicated user where that matters. Each dial walks the kernel's
-	// host-wide UDP table once, so it costs more on a host with many UDP
-	// sockets. Where it cannot be honoured the dial fails with an error
-	// matching errors.ErrUnsupported.
+	// (Cloudflare's "connectx" scheme, checked with sock_diag under a
+	// per-namespace lock of the 4-tuple), so capacity is the ports of the
+	// range times the destinations. No two safedial sockets share a
+	// 4-tuple, but a socket of the same user that sets SO_REUSEPORT can
+	// join a shared port and take its replies: use a dedicated user where
+	// that matters. A dial waits for other dials' claims in flight under
+	// its context. Where it cannot be honoured the dial fails with an
+	// error matching errors.ErrUnsupported (docs/udp-sharing.md).
 	ShareUDPPorts bool
 
 	// OnExhausted, when not nil, is called on the dialing goroutine, before

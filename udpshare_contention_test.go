@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,6 +104,10 @@ func TestShareUDPPortsContentionHelper(t *testing.T) {
 	fmt.Printf("misdelivered %d\n", misdelivered)
 	fmt.Println("holding")
 	io.Copy(io.Discard, os.Stdin)
+	// Held until here: unreachable sockets are closed by the garbage
+	// collector, and others would take their 4-tuples while the test
+	// still counts them.
+	runtime.KeepAlive(conns)
 }
 
 // TestShareUDPPortsContention: several processes of many goroutines dial at

@@ -27,6 +27,7 @@ var recverrBit, rfc4884Bit = func() (uint16, uint16) {
 type diagSocket struct {
 	family    byte
 	connected bool
+	ifindex   uint32         // the interface the socket is bound to, or 0
 	local     netip.AddrPort // unmapped
 	remote    netip.AddrPort // unmapped
 	uid       uint32
@@ -47,6 +48,7 @@ func parseDiag(msg []byte) diagSocket {
 	}
 	s.local = netip.AddrPortFrom(src, binary.BigEndian.Uint16(id[0:2]))
 	s.remote = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4]))
+	s.ifindex = binary.NativeEndian.Uint32(id[36:40])
 	s.cookie = binary.NativeEndian.Uint64(id[40:48])
 	s.uid = binary.NativeEndian.Uint32(msg[64:68])
 	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
@@ -99,13 +101,14 @@ func drain(fd int) {
 }
 
 // othersConnected reports whether a UDP socket other than the one with
-// cookie is connected from src:port to peer: one dump of src's family,
-// filtered by the kernel to that 4-tuple (a dump walks the kernel's whole
-// UDP table). For an IPv4 source, IPv6 sockets can hold the 4-tuple too
-// (IPv4-mapped or the dual-stack wildcard); they are dumped only when a
-// lookup (no walk) finds an IPv6 socket that would receive from the peer
-// on that port, which any of them would.
-func othersConnected(ctx context.Context, nl int, src netip.Addr, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
+// cookie is connected from src:port (on interface zone, when not 0) to
+// peer: one dump of src's family, filtered by the kernel to that 4-tuple (a
+// dump walks the kernel's whole UDP table). For an IPv4 source, IPv6
+// sockets can hold the 4-tuple too (IPv4-mapped or the dual-stack
+// wildcard); they are dumped only when a lookup (no walk) finds an IPv6
+// socket that would receive from the peer on that port, which any of them
+// would. Claims use it only when another user holds their 4-tuple's lock.
+func othersConnected(ctx context.Context, nl int, src netip.Addr, zone uint32, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
 	var b bytecode
 	b.cond(bcSCond, src, int32(port))
 	b.cond(bcDCond, peer.Addr(), int32(peer.Port()))
@@ -128,7 +131,8 @@ func othersConnected(ctx context.Context, nl int, src netip.Addr, port uint16, p
 	}
 	others := false
 	err := dumpOn(ctx, nl, reqs, func(msg []byte) {
-		if binary.NativeEndian.Uint64(msg[4+40:]) != cookie {
+		s := parseDiag(msg)
+		if s.cookie != cookie && (zone == 0 || s.ifindex == 0 || s.ifindex == zone) {
 			others = true
 		}
 	})

@@ -2,9 +2,9 @@ package safedial
 
 import (
 	"context"
-	"math/rand/v2"
 	"net/netip"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,11 +17,19 @@ const shareSupported = true
 // table (host-wide: its cost grows with every UDP socket of the host).
 const shareCandidates = 3
 
-// shareRounds is how many dumps a shared dial makes while its candidates keep
-// being taken by concurrent dials (of this process or others) before it
-// reports exhaustion, saying so. A dump that leaves no candidate at all ends
-// the dial at once.
+// shareRounds is how many dumps a shared dial makes at once while the free
+// ports they show keep being taken before it can bind them; then it pauses
+// between dumps, and reports exhaustion, saying so, when that goes on for
+// shareStale. A dump that leaves no candidate at all ends the dial at once;
+// ports held by claims in flight (see search.dump) make it wait instead,
+// under its context.
 const shareRounds = 4
+
+// shareStale is how long a port may look held by a claim in flight (a
+// ShareUDPPorts socket bound but not connected, or the lock of a claim)
+// before a dial stops waiting for it: a claim takes well under a
+// millisecond, so such a socket belongs to a stopped or stuck process.
+const shareStale = time.Second
 
 // shareConnect binds socket fd (net.Dialer's own, orig, or a fresh one made
 // by fresh once a candidate port has bound it) from src (zone: its interface
@@ -33,96 +41,23 @@ const shareRounds = 4
 // around an *os.SyscallError ("connect", EAGAIN) when no port of the range
 // is left toward dst, with what holds the ports.
 //
-// No lock of the package is held while user code runs (fresh runs the
-// user's hook), and the only waiting is for the lock of this (source, peer)
-// pair, under ctx: dials of other pairs never wait for this one.
+// No lock is held while user code runs (fresh runs the user's hook), and
+// every wait (for the lock of this (source, peer) pair, for claims in
+// flight) is under ctx.
 func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange) (int, error) {
-	rng, off, err := shareRange(r)
+	s, err := newSearch(ctx, src, zone, dst, r)
 	if err != nil {
 		return fd, err
 	}
-	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return fd, &unsupportedError{what: "ShareUDPPorts needs sock_diag (NETLINK_SOCK_DIAG)", err: os.NewSyscallError("socket", err)}
-	}
-	defer unix.Close(nl)
-	if err := deadline(ctx, nl); err != nil {
-		return fd, err
-	}
-	s := &search{ctx: ctx, nl: nl, src: src, zone: zone, dst: dst, rng: rng, off: off}
-	s.setPeer(netip.AddrPortFrom(kernelPeer(src, dst.Addr()), dst.Port()))
-	defer func() { pairLocks.release(s.lock) }()
-
-	var (
-		tried   = map[uint16]bool{}
-		queue   []uint16
-		rounds  int
-		last    []portState
-		random  = shareCandidates
-		cached  = false // the last dump of this pair (portCache) was tried
-		moves   int
-		ranking = func(states []portState, skipTried bool) []uint16 {
-			// Free ports first, then ports shared with other peers, then
-			// those of dials in flight; each from a random start.
-			var q []uint16
-			start := rand.IntN(len(states))
-			for _, want := range [...]portState{portFree, portShared, portMaybe} {
-				for i := range states {
-					j := (start + i) % len(states)
-					if p := rng.Lo + uint16(j); states[j] == want && !(skipTried && tried[p]) {
-						q = append(q, p)
-					}
-				}
-			}
-			return q
-		}
-	)
+	defer s.close()
 	for {
-		if err := ctx.Err(); err != nil {
+		port, err := s.next()
+		if err != nil {
 			return fd, err
 		}
-		var port uint16
-		switch {
-		case random > 0:
-			random--
-			p, ok := s.randomPort(tried)
-			if !ok {
-				random = 0
-				continue
-			}
-			port = p
-		case len(queue) > 0:
-			port, queue = queue[0], queue[1:]
-		case !cached:
-			// A recent dump of this pair, if any, orders the next
-			// candidates without a walk of the table; it refuses none:
-			// when they fail, the dial dumps.
-			cached = true
-			if states := portCache.get(s.key()); states != nil {
-				queue = ranking(states, true)
-			}
-		default:
-			if rounds == shareRounds {
-				return fd, s.full(last)
-			}
-			rounds++
-			states, err := sharedPorts(ctx, src, s.peer.Addr(), s.peer.Port(), rng, off)
-			if err != nil {
-				return fd, err
-			}
-			last = states
-			portCache.put(s.key(), states)
-			// The first dump skips the ports this dial tried already,
-			// unless they are all that is left.
-			if queue = ranking(states, rounds == 1); len(queue) == 0 {
-				queue = ranking(states, false)
-			}
-			if len(queue) == 0 {
-				return fd, s.full(states)
-			}
-			continue
+		if shareCandidate != nil {
+			shareCandidate(port)
 		}
-		tried[port] = true
 		if fd < 0 {
 			// Outside any lock: fresh runs the user's hook.
 			if fd, err = fresh(); err != nil {
@@ -137,33 +72,33 @@ func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), 
 		case claimed:
 			portCache.taken(s.key(), port)
 			return fd, nil
-		case taken:
+		case taken, busy:
 			continue // fd is not bound: it tries the next port
 		case moved:
-			// The kernel connected to another peer than expected: search
-			// again for that one (at most twice, in case it keeps moving).
-			if moves++; moves > 2 {
-				return fd, errConfig("ShareUDPPorts: the kernel keeps connecting %v to another peer (last %v)", dst, s.moved)
-			}
-			s.setPeer(s.moved)
-			queue, random = nil, 0
-		}
-		// fd is bound to a port it did not get: drop it.
-		if fd == orig {
-			// net.Dialer's socket: put a fresh one in its place at once,
-			// which frees the port.
-			n, err := fresh()
-			if err == nil {
-				err = replaceFD(n, orig)
-			}
-			if err != nil {
+			if err := s.move(); err != nil {
 				return fd, err
 			}
-		} else {
-			unix.Close(fd)
-			fd = -1
+		}
+		// fd is bound to a port it did not get: drop it.
+		if fd, err = dropBound(fd, orig, fresh); err != nil {
+			return fd, err
 		}
 	}
+}
+
+// dropBound gives up socket fd, bound to a port it did not get. net.Dialer's
+// own socket (orig) is replaced by a fresh one at once, which frees the
+// port; another is closed and -1 returned.
+func dropBound(fd, orig int, fresh func() (int, error)) (int, error) {
+	if fd != orig {
+		unix.Close(fd)
+		return -1, nil
+	}
+	n, err := fresh()
+	if err == nil {
+		err = replaceFD(n, orig)
+	}
+	return fd, err
 }
 
 // search is one shared dial's state.
@@ -175,9 +110,57 @@ type search struct {
 	dst   netip.AddrPort // as dialed
 	peer  netip.AddrPort // what the kernel connects to
 	moved netip.AddrPort // the peer getpeername showed, when not peer
+	moves int
 	rng   PortRange
 	off   *portSet
 	lock  *pairLock
+
+	// The candidates.
+	tried     map[uint16]bool
+	queue     []uint16
+	random    int       // random candidates left
+	cached    bool      // the last dump of this pair (portCache) was tried
+	rounds    int       // dumps whose free ports were all taken in the meantime
+	contested time.Time // when rounds reached shareRounds
+	last      []portState
+
+	// Claims in flight: when each was first seen (a socket by its cookie,
+	// a lock by its port), the locks found held since the last dump, and
+	// how long to wait before the next dump.
+	inFlight map[inFlight]time.Time
+	busy     []inFlight
+	backoff  time.Duration
+}
+
+// inFlight names a claim in flight that holds a port: its socket, or (cookie
+// 0) the lock of the 4-tuple.
+type inFlight struct {
+	cookie uint64
+	port   uint16
+}
+
+func newSearch(ctx context.Context, src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange) (*search, error) {
+	rng, off, err := shareRange(r)
+	if err != nil {
+		return nil, err
+	}
+	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return nil, &unsupportedError{what: "ShareUDPPorts needs sock_diag (NETLINK_SOCK_DIAG)", err: os.NewSyscallError("socket", err)}
+	}
+	if err := deadline(ctx, nl); err != nil {
+		unix.Close(nl)
+		return nil, err
+	}
+	s := &search{ctx: ctx, nl: nl, src: src, zone: zone, dst: dst, rng: rng, off: off,
+		tried: map[uint16]bool{}, random: shareCandidates, inFlight: map[inFlight]time.Time{}}
+	s.setPeer(netip.AddrPortFrom(kernelPeer(src, dst.Addr()), dst.Port()))
+	return s, nil
+}
+
+func (s *search) close() {
+	pairLocks.release(s.lock)
+	unix.Close(s.nl)
 }
 
 func (s *search) setPeer(peer netip.AddrPort) {
@@ -185,22 +168,22 @@ func (s *search) setPeer(peer netip.AddrPort) {
 		pairLocks.release(s.lock)
 	}
 	s.peer = peer
-	s.lock = pairLocks.acquire(sharePair{src: s.src.WithZone(""), peer: peer})
+	s.lock = pairLocks.acquire(sharePair{src: s.src.WithZone(""), zone: s.zone, peer: peer})
 }
 
-func (s *search) key() portKey { return portKey{s.src.WithZone(""), s.peer, s.rng} }
-
-// randomPort returns a random port of the range the kernel hands out, not
-// tried yet.
-func (s *search) randomPort(tried map[uint16]bool) (uint16, bool) {
-	for range 4 * shareCandidates {
-		p := s.rng.Lo + uint16(rand.IntN(s.rng.size()))
-		if !tried[p] && !s.off.has(p) {
-			return p, true
-		}
+// move follows the kernel to the peer it connected to instead of the one
+// expected: the search starts again for that one (at most twice, in case
+// it keeps moving).
+func (s *search) move() error {
+	if s.moves++; s.moves > 2 {
+		return errConfig("ShareUDPPorts: the kernel keeps connecting %v to another peer (last %v)", s.dst, s.moved)
 	}
-	return 0, false
+	s.setPeer(s.moved)
+	s.queue, s.random = nil, 0
+	return nil
 }
+
+func (s *search) key() portKey { return portKey{s.src.WithZone(""), s.zone, s.peer, s.rng} }
 
 // full is the exhaustion error, with what held the ports in the last dump.
 func (s *search) full(states []portState) error {
@@ -208,92 +191,3 @@ func (s *search) full(states []portState) error {
 	h.count(states)
 	return &sharedFull{err: &os.SyscallError{Syscall: "connect", Err: unix.EAGAIN}, held: h}
 }
-
-type claimResult int
-
-const (
-	taken   claimResult = iota // the port is taken; fd is not bound
-	lost                       // another socket owns the port toward the peer; fd is bound
-	moved                      // connected to another peer than expected; fd is bound
-	claimed                    // fd is bound and connected, alone on its 4-tuple
-)
-
-// claim runs connectx for one candidate port on fd, holding the lock of the
-// (source, peer) pair (waiting for it under the dial's context): skip the
-// port when sock_diag finds a socket that would receive from the peer on
-// it; with SO_REUSEPORT (which the kernel allows only among sockets of the
-// same user) bind it; turn SO_REUSEPORT off (from now on every other bind
-// of that port fails); ask sock_diag which socket would receive from the
-// peer on that port and require this one; connect; check with getpeername
-// that the kernel connected to the peer; list every socket connected to the
-// same 4-tuple and back out if another is there; discard what was queued
-// while the socket was bound but not connected; and turn SO_REUSEPORT on
-// again for the next sockets toward other peers.
-func (s *search) claim(fd int, port uint16) (claimResult, error) {
-	if err := s.lock.lock(s.ctx); err != nil {
-		return taken, err
-	}
-	defer s.lock.unlock()
-	local := netip.AddrPortFrom(s.src, port)
-	if _, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone); err != nil || found {
-		return taken, err
-	}
-	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-	if err != nil {
-		return taken, &unsupportedError{what: "ShareUDPPorts needs SO_COOKIE (Linux 4.12+)", err: os.NewSyscallError("getsockopt", err)}
-	}
-	markShared(fd)
-	if err := reusePort(fd, 1); err != nil {
-		return taken, err
-	}
-	switch err := unix.Bind(fd, sockaddr(s.src, s.zone, port)); err {
-	case nil:
-	case unix.EADDRINUSE:
-		return taken, nil // a socket that does not share (or of another user) holds it
-	default:
-		return taken, os.NewSyscallError("bind", err)
-	}
-	if err := reusePort(fd, 0); err != nil {
-		return lost, err
-	}
-	if err := s.ctx.Err(); err != nil {
-		return lost, err // the dial's time is up: back out
-	}
-	owner, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone)
-	if err != nil {
-		return lost, err
-	}
-	if !found || owner != cookie {
-		return lost, nil // another socket receives from the peer on this port
-	}
-	if shareBeforeConnect != nil {
-		shareBeforeConnect(fd, port)
-	}
-	dstZone, _ := zoneIndex(s.dst.Addr().Zone()) // unknown: connect reports it
-	if err := unix.Connect(fd, sockaddr(s.dst.Addr(), dstZone, s.dst.Port())); err != nil {
-		return lost, os.NewSyscallError("connect", err)
-	}
-	if err := s.ctx.Err(); err != nil {
-		return lost, err
-	}
-	if peer := peerOf(fd); peer != s.peer {
-		s.moved = peer
-		return moved, nil
-	}
-	// The guarantee: list every socket connected from src:port to the
-	// peer and back out if any other is there. Of two sockets that
-	// connected to one 4-tuple, the second to connect always sees the
-	// first; at worst both back out and try other ports, never both stay.
-	if others, err := othersConnected(s.ctx, s.nl, s.src, port, s.peer, cookie); err != nil || others {
-		return lost, err
-	}
-	drain(fd)
-	if err := reusePort(fd, 1); err != nil {
-		return lost, err
-	}
-	return claimed, nil
-}
-
-// shareBeforeConnect, when set by a test, runs while a claimed socket is
-// bound but not yet connected.
-var shareBeforeConnect func(fd int, port uint16)

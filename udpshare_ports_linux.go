@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,14 +52,20 @@ func markShared(fd int) {
 // namespace's net.ipv4.ip_local_port_range, less
 // net.ipv4.ip_local_reserved_ports: the ports the kernel itself would hand
 // out. An unreadable setting is an error that says so, never an empty range.
-// The settings are read at most once a second.
+// Both settings are read at every dial (two small reads of /proc), so a port
+// reserved before a dial starts is never used; the set computed from them is
+// reused while they read the same.
 func shareRange(r PortRange) (PortRange, *portSet, error) {
-	if c := shareRanges.Load(); c != nil && c.asked == r && time.Since(c.at) < time.Second {
-		return c.r, c.off, nil
-	}
 	ns, err := readPortRange()
 	if err != nil {
 		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_port_range, the ports a dial may use: %w", err)
+	}
+	reserved, err := readReserved()
+	if err != nil {
+		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_reserved_ports, ports the kernel never hands out: %w", err)
+	}
+	if c := shareRanges.Load(); c != nil && c.asked == r && c.ns == ns && c.reserved == reserved {
+		return c.r, c.off, nil
 	}
 	asked := r
 	if r == (PortRange{}) {
@@ -68,35 +75,89 @@ func shareRange(r PortRange) (PortRange, *portSet, error) {
 	if in.Lo > in.Hi {
 		return r, nil, errConfig("ShareUDPPorts: PortRange %v does not intersect this network namespace's net.ipv4.ip_local_port_range %v", r, ns)
 	}
-	reserved, err := readReserved()
+	list, err := parsePortList(reserved)
 	if err != nil {
 		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_reserved_ports, ports the kernel never hands out: %w", err)
 	}
 	off := new(portSet)
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
-		if p < int(in.Lo) || p > int(in.Hi) || reserved.has(uint16(p)) {
+		if p < int(in.Lo) || p > int(in.Hi) || list.has(uint16(p)) {
 			off.add(uint16(p))
 		}
 	}
-	shareRanges.Store(&rangeEntry{asked: asked, r: r, off: off, at: time.Now()})
+	shareRanges.Store(&rangeEntry{asked: asked, ns: ns, reserved: reserved, r: r, off: off})
 	return r, off, nil
 }
 
-// shareRanges caches the last answer of shareRange (its off set is never
-// modified).
+// shareRanges keeps the last answer of shareRange and the settings it was
+// made from (its off set is never modified).
 var shareRanges atomic.Pointer[rangeEntry]
 
 type rangeEntry struct {
-	asked, r PortRange
-	off      *portSet
-	at       time.Time
+	asked, ns, r PortRange
+	reserved     string // net.ipv4.ip_local_reserved_ports as read
+	off          *portSet
 }
 
 // Tests replace these to make the settings unreadable.
 var (
-	readPortRange = localPortRange
-	readReserved  = reservedPorts
+	readPortRange = portRangeNow
+	readReserved  = reservedText
 )
+
+// portRangeNow reads net.ipv4.ip_local_port_range as it is now.
+func portRangeNow() (PortRange, error) {
+	var buf [32]byte
+	b, err := readProc("/proc/sys/net/ipv4/ip_local_port_range", buf[:])
+	if err != nil {
+		return PortRange{}, err
+	}
+	lo, hi, ok := strings.Cut(strings.TrimSpace(string(b)), "\t")
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	z, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if !ok || err1 != nil || err2 != nil {
+		return PortRange{}, fmt.Errorf("unexpected contents %q", b)
+	}
+	return PortRange{Lo: uint16(a), Hi: uint16(z)}, nil
+}
+
+// reservedText reads net.ipv4.ip_local_reserved_ports as it is now.
+func reservedText() (string, error) {
+	var buf [512]byte
+	b, err := readProc("/proc/sys/net/ipv4/ip_local_reserved_ports", buf[:])
+	if len(b) == len(buf) {
+		// A long list: read it whole.
+		bb, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_reserved_ports")
+		return string(bb), err
+	}
+	return string(b), err
+}
+
+// readProc reads a small /proc file into buf, with three system calls
+// (os.ReadFile costs several times as much: a shared dial reads two of
+// them each time).
+func readProc(path string, buf []byte) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return buf[:n], nil
+}
 
 // sharedPorts lists, for each port of r, what holds it for a shared dial
 // from src toward peer (the address the kernel connects to): one dump per
@@ -110,7 +171,12 @@ var (
 // the scheme). Where the kernel shows no socket options (before Linux
 // 5.10) or refuses the mark, the sockets of this user are tried instead,
 // and a failed bind tells. off marks the ports the kernel never hands out.
-func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r PortRange, off *portSet) ([]portState, error) {
+// For a link-local source (zone: its interface index), sockets bound to
+// another interface are left out, as the kernel keeps them apart. inFlight,
+// when not nil, is called for each socket of this user bound in the range
+// and not connected that may be a claim in flight (a ShareUDPPorts socket,
+// or any socket where the mark cannot be seen).
+func sharedPorts(ctx context.Context, src netip.Addr, zone uint32, peer netip.Addr, peerPort uint16, r PortRange, off *portSet, inFlight func(port uint16, cookie uint64)) ([]portState, error) {
 	states := make([]portState, r.size())
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
 		if off.has(uint16(p)) {
@@ -132,6 +198,9 @@ func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r P
 		if p < r.Lo || p > r.Hi {
 			return
 		}
+		if zone != 0 && s.ifindex != 0 && s.ifindex != zone {
+			return // bound to another link: the kernel keeps the two apart
+		}
 		a := s.local.Addr()
 		switch {
 		case a == src.WithZone(""):
@@ -151,6 +220,9 @@ func sharedPorts(ctx context.Context, src, peer netip.Addr, peerPort uint16, r P
 			st = portBound // a plain socket of this user
 		case !s.connected:
 			st = portMaybe
+			if inFlight != nil {
+				inFlight(p, s.cookie)
+			}
 		}
 		if i := int(p - r.Lo); st > states[i] {
 			states[i] = st
@@ -168,8 +240,12 @@ func sharedHeadroom(ctx context.Context, src netip.Addr, dst netip.AddrPort, r P
 		return h, err
 	}
 	h.Range = rng
+	zone, err := zoneIndex(src.Zone())
+	if err != nil {
+		return h, errConfig("ShareUDPPorts: source %v: unknown interface: %v", src, err)
+	}
 	peer := kernelPeer(src, dst.Addr())
-	states, err := sharedPorts(ctx, src, peer, dst.Port(), rng, off)
+	states, err := sharedPorts(ctx, src.WithZone(""), zone, peer, dst.Port(), rng, off, nil)
 	if err != nil {
 		return h, probeError(err)
 	}

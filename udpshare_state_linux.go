@@ -14,6 +14,7 @@ import (
 // sharePair names the lock of shared dials from src toward peer.
 type sharePair struct {
 	src  netip.Addr
+	zone uint32 // src's interface index, for a link-local source
 	peer netip.AddrPort
 }
 
@@ -74,6 +75,7 @@ var portCache portDumps
 // portKey names a dump of the ports of rng from src toward peer.
 type portKey struct {
 	src  netip.Addr
+	zone uint32
 	peer netip.AddrPort
 	rng  PortRange
 }

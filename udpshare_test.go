@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -272,6 +273,10 @@ func TestShareUDPPortsHelper(t *testing.T) {
 	}
 	fmt.Println("holding")
 	io.Copy(io.Discard, os.Stdin)
+	// Held until here: unreachable sockets are closed by the garbage
+	// collector, and others would take their 4-tuples while the test
+	// still counts them.
+	runtime.KeepAlive(conns)
 }
 
 // TestShareUDPPortsProcesses: four processes dial with ShareUDPPorts at once
