@@ -25,8 +25,8 @@ import (
 	"github.com/safedial/safedial/internal/netnstest"
 )
 
-// bigCollector sends n series with long labels (about 130 bytes a line, as
-// a -top 3000 exposition has), and counts its scrapes.
+// bigCollector sends n series with 1 kB labels (few series, so that the
+// answer is large but cheap to make), and counts its scrapes.
 type bigCollector struct {
 	n       int
 	calls   atomic.Int64
@@ -44,7 +44,7 @@ func (c *bigCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c *bigCollector) Collect(ch chan<- prometheus.Metric) {
 	c.calls.Add(1)
 	c.once.Do(func() { close(c.started) })
-	filler := strings.Repeat("x", 80)
+	filler := strings.Repeat("x", 1000)
 	for i := range c.n {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(i), strconv.Itoa(i), filler)
 	}
@@ -186,10 +186,10 @@ func TestExporterStalledClients(t *testing.T) {
 		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_wmem", []byte("4096 16384 65536"), 0); err != nil {
 			t.Fatal(err)
 		}
-		big := newBigCollector(5000)
+		big := newBigCollector(600)
 		states := newConnStates()
 		oldExtra, oldState, oldWrite, oldIdle := exporterExtra, exporterConnState, exporterWriteTimeout, exporterIdleTimeout
-		exporterExtra, exporterConnState, exporterWriteTimeout, exporterIdleTimeout = big, states.hook, 10*time.Second, 10*time.Second
+		exporterExtra, exporterConnState, exporterWriteTimeout, exporterIdleTimeout = big, states.hook, 20*time.Second, 20*time.Second
 		t.Cleanup(func() {
 			exporterExtra, exporterConnState, exporterWriteTimeout, exporterIdleTimeout = oldExtra, oldState, oldWrite, oldIdle
 		})
