@@ -189,7 +189,7 @@ type jsonReport struct {
 	Schema        int                `json:"schema"`
 	Time          time.Time          `json:"time"`
 	Range         safedial.PortRange `json:"ip_local_port_range"`
-	TWReuse       *int               `json:"tcp_tw_reuse,omitempty"` // TCP only; absent when unreadable
+	TWReuse       *int               `json:"tcp_tw_reuse,omitempty"`  // TCP only; absent when unreadable
 	ReservedPorts string             `json:"ip_local_reserved_ports"` // as the sysctl has it: "" for none
 	Network       string             `json:"network"`
 	Pairs         []jsonPair         `json:"pairs"`
