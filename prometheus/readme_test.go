@@ -6,10 +6,9 @@ import (
 	"github.com/safedial/safedial/internal/readmecheck"
 )
 
-// TestREADMESnippets compiles the README's snippets that name Prometheus
-// packages (the root module's TestREADMESnippets compiles the others),
-// against the versions this module requires: at least the Dialer
-// collector's.
+// TestREADMESnippets compiles the snippets of this module's README.md (the
+// operator's page) that name Prometheus packages, against the versions this
+// module requires: at least the Dialer collector's.
 func TestREADMESnippets(t *testing.T) {
-	readmecheck.TestNested(t, "../README.md", readmecheck.Prometheus, 1)
+	readmecheck.TestNested(t, "README.md", readmecheck.Prometheus, 1)
 }
