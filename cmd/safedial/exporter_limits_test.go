@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/safedial/safedial/internal/netns"
 	"github.com/safedial/safedial/internal/netnstest"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // bigCollector sends n series with 1 kB labels (few series, so that the
@@ -292,6 +293,52 @@ func TestExporterSIGTERMWhileStalled(t *testing.T) {
 		}
 		if !strings.Contains(stderr.String(), "drain timed out") {
 			t.Errorf("the log does not say the drain timed out:\n%s", stderr.String())
+		}
+	})
+}
+
+// TestExporterWebConfig: --web.config.file turns on basic authentication
+// (exporter-toolkit's format): /metrics without the password is 401, with
+// it 200. A web configuration that does not parse stops the exporter at
+// start with status 1.
+func TestExporterWebConfig(t *testing.T) {
+	netnstest.Run(t, netns.Config{PortLo: 40000, PortHi: 40099}, func(t *testing.T) {
+		hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		cfg := dir + "/web.yml"
+		if err := os.WriteFile(cfg, []byte("basic_auth_users:\n  prom: "+string(hash)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		addr := startExporter(t, "--web.listen-address", "127.0.0.1:0", "--web.config.file", cfg)
+		for _, tc := range []struct {
+			user, pass string
+			want       int
+		}{{"", "", http.StatusUnauthorized}, {"prom", "wrong", http.StatusUnauthorized}, {"prom", "s3cret", http.StatusOK}} {
+			req, _ := http.NewRequest("GET", "http://"+addr+"/metrics", nil)
+			if tc.user != "" {
+				req.SetBasicAuth(tc.user, tc.pass)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("GET /metrics as %q/%q: %d, want %d", tc.user, tc.pass, resp.StatusCode, tc.want)
+			}
+		}
+
+		bad := dir + "/bad.yml"
+		if err := os.WriteFile(bad, []byte("tls_server_config: [\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var stderr strings.Builder
+		if code := runMain(context.Background(), []string{"exporter", "--web.listen-address", "127.0.0.1:0", "--web.config.file", bad}, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "--web.config.file "+bad) {
+			t.Errorf("a web configuration that does not parse: exit %d, stderr %q; want exit 1 naming the file", code, stderr.String())
 		}
 	})
 }
