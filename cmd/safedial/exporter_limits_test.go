@@ -81,12 +81,6 @@ func (s *connStates) wait(state http.ConnState, n int) {
 	}
 }
 
-func (s *connStates) get(state http.ConnState) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.counts[state]
-}
-
 // fds is the number of descriptors this process holds.
 func fds(t *testing.T) int {
 	t.Helper()
