@@ -210,7 +210,7 @@ func exporterFlags() (*flag.FlagSet, *exporterOptions) {
 				return fmt.Errorf("%q has no host", f)
 			}
 			if n, err := strconv.Atoi(port); err == nil && (n < 1 || n > 65535) {
-				return fmt.Errorf("%q: port out of range 1-65535", f)
+				return fmt.Errorf("port %s out of range 1-65535", port)
 			}
 			o.dsts = append(o.dsts, f)
 		}
@@ -290,6 +290,7 @@ func exporter(ctx context.Context, args []string, stdout, stderr io.Writer, read
 		Name:        "safedial exporter",
 		Description: "Ephemeral ports left per (source, destination) pair of this network namespace",
 		Version:     buildVersion(),
+		Profiling:   "false", // no /debug/pprof here
 		Links: []web.LandingLinks{
 			{Address: "/metrics", Text: "Metrics"},
 			{Address: "/-/healthy", Text: "Health"},
