@@ -60,6 +60,7 @@
 //
 // alerts.yml, beside this file, holds the rules this package is tested
 // with (promtool test rules testdata/alerts_test.yml): a pair on course to
-// run out within 10 minutes (predict_linear), a pair above 90% for one
-// minute or 80% for 5, and failing probes.
+// run out within 10 minutes (predict_linear), a pair above 80% for 2
+// minutes, dials that failed for want of a port, and failing probes;
+// README.md says what each catches and what it cannot.
 package safedialprom
