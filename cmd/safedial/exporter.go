@@ -1,6 +1,6 @@
 package main
 
-// The exporter: safedial exporter -listen ADDR (or safedial headroom -listen
+// The exporter: safedial exporter [--web.listen-address ADDR] (or safedial headroom -listen
 // ADDR) serves this namespace's headroom to Prometheus on /metrics, with the
 // collector of github.com/safedial/safedial/prometheus.
 
