@@ -9,3 +9,6 @@ func StopClock() (advance func(ns int64), restore func()) {
 	nanotime = func() int64 { return now }
 	return func(ns int64) { now += ns }, func() { nanotime = real }
 }
+
+// FullTTL is how long a pool's mark of a full source orders it last.
+const FullTTL = fullTTL

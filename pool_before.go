@@ -57,7 +57,7 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 	for i := range uint32(len(srcs)) {
 		s := srcs[(start+i)%uint32(len(srcs))]
 		if i > 0 {
-			if ended = ctx.Err(); ended != nil {
+			if ended = ctxDone(ctx); ended != nil {
 				break
 			}
 			d.counters.failovers.Add(1)

@@ -23,6 +23,9 @@ func dupFD(int) (int, error)                                   { return -1, erro
 // over at dial time.
 func checkLocal(*source) error { return nil }
 
+func goneUnderNonlocalBind(*source) *sourceError          { return nil }
+func unreachableFrom(*source, string, error) *sourceError { return nil }
+
 const shareSupported = false
 
 func shareConnect(_ context.Context, fd, _ int, _ func() (int, error), _ netip.Addr, _ uint32, _ netip.AddrPort, _ PortRange) (int, error) {

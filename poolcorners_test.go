@@ -67,6 +67,7 @@ func TestPoolProtocols(t *testing.T) {
 // there, with net.Dialer's error for an ended context from that source.
 func TestPoolContextBetweenSteps(t *testing.T) {
 	inNamespace(t, 40000, 40003, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dst, accepted := acceptingServer(t, "127.0.1.1:8080")
 		var srcs []netip.Addr
 		for i := range 8 {
@@ -423,6 +424,7 @@ func TestPoolLocalAddrTypedNil(t *testing.T) {
 // an address appears twice.
 func TestPoolStatsAddr(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		mapped := netip.MustParseAddr("::ffff:127.0.0.3")
 		d := &safedial.Dialer{Sources: []netip.Addr{mapped}}
@@ -434,7 +436,7 @@ func TestPoolStatsAddr(t *testing.T) {
 		if got := localAddr(c).Addr().Unmap(); got != mapped.Unmap() {
 			t.Errorf("source %v, want %v", got, mapped.Unmap())
 		}
-		want := []safedial.SourceStats{{Addr: mapped, Dials: 1, Succeeded: 1}}
+		want := []safedial.SourceStats{{Addr: mapped, Attempts: 1, Succeeded: 1}}
 		if diff := cmp.Diff(want, d.Stats().Sources, netipCmp); diff != "" {
 			t.Errorf("Stats().Sources (-want +got):\n%s", diff)
 		}
@@ -447,7 +449,7 @@ func TestPoolStatsAddr(t *testing.T) {
 		if n, err := fill(t, d.DialContext, "tcp", []string{dst}, 4); n != 4 {
 			t.Fatalf("%d connections (%v), want 4", n, err)
 		}
-		want = []safedial.SourceStats{{Addr: a, Dials: 2, Succeeded: 2}, {Addr: a, Dials: 2, Succeeded: 2}}
+		want = []safedial.SourceStats{{Addr: a, Attempts: 2, Succeeded: 2}, {Addr: a, Attempts: 2, Succeeded: 2}}
 		if diff := cmp.Diff(want, d.Stats().Sources, netipCmp); diff != "" {
 			t.Errorf("Stats().Sources with a duplicate (-want +got):\n%s", diff)
 		}
@@ -483,6 +485,7 @@ func TestSetSourcesNotLocal(t *testing.T) {
 // last, and Stats counts it as NotLocal.
 func TestPoolSourceGone(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
 		good, gone := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("192.0.2.1")
 		d := &safedial.Dialer{Sources: []netip.Addr{good, gone}} // assigned, not checked: as if removed since
@@ -496,8 +499,8 @@ func TestPoolSourceGone(t *testing.T) {
 		// Dial 1 starts at the gone source, fails over; dials 2 and 3 try
 		// the good one first.
 		want := safedial.Stats{Dials: 4, Succeeded: 4, Failovers: 1, Sources: []safedial.SourceStats{
-			{Addr: good, Dials: 4, Succeeded: 4},
-			{Addr: gone, Dials: 1, NotLocal: 1},
+			{Addr: good, Attempts: 4, Succeeded: 4},
+			{Addr: gone, Attempts: 1, NotLocal: 1},
 		}}
 		st := d.Stats()
 		if diff := cmp.Diff(want, st, netipCmp); diff != "" {
@@ -515,6 +518,7 @@ func TestPoolSourceGone(t *testing.T) {
 // it, and refuses it after.
 func TestPoolSourceRemoved(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		stopClock(t) // marks of full sources last for the whole test
 		ip, err := exec.LookPath("ip")
 		if err != nil {
 			if os.Getenv("CI") == "true" {
@@ -665,7 +669,7 @@ func TestOnExhaustedScope(t *testing.T) {
 			want []string
 		}{
 			{"Base.LocalAddr", &safedial.Dialer{Base: net.Dialer{Resolver: res, LocalAddr: tcpAddr("127.0.0.1:0")}}, nil},
-			{"Sources", &safedial.Dialer{Base: net.Dialer{Resolver: res}, Sources: mustAddrs("127.0.0.1")}, []string{"127.0.0.1:0->127.0.1.1:8080"}},
+			{"Sources", &safedial.Dialer{Base: net.Dialer{Resolver: res}, Sources: mustAddrs("127.0.0.1")}, []string{"127.0.0.1->127.0.1.1:8080"}},
 		} {
 			var got []string
 			tc.d.OnExhausted = func(e *safedial.ExhaustedError) { got = append(got, e.Source.String()+"->"+e.Dest.String()) }

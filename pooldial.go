@@ -16,8 +16,9 @@ import (
 
 // dialPool dials address with the pool of Sources: net.Dialer dials, and the
 // pool's hook binds a source in each attempt. la is the local address the
-// call asked for besides (Base.LocalAddr for DialContext).
-func (d *Dialer) dialPool(ctx context.Context, network, address string, la net.Addr) outcome {
+// call asked for besides (Base.LocalAddr for DialContext); p is the pool of
+// Sources, or the one GetSources returned.
+func (d *Dialer) dialPool(ctx context.Context, network, address string, la net.Addr, p *pool) outcome {
 	fail := func(err error) outcome {
 		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
 	}
@@ -29,7 +30,6 @@ func (d *Dialer) dialPool(ctx context.Context, network, address string, la net.A
 	case !noAddr(la):
 		return fail(errConfig("Sources and Base.LocalAddr are both set: use one of them"))
 	}
-	p := d.sourcePool()
 	if p.err != nil {
 		return fail(p.err)
 	}
@@ -87,40 +87,95 @@ func (p *pool) dialNetwork(network, address string) string {
 	return "udp6"
 }
 
-// otherFamilyOnly turns the "no such host" of a name dialed for the pool's
-// family into net.Dialer's error for a name with addresses of the other
-// family only, when the name has such addresses: "address SRC:0: no suitable
-// address found", as net.Dialer{LocalAddr: the pool's first source} says.
-// It asks the resolver once more, on this failing path only.
-func (p *pool) otherFamilyOnly(ctx context.Context, nd *net.Dialer, network, address string, err error) error {
-	var dnsErr *net.DNSError
-	if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
-		return err
+// dialName dials a host name for a pool of one family (netw is that
+// family's network) as net.Dialer{LocalAddr: a source} does: one lookup of
+// both families under the dial's one deadline, then the addresses of the
+// pool's family in turn, each with its share of the time left (net.Dialer's
+// partial deadlines), the first error returned. A name with addresses of the
+// other family only gives net.Dialer's "address SRC:0: no suitable address
+// found". An empty host (this host) needs no lookup: net.Dialer dials it.
+func (p *pool) dialName(ctx context.Context, nd *net.Dialer, network, netw, address string) (net.Conn, error) {
+	host, port, _ := net.SplitHostPort(address) // dialNetwork split it
+	if host == "" {
+		return nd.DialContext(ctx, netw, address)
 	}
-	host, _, _ := net.SplitHostPort(address)
-	if nd.Timeout > 0 { // the dial's bounds hold for this lookup too
+	one := *nd // the deadline moves to ctx: Timeout counts from now, once
+	one.Timeout, one.Deadline = 0, time.Time{}
+	if dl := dialDeadline(ctx, nd); !dl.IsZero() {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, nd.Timeout)
-		defer cancel()
-	}
-	if !nd.Deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, nd.Deadline)
+		ctx, cancel = context.WithDeadline(ctx, dl)
 		defer cancel()
 	}
 	r := nd.Resolver
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	if addrs, lerr := r.LookupNetIP(ctx, "ip", host); lerr != nil || len(addrs) == 0 {
-		return err
+	addrs, err := r.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	srcs := p.v4
-	if len(srcs) == 0 {
-		srcs = p.v6
+	v4 := len(p.v4) > 0
+	fam := addrs[:0]
+	for _, a := range addrs {
+		if a.Unmap().Is4() == v4 {
+			fam = append(fam, a.Unmap())
+		}
 	}
-	hint := opAddr(network, netip.AddrPortFrom(srcs[0].addr, 0))
-	return &net.OpError{Op: "dial", Net: network, Err: &net.AddrError{Err: "no suitable address found", Addr: hint.String()}}
+	if len(fam) == 0 {
+		srcs := p.v4
+		if !v4 {
+			srcs = p.v6
+		}
+		hint := opAddr(network, netip.AddrPortFrom(srcs[0].addr, 0))
+		return nil, &net.OpError{Op: "dial", Net: network, Err: &net.AddrError{Err: "no suitable address found", Addr: hint.String()}}
+	}
+	var first error
+	for i, a := range fam {
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok {
+			actx, cancel = context.WithDeadline(ctx, partialDeadline(time.Now(), dl, len(fam)-i))
+		}
+		c, err := one.DialContext(actx, netw, net.JoinHostPort(a.String(), port))
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, first
+}
+
+// dialDeadline is the earliest of ctx's deadline, nd.Deadline and now plus
+// nd.Timeout, as net.Dialer computes it; zero for none.
+func dialDeadline(ctx context.Context, nd *net.Dialer) time.Time {
+	dl := nd.Deadline
+	if nd.Timeout > 0 {
+		if t := time.Now().Add(nd.Timeout); dl.IsZero() || t.Before(dl) {
+			dl = t
+		}
+	}
+	if t, ok := ctx.Deadline(); ok && (dl.IsZero() || t.Before(dl)) {
+		dl = t
+	}
+	return dl
+}
+
+// partialDeadline is net.Dialer's share of the time left until deadline for
+// one of addrsRemaining addresses: an equal share, but at least 2 s (or all
+// that is left).
+func partialDeadline(now, deadline time.Time, addrsRemaining int) time.Time {
+	left := deadline.Sub(now)
+	share := left / time.Duration(addrsRemaining)
+	const saneMinimum = 2 * time.Second
+	if share < saneMinimum {
+		share = min(left, saneMinimum)
+	}
+	return now.Add(share)
 }
 
 func (d *Dialer) newPoolDial(p *pool) *poolDial {
@@ -165,7 +220,15 @@ func (d *Dialer) dialHooked(ctx context.Context, network, address string, pd *po
 	nd.LocalAddr = nil // the hook binds
 	nd.ControlContext = pd.control
 	netw := pd.p.dialNetwork(network, address)
-	c, err := nd.DialContext(ctx, netw, address)
+	var (
+		c   net.Conn
+		err error
+	)
+	if netw != network {
+		c, err = pd.p.dialName(ctx, &nd, network, netw, address)
+	} else {
+		c, err = nd.DialContext(ctx, netw, address)
+	}
 	pd.mu.Lock()
 	pd.done = true
 	out := outcome{c: c, events: pd.events, refused: pd.o.refusedNow(network)}
@@ -181,9 +244,6 @@ func (d *Dialer) dialHooked(ctx context.Context, network, address string, pd *po
 		}
 	}
 	if err != nil {
-		if netw != network {
-			err = pd.p.otherFamilyOnly(ctx, &nd, network, address, err)
-		}
 		out.err = pd.finalError(err, network, out.refused)
 		return out
 	}
@@ -209,7 +269,7 @@ func (pd *poolDial) finalError(err error, network string, refused uint32) error 
 	case *ExhaustedError:
 		e.Net = network
 		e.noteRefused(refused)
-		op.Source = opAddr(network, e.Source)
+		op.Source = opAddr(network, netip.AddrPortFrom(e.Source, 0))
 	case *sourceError:
 		op.Source = opAddr(network, netip.AddrPortFrom(e.src, 0))
 	default:

@@ -2,7 +2,6 @@ package safedial
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -11,11 +10,24 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // This file holds what a pool runs inside net.Dialer's Control hook: the
 // attempt loop that binds a source, fails over to the next on exhaustion,
 // and leaves the socket that got a port in net.Dialer's place.
+//
+// It relies on three things net does that its API does not promise; the
+// conformance and pool tests fail if a Go release changes them:
+//   - on Linux, with LocalAddr nil, net.Dialer does not bind: the hook may;
+//   - a socket put in the place of net's descriptor (dup3 onto its number)
+//     during the hook is the one net keeps: net registers the descriptor
+//     with its poller only after the hook, in its connect;
+//   - the hook may start the connect (non-blocking): net's own connect then
+//     gets EALREADY or EISCONN, which it treats as a connect in progress or
+//     done, and waits with its deadlines as for its own.
+// Every use of the descriptor happens inside a RawConn.Control callback (see
+// onFD), the only place syscall.RawConn says it is valid.
 
 // poolDial is one dial through the pool; its control method is the
 // net.Dialer hook, called once per connection attempt, possibly from
@@ -105,11 +117,6 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		}
 		return pd.p.noFamily(address, strings.HasSuffix(network, "6")) // pd.p is not nil: a routed source is always of the family
 	}
-	var orig int
-	if err := c.Control(func(fd uintptr) { orig = int(fd) }); err != nil {
-		return err
-	}
-
 	var (
 		markBuf [smallPool]uint64
 		ordBuf  [smallPool]int
@@ -128,7 +135,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		tried    []netip.Addr
 		last     *ExhaustedError // the last exhaustion the kernel reported
 		notLocal *sourceError    // the first source found not local
-		bound    bool            // the socket in orig's place is bound: the next source needs a fresh one
+		bound    bool            // the socket in net's place is bound: the next source needs a fresh one
 		prev     *source
 	)
 	for k, i := range order {
@@ -144,25 +151,25 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			continue
 		}
 		if k > 0 {
-			if err := ctx.Err(); err != nil {
+			if err := ctxDone(ctx); err != nil {
 				pd.record(prev, dst, false)
 				return netContextError(err)
 			}
 			pd.d.counters.failovers.Add(1)
 		}
 		if bound {
-			if err := freshSocket(orig); err != nil {
+			if err := onFD(c, freshSocket); err != nil {
 				return err
 			}
 		}
 		bound = true
 		prev = s
-		err := pd.attempt(ctx, network, address, c, orig, s, dst)
+		err := pd.attempt(ctx, network, address, c, s, dst)
 		key := fullKey{src: s, dst: dst, udp: udp}
 		switch e := err.(type) {
 		case nil:
 			pd.record(s, dst, true)
-			mem.clear(key) // also a mark made since the plan; one atomic load when empty
+			mem.clear(key, marks[i] != 0) // also a mark made since the plan; one atomic load when empty
 			return nil
 		case *ExhaustedError:
 			pd.record(s, dst, false)
@@ -203,56 +210,50 @@ func freshSocket(s int) error {
 	return replaceFD(n, s)
 }
 
-// attempt sets up net.Dialer's socket orig (its first, or a fresh one in its
+// onFD runs f on c's descriptor, inside c.Control.
+func onFD(c syscall.RawConn, f func(fd int) error) error {
+	var ferr error
+	if err := c.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// attempt sets up net.Dialer's socket (its first, or a fresh one in its
 // place) and binds and connects it from s; with ShareUDPPorts, a UDP socket
 // chooses a port no other socket uses toward dst. On success the socket that
-// connected is in orig's place.
-func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, orig int, s *source, dst netip.AddrPort) error {
+// connected is in net.Dialer's place.
+func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort) error {
 	if err := pd.prepare(ctx, network, address, c); err != nil {
 		return err
 	}
 	s.dials.Add(1)
+	if se := goneUnderNonlocalBind(s); se != nil {
+		return se // bind would succeed, and prove nothing
+	}
 	var (
 		call string
 		err  error
 		held *Headroom // what held the ports of a shared dial's exhaustion
 	)
 	if pd.share && strings.HasPrefix(network, "udp") {
-		// A candidate port a fresh socket must take over: the fresh
-		// socket goes in orig's place, is prepared through c, and
-		// shareConnect works on a duplicate descriptor of it.
-		fresh := func() (int, error) {
-			if err := freshSocket(orig); err != nil {
-				return -1, err
-			}
-			if err := pd.prepare(ctx, network, address, c); err != nil {
-				return -1, err
-			}
-			return dupFD(orig)
-		}
-		var fd int
-		fd, err = shareConnect(ctx, orig, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange)
-		held = heldBy(err)
-		if fd >= 0 && fd != orig {
-			if err == nil {
-				err = replaceFD(fd, orig) // the same socket: closes the duplicate
-			} else {
-				closeFD(fd)
-			}
-		}
-		var se *os.SyscallError
-		if errors.As(err, &se) && se.Syscall != "dup3" {
-			call, err = se.Syscall, se.Err
-		} else if err != nil {
+		call, held, err = pd.shareAttempt(ctx, network, address, c, s, dst)
+		if call == "" && err != nil {
 			return err
 		}
-	} else {
-		call, err = bindConnect(orig, s, dst)
+	} else if cerr := onFD(c, func(fd int) error {
+		call, err = bindConnect(fd, s, dst)
+		return nil
+	}); cerr != nil {
+		return cerr
 	}
 	if err != nil {
 		if ee := pd.exhausted(network, s, dst, call, err); ee != nil {
 			ee.Held = held
 			return ee
+		}
+		if se := unreachableFrom(s, call, err); se != nil {
+			return se
 		}
 		op := attemptError(network, s, dst, call, err)
 		if se := notLocal(op); se != nil {
@@ -261,7 +262,9 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 		return op.Err
 	}
 	if !s.pinned.Load() {
-		if got := boundAddr(orig); got != s.addr.WithZone("") {
+		var got netip.Addr
+		onFD(c, func(fd int) error { got = boundAddr(fd); return nil })
+		if got != s.addr.WithZone("") {
 			return errConfig("source %v does not pin the connection: the kernel chose %v as its source (%v is not a unicast address of this host: a broadcast address?); use a unicast address of this host", s.addr, got, s.addr)
 		}
 		s.pinned.Store(true)
@@ -311,4 +314,17 @@ func destination(network, address string) netip.AddrPort {
 		return netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(n))
 	}
 	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(n))
+}
+
+// ctxDone returns ctx.Err(), or context.DeadlineExceeded once ctx's deadline
+// has passed by the clock: under load the runtime's timer fires late, and a
+// dial must not start another kernel attempt after its deadline.
+func ctxDone(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }

@@ -105,17 +105,25 @@ func sysctlInt(name string) (int, bool) {
 	if c, ok := sysctls.m[name]; ok && time.Since(c.at) < time.Second {
 		return c.v, c.ok
 	}
-	var c sysctlValue
-	if b, err := os.ReadFile("/proc/sys/" + name); err == nil {
-		c.v, err = strconv.Atoi(strings.TrimSpace(string(b)))
-		c.ok = err == nil
-	}
-	c.at = time.Now()
+	c := sysctlValue{at: time.Now()}
+	c.v, c.ok = readSysctl(name)
 	if sysctls.m == nil {
 		sysctls.m = map[string]sysctlValue{}
 	}
 	sysctls.m[name] = c
 	return c.v, c.ok
+}
+
+// readSysctl reads the integer sysctl name (net/ipv4/...) now, uncached:
+// for checks that a caller asked for explicitly (SetSources), where a
+// value up to a second old would be a memory outliving its fact.
+func readSysctl(name string) (int, bool) {
+	b, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		return 0, false
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return v, err == nil
 }
 
 // twReuse is what the kernel's tcp_twsk_unique needs to reuse a TIME_WAIT

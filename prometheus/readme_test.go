@@ -6,9 +6,11 @@ import (
 	"github.com/safedial/safedial/internal/readmecheck"
 )
 
-// TestREADMESnippets compiles the snippets of this module's README.md (the
-// operator's page) that name Prometheus packages, against the versions this
-// module requires: at least the Dialer collector's.
+// TestREADMESnippets compiles the snippets of the repository's pages
+// (prometheus/README.md, the operator's page, among them) that name
+// Prometheus packages (the root module's TestREADMESnippets compiles the
+// others), against the versions this module requires: at least the Dialer
+// collector's.
 func TestREADMESnippets(t *testing.T) {
-	readmecheck.TestNested(t, "README.md", readmecheck.Prometheus, 1)
+	readmecheck.TestNested(t, "..", readmecheck.Prometheus, 1)
 }

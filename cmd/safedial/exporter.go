@@ -232,7 +232,7 @@ func exporter(ctx context.Context, args []string, stdout, stderr io.Writer, read
 		return err
 	}
 	if o.version {
-		fmt.Fprintf(stdout, "safedial %s\n", buildVersion())
+		fmt.Fprintln(stdout, version())
 		return nil
 	}
 	if o.webConfig != "" {
@@ -289,7 +289,7 @@ func exporter(ctx context.Context, args []string, stdout, stderr io.Writer, read
 	landing, err := web.NewLandingPage(web.LandingConfig{
 		Name:        "safedial exporter",
 		Description: "Ephemeral ports left per (source, destination) pair of this network namespace",
-		Version:     buildVersion(),
+		Version:     version(),
 		Profiling:   "false", // no /debug/pprof here
 		Links: []web.LandingLinks{
 			{Address: "/metrics", Text: "Metrics"},
@@ -375,20 +375,10 @@ func limitInFlight(n int, h http.Handler) http.Handler {
 	})
 }
 
-// buildVersion is the module version the command was built from: vX.Y.Z
-// after go install ...@vX.Y.Z, (devel) from a checkout.
-func buildVersion() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok || bi.Main.Version == "" {
-		return "unknown"
-	}
-	return bi.Main.Version
-}
-
 // buildInfo is the safedial_build_info gauge, always 1, with the labels of
 // client_golang's version collector (collectors/version).
 func buildInfo() prometheus.Collector {
-	l := prometheus.Labels{"version": buildVersion(), "revision": "unknown", "branch": "unknown",
+	l := prometheus.Labels{"version": version(), "revision": "unknown", "branch": "unknown",
 		"goversion": runtime.Version(), "goos": runtime.GOOS, "goarch": runtime.GOARCH, "tags": "unknown"}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {

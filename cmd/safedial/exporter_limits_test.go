@@ -254,7 +254,13 @@ func TestExporterStalledClients(t *testing.T) {
 // ends the exporter with status 0 after the bounded drain.
 func TestExporterSIGTERMWhileStalled(t *testing.T) {
 	netnstest.Run(t, netns.Config{PortLo: 40000, PortHi: 40099}, func(t *testing.T) {
-		big := newBigCollector(10000)
+		// A 600 kB answer, quick to make (a slow one could meet the scrape
+		// timeout and be answered 503 at once), and buffers too small to
+		// take it (see TestExporterStalledClients): the write stalls.
+		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_wmem", []byte("4096 16384 65536"), 0); err != nil {
+			t.Fatal(err)
+		}
+		big := newBigCollector(600)
 		states := newConnStates()
 		ready := make(chan string, 1)
 		var stderr strings.Builder

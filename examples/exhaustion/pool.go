@@ -25,6 +25,10 @@ type poolFigures struct {
 	AloneMeanUS   float64 `json:"alone_mean_us"`
 	AloneP99US    float64 `json:"alone_p99_us"`
 	PoolFailed    int     `json:"pool_failed"`
+	// How often the pool asked the kernel about its full source during
+	// the pairs, and how long the pairs took.
+	FullAsked int     `json:"full_asked"`
+	PairsMS   float64 `json:"pairs_ms"`
 	// Every source full: the first exhausted dial, and the median of the
 	// next ones.
 	FirstExhaustedUS float64 `json:"first_exhausted_us"`
@@ -82,6 +86,7 @@ func poolCost(c config) (poolFigures, error) {
 		dialClose(pool)
 	}
 	var tPool, tAlone []time.Duration
+	asked0, began := pool.Stats().Sources[0].Attempts, time.Now()
 	for i := range c.Pairs {
 		first, second := pool, alone
 		if i%2 == 1 {
@@ -101,6 +106,7 @@ func poolCost(c config) (poolFigures, error) {
 		tPool, tAlone = append(tPool, t1), append(tAlone, t2)
 	}
 	f.Pairs = c.Pairs
+	f.FullAsked, f.PairsMS = int(pool.Stats().Sources[0].Attempts-asked0), float64(time.Since(began).Microseconds())/1e3
 	f.PoolMedianUS, f.PoolMeanUS, f.PoolP99US = quantile(tPool, 0.5), mean(tPool), quantile(tPool, 0.99)
 	f.AloneMedianUS, f.AloneMeanUS, f.AloneP99US = quantile(tAlone, 0.5), mean(tAlone), quantile(tAlone, 0.99)
 
@@ -172,7 +178,8 @@ func printPool(w io.Writer, c config, f poolFigures) {
 	fmt.Fprintf(tw, "pool {healthy}\t%.1f\t%.1f\t%.1f\t\n", f.AloneMedianUS, f.AloneMeanUS, f.AloneP99US)
 	fmt.Fprintf(tw, "ratio\t%.2fx\t%.2fx\t%.2fx\t\n", f.PoolMedianUS/f.AloneMedianUS, f.PoolMeanUS/f.AloneMeanUS, f.PoolP99US/f.AloneP99US)
 	tw.Flush()
-	fmt.Fprintf(w, "\nevery source full: first exhausted dial %.0f µs, later ones (median of %d) %.1f µs: %.3fx\n",
+	fmt.Fprintf(w, "\nthe full source was asked %d times in the %d pairs (%.0f ms)\n", f.FullAsked, f.Pairs, f.PairsMS)
+	fmt.Fprintf(w, "every source full: first exhausted dial %.0f µs, later ones (median of %d) %.1f µs: %.3fx\n",
 		f.FirstExhaustedUS, f.LaterExhausted, f.LaterExhaustedUS, f.LaterExhaustedUS/f.FirstExhaustedUS)
 	if f.Recovered {
 		fmt.Fprintf(w, "ports freed: first successful dial after %.0f ms\n", f.RecoveredUS/1e3)
