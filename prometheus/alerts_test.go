@@ -6,10 +6,11 @@ import (
 )
 
 // TestAlertRules checks alerts.yml with promtool and runs its unit tests
-// (testdata/alerts_test.yml): SafedialHeadroomLow fires after 5 minutes
-// above 80% and not before, nor for a pair back under it, nor at exactly
-// 80%; SafedialHeadroomProbeErrors fires for probes that keep failing, not
-// for one error.
+// (testdata/alerts_test.yml): levels (SafedialHeadroomLow after 2 minutes
+// above 80%, not for a minute above nor at exactly 80%; probe errors that
+// keep coming, not one); a slow ramp (the prediction and the level both
+// fire before 0 free); a fast ramp (only SafedialDialsExhausted fires by
+// the first failed dial); a flapping probe (the level keeps firing).
 func TestAlertRules(t *testing.T) {
 	promtool := need(t, "promtool", "prometheus")
 	for _, args := range [][]string{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"sync"
@@ -170,7 +171,11 @@ func TestHeadroomCollectorTop(t *testing.T) {
 		{"top 5", safedialprom.HeadroomOpts{Top: 5}, 5, 3, 250, false, 0.92},
 		{"top 5 and a source", safedialprom.HeadroomOpts{Top: 5, Sources: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}, 6, 3, 250, true, 0},
 		{"named only", safedialprom.HeadroomOpts{Top: -1, Sources: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}, 1, 1, 250, true, 0},
-		{"a destination", safedialprom.HeadroomOpts{Top: -1, Dests: []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:443")}}, 250, 0, 250, true, 0},
+		// A destination named alone has 250 pairs: capped at DefaultTop,
+		// or at Top, the most used first.
+		{"a destination", safedialprom.HeadroomOpts{Top: -1, Dests: []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:443")}}, 100, 0, 250, false, 0},
+		{"a destination, top 5", safedialprom.HeadroomOpts{Top: 5, Dests: []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:443")}}, 5, 3, 250, false, 0.92},
+		{"sources capped by top", safedialprom.HeadroomOpts{Top: 2, Sources: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}}, 4, 2, 250, false, 0},
 		{"a pair without sockets", safedialprom.HeadroomOpts{Top: -1, Sources: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("192.0.2.1")}, Dests: []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:443"), netip.MustParseAddrPort("[2001:db8::1]:443")}}, 2, 1, 251, true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -226,8 +231,9 @@ func labels(ls []*dto.LabelPair) map[string]string {
 	return m
 }
 
-// TestHeadroomCollectorMinInterval: scrapes within MinInterval of a probe,
-// and concurrent scrapes, share one probe.
+// TestHeadroomCollectorMinInterval: scrapes within 3/4 MinInterval of a
+// probe, and concurrent scrapes, share one probe; a scrape that comes a
+// little early (scrape jitter) gets a fresh answer.
 func TestHeadroomCollectorMinInterval(t *testing.T) {
 	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}}
 	c := collector(f, safedialprom.HeadroomOpts{MinInterval: 10 * time.Second})
@@ -251,15 +257,25 @@ func TestHeadroomCollectorMinInterval(t *testing.T) {
 	if n := f.calls.Load(); n != 2 { // one probe: tcp and udp
 		t.Errorf("50 concurrent scrapes: %d probe calls, want 2 (one probe of tcp and udp)", n)
 	}
-	advance(9 * time.Second)
+	advance(7 * time.Second)
 	gather()
 	if n := f.calls.Load(); n != 2 {
-		t.Errorf("a scrape 9 s later: %d probe calls in all, want 2", n)
+		t.Errorf("a scrape 7 s later: %d probe calls in all, want 2", n)
 	}
-	advance(time.Second)
+	advance(time.Second + 200*time.Millisecond) // 8.2 s: a 10 s scrape interval with 18% jitter
 	gather()
 	if n := f.calls.Load(); n != 4 {
-		t.Errorf("a scrape 10 s later: %d probe calls in all, want 4", n)
+		t.Errorf("a scrape 8.2 s after the probe: %d probe calls in all, want 4", n)
+	}
+	advance(7400 * time.Millisecond) // 7.4 s: under 7.5
+	gather()
+	if n := f.calls.Load(); n != 4 {
+		t.Errorf("a scrape 7.4 s after the probe: %d probe calls in all, want 4", n)
+	}
+	advance(100 * time.Millisecond) // 7.5 s
+	gather()
+	if n := f.calls.Load(); n != 6 {
+		t.Errorf("a scrape 7.5 s after the probe: %d probe calls in all, want 6", n)
 	}
 
 	// A negative MinInterval probes on every scrape.
@@ -408,5 +424,122 @@ safedial_source_attempts_total{source="127.0.0.3"} 0
 `
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Stats %+v\nexposition (-want +got):\n%s", d.Stats(), diff)
+	}
+}
+
+// TestHeadroomCollectorKeepsLastGoodAnswer: a failed probe exports the
+// protocol's last good answer with its age, and counts the failure, for
+// MaxStale; past it the pairs are dropped; a good probe brings the age back
+// to 0.
+func TestHeadroomCollectorKeepsLastGoodAnswer(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 95, 0, 0, 0)}, udp: []safedial.Headroom{pair("127.0.0.1", "*", 1, 0, 0, 0)}}
+	c := collector(f, safedialprom.HeadroomOpts{MinInterval: -1, MaxStale: 5 * time.Minute})
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	safedialprom.SetClock(c, func() time.Time { return now })
+	names := []string{"safedial_headroom_probe_errors_total", "safedial_headroom_probe_age_seconds", "safedial_headroom_used_ratio"}
+	for _, step := range []struct {
+		name  string
+		after time.Duration
+		err   error
+		want  string
+	}{
+		{"good", 0, nil, `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+safedial_headroom_used_ratio{destination="*",protocol="udp",source="127.0.0.1"} 0.01
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.95
+`},
+		{"UDP fails 4 minutes later: the last good answer, 240 s old", 4 * time.Minute, errors.New("boom"), `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 240
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 1
+safedial_headroom_used_ratio{destination="*",protocol="udp",source="127.0.0.1"} 0.01
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.95
+`},
+		{"still failing at 5 minutes: still kept", time.Minute, errors.New("boom"), `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 300
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 2
+safedial_headroom_used_ratio{destination="*",protocol="udp",source="127.0.0.1"} 0.01
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.95
+`},
+		{"past MaxStale: dropped", time.Second, errors.New("boom"), `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 3
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.95
+`},
+		{"good again", time.Second, nil, `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 3
+safedial_headroom_used_ratio{destination="*",protocol="udp",source="127.0.0.1"} 0.01
+safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.95
+`},
+	} {
+		now = now.Add(step.after)
+		f.udpErr = step.err
+		if diff := cmp.Diff(step.want, exposition(t, c, names...)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", step.name, diff)
+		}
+	}
+
+	// MaxStale < 0: dropped at the first failure.
+	f.udpErr = nil
+	c = collector(f, safedialprom.HeadroomOpts{MinInterval: -1, MaxStale: -1})
+	exposition(t, c)
+	f.udpErr = errors.New("boom")
+	if got := exposition(t, c, "safedial_headroom_used_ratio"); strings.Contains(got, `protocol="udp"`) {
+		t.Errorf("MaxStale -1, after a failed UDP probe:\n%s", got)
+	}
+}
+
+// TestHeadroomCollectorResolveDests: destinations are resolved at each
+// probe; a failed resolution is a TCP probe error, not the end of the
+// exporter, and the pair appears once its name resolves.
+func TestHeadroomCollectorResolveDests(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0), pair("127.0.0.1", "127.0.0.3:80", 2, 0, 0, 0)}}
+	var resolved []netip.AddrPort
+	var resolveErr error
+	c := collector(f, safedialprom.HeadroomOpts{MinInterval: -1, Top: -1,
+		Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		ResolveDests: func(context.Context) ([]netip.AddrPort, error) {
+			return resolved, resolveErr
+		}})
+	names := []string{"safedial_headroom_probe_errors_total", "safedial_headroom_used_ratio"}
+	resolveErr = errors.New("no such host")
+	if diff := cmp.Diff(`safedial_headroom_probe_errors_total{protocol="tcp"} 1
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+`, exposition(t, c, names...)); diff != "" {
+		t.Errorf("the name does not resolve: -src and -dst name no pair (-want +got):\n%s", diff)
+	}
+	resolved, resolveErr = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.3:80")}, nil
+	if diff := cmp.Diff(`safedial_headroom_probe_errors_total{protocol="tcp"} 1
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+safedial_headroom_used_ratio{destination="127.0.0.3:80",protocol="tcp",source="127.0.0.1"} 0.02
+`, exposition(t, c, names...)); diff != "" {
+		t.Errorf("the name resolves (-want +got):\n%s", diff)
+	}
+}
+
+// TestHeadroomCollectorScrapeJitter: scraped every MinInterval with the
+// jitter issue 23 measured (0.82-1.18 of the interval, 257 scrapes), every
+// scrape gets a fresh probe. With the strict rule (no slack) 81 of these 257
+// got the previous probe's answer (the issue measured 95 of 257).
+func TestHeadroomCollectorScrapeJitter(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}}
+	c := collector(f, safedialprom.HeadroomOpts{MinInterval: time.Second})
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	safedialprom.SetClock(c, func() time.Time { return now })
+	rng := rand.New(rand.NewPCG(1, 2))
+	const scrapes = 257
+	for i := range scrapes {
+		if i > 0 {
+			now = now.Add(820*time.Millisecond + time.Duration(rng.Int64N(int64(360*time.Millisecond))))
+		}
+		testutil.CollectAndCount(c)
+	}
+	if n := f.calls.Load(); n != 2*scrapes {
+		t.Errorf("%d scrapes at 0.82-1.18 s: %d probes, want %d (one per scrape)", scrapes, n/2, scrapes)
 	}
 }

@@ -13,7 +13,8 @@
 // [safedial.ProbeAllHeadroom], at most once per minimum interval, and
 // exports the pairs closest to exhaustion plus the pairs the configuration
 // names. It is what the exporter of the safedial command serves
-// (safedial exporter -listen 127.0.0.1:9477).
+// (safedial exporter, on :9477 by default). README.md beside this file is
+// the operator's page: flags, web configuration, health, metrics, alerts.
 //
 // [DialerCollector] is for a service that already has a /metrics endpoint:
 // it exports the counters of [safedial.Dialer.Stats], read at each scrape
@@ -32,6 +33,7 @@
 //	safedial_headroom_pairs{protocol}                               gauge
 //	safedial_headroom_pairs_exported{protocol}                      gauge
 //	safedial_headroom_probe_duration_seconds{protocol}              gauge
+//	safedial_headroom_probe_age_seconds{protocol}                   gauge
 //	safedial_headroom_probe_errors_total{protocol}                  counter
 //
 // protocol is tcp or udp; destination is IP:port, or * for UDP rows of the
@@ -57,5 +59,8 @@
 // # Alerts
 //
 // alerts.yml, beside this file, holds the rules this package is tested
-// with: a pair above 80% of its range for 5 minutes, and failing probes.
+// with (promtool test rules testdata/alerts_test.yml): a pair on course to
+// run out within 10 minutes (predict_linear), a pair above 80% for 2
+// minutes, dials that failed for want of a port, and failing probes;
+// README.md says what each catches and what it cannot.
 package safedialprom

@@ -23,6 +23,10 @@ const DefaultTop = 100
 // [HeadroomCollector] when [HeadroomOpts] leaves MinInterval at zero.
 const DefaultMinInterval = time.Second
 
+// DefaultMaxStale is how long a [HeadroomCollector] exports the last good
+// answer of failing probes when [HeadroomOpts] leaves MaxStale at zero.
+const DefaultMaxStale = 5 * time.Minute
+
 // HeadroomOpts configures a [HeadroomCollector]. The zero value exports the
 // [DefaultTop] pairs of each protocol closest to exhaustion, probing at most
 // once per [DefaultMinInterval].
@@ -32,24 +36,36 @@ type HeadroomOpts struct {
 	// the named ones. Zero means DefaultTop; a negative value exports the
 	// named pairs only.
 	Top int
-	// Sources and Dests name pairs that are always exported, beyond Top:
-	// with Sources only, the pairs from those addresses (TCP and UDP); with
-	// Dests only, the TCP pairs toward those destinations; with both, the
-	// TCP pairs from one of Sources to one of Dests of the same family,
-	// each exported even when it has no socket (probed then with
+	// Sources and Dests name pairs that are exported beyond Top. With
+	// both, the TCP pairs from one of Sources to one of Dests of the same
+	// family are always exported, even without sockets (probed then with
 	// [safedial.ProbeHeadroom], one more walk of the kernel's table each;
-	// should that probe fail, the pair is left out and the error counted),
-	// and the UDP pairs from one of Sources.
-	// Every pair named counts in safedial_headroom_pairs_exported: a source
-	// named alone may have many destinations.
+	// should that probe fail, the pair is left out and the error counted).
+	// A source or destination named alone (Sources only: TCP and UDP pairs
+	// from it; Dests only: TCP pairs toward it; UDP pairs always go by
+	// source) may have many pairs: those come first, the most used first,
+	// capped at Top (DefaultTop when Top is negative).
 	Sources []netip.Addr
 	Dests   []netip.AddrPort
-	// MinInterval is the least time between two probes: a scrape within
-	// MinInterval of the last probe gets the last probe's answer, and
-	// concurrent scrapes share one probe, so that a storm of scrapes never
-	// becomes a storm of probes. Zero means DefaultMinInterval; a negative
-	// value probes on every scrape.
+	// ResolveDests, when set, is called at each probe for more Dests (for
+	// example a host name's addresses, which may change or not resolve
+	// yet). An error is counted as a TCP probe error and reported to
+	// OnError; the addresses it returned are used all the same.
+	ResolveDests func(ctx context.Context) ([]netip.AddrPort, error)
+	// MinInterval is the least time between two probes, less a quarter
+	// of it for scrape jitter: a scrape within 3/4 MinInterval of the last
+	// probe gets the last probe's answer, and concurrent scrapes share one
+	// probe, so that a storm of scrapes never becomes a storm of probes.
+	// Set it no longer than the scrape interval. Zero means
+	// DefaultMinInterval; a negative value probes on every scrape.
 	MinInterval time.Duration
+	// MaxStale is how long a protocol's last good answer is exported after
+	// its probes start failing, with safedial_headroom_probe_age_seconds
+	// saying how old it is, so that one failed probe does not end the
+	// series and restart the alerts' for: clocks. Zero means
+	// DefaultMaxStale; a negative value drops the pairs at the first
+	// failure.
+	MaxStale time.Duration
 	// Timeout bounds one probe of one protocol. Zero means 10 seconds.
 	Timeout time.Duration
 	// OnError, when set, is called with each probe error (network is tcp
@@ -65,14 +81,18 @@ type HeadroomOpts struct {
 // metrics are listed in the package documentation. It is safe for
 // concurrent use; make one with [NewHeadroomCollector].
 //
-// A probe that fails adds to safedial_headroom_probe_errors_total and leaves
-// that protocol's pairs out of the scrape; the scrape itself still
-// succeeds, so that the error counter reaches Prometheus. Where sock_diag
+// A probe that fails adds to safedial_headroom_probe_errors_total; the
+// protocol's last good answer is exported for MaxStale more (its age in
+// safedial_headroom_probe_age_seconds), then its pairs are left out. The
+// scrape itself still succeeds, so that the error counter reaches
+// Prometheus. Where sock_diag
 // is unavailable (systems other than Linux), every probe fails.
 type HeadroomCollector struct {
 	opts    HeadroomOpts
 	sources map[netip.Addr]bool
-	dests   map[netip.AddrPort]bool
+	dests   map[netip.AddrPort]bool // Dests, and ResolveDests' last answer
+	fixed   []netip.AddrPort        // Dests, as keys of dests
+	byDest  bool                    // Dests or ResolveDests is set
 
 	// Injected by tests.
 	probeAll func(ctx context.Context, network string) ([]safedial.Headroom, error)
@@ -92,7 +112,8 @@ type protoResult struct {
 	pairs    []safedial.Headroom // exported, in order
 	seen     int                 // pairs probed
 	duration time.Duration
-	failed   bool
+	at       time.Time // of the probe that found pairs; zero if none
+	failed   bool      // no good answer to export
 }
 
 // networks are the networks probed, in the order of HeadroomCollector.last.
@@ -111,6 +132,9 @@ var (
 	exportedDesc = prometheus.NewDesc("safedial_headroom_pairs_exported",
 		"Pairs exported in safedial_headroom_ports: the top N by used ratio plus the named ones; safedial_headroom_pairs minus this many were cut.",
 		[]string{"protocol"}, nil)
+	ageDesc = prometheus.NewDesc("safedial_headroom_probe_age_seconds",
+		"Age of the answer exported for the protocol: 0 after a good probe, growing while probes fail and the last good answer is kept (for MaxStale; then the pairs are dropped).",
+		[]string{"protocol"}, nil)
 	durationDesc = prometheus.NewDesc("safedial_headroom_probe_duration_seconds",
 		"Duration of the last headroom probe (a sock_diag dump per address family, filtered by the kernel to the ephemeral range).",
 		[]string{"protocol"}, nil)
@@ -125,6 +149,9 @@ func NewHeadroomCollector(opts HeadroomOpts) *HeadroomCollector {
 	}
 	if opts.MinInterval == 0 {
 		opts.MinInterval = DefaultMinInterval
+	}
+	if opts.MaxStale == 0 {
+		opts.MaxStale = DefaultMaxStale
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
@@ -143,14 +170,16 @@ func NewHeadroomCollector(opts HeadroomOpts) *HeadroomCollector {
 		c.sources[s.Unmap().WithZone("")] = true
 	}
 	for _, d := range opts.Dests {
-		c.dests[netip.AddrPortFrom(d.Addr().Unmap().WithZone(""), d.Port())] = true
+		c.fixed = append(c.fixed, netip.AddrPortFrom(d.Addr().Unmap().WithZone(""), d.Port()))
 	}
+	c.byDest = len(opts.Dests) > 0 || opts.ResolveDests != nil
+	c.setDests(nil)
 	return c
 }
 
 // Describe sends the descriptors of every metric c collects.
 func (c *HeadroomCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range [...]*prometheus.Desc{hostDescs.ports, hostDescs.used, rangeDesc, twReuseDesc, pairsDesc, exportedDesc, durationDesc, hostDescs.errors} {
+	for _, d := range [...]*prometheus.Desc{hostDescs.ports, hostDescs.used, rangeDesc, twReuseDesc, pairsDesc, exportedDesc, durationDesc, ageDesc, hostDescs.errors} {
 		ch <- d
 	}
 }
@@ -164,7 +193,10 @@ func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
 	asked := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval {
+	// A quarter of MinInterval is slack for scrape jitter: scraped every
+	// MinInterval, a scrape 0.9 MinInterval after the last probe gets a
+	// fresh answer, not the previous one.
+	if c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4 {
 		c.at = c.now()
 		c.probeLocked()
 	}
@@ -181,6 +213,7 @@ func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
 		if r.failed {
 			continue
 		}
+		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, max(asked.Sub(r.at), 0).Seconds(), network)
 		ch <- prometheus.MustNewConstMetric(pairsDesc, prometheus.GaugeValue, float64(r.seen), network)
 		ch <- prometheus.MustNewConstMetric(exportedDesc, prometheus.GaugeValue, float64(len(r.pairs)), network)
 		for j := range r.pairs {
@@ -201,12 +234,29 @@ func (c *HeadroomCollector) probeLocked() {
 			}
 		}
 		start := c.now()
-		pairs, seen, err := c.pick(ctx, network, c.last[i].pairs[:0], fail)
-		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start)}
+		if network == "tcp" && c.opts.ResolveDests != nil {
+			ds, err := c.opts.ResolveDests(ctx)
+			if err != nil {
+				fail(err)
+			}
+			c.setDests(ds)
+		}
+		prev := &c.last[i]
+		var buf []safedial.Headroom
+		if prev.failed {
+			buf = prev.pairs[:0] // nothing kept: reuse the memory
+		}
+		pairs, seen, err := c.pick(ctx, network, buf, fail)
+		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start), at: start}
 		cancel()
 		if err != nil {
 			fail(err)
-			r = protoResult{pairs: r.pairs[:0], duration: r.duration, failed: true}
+			// Keep the last good answer for MaxStale, with its age.
+			if !prev.failed && !prev.at.IsZero() && c.opts.MaxStale > 0 && start.Sub(prev.at) <= c.opts.MaxStale {
+				prev.duration = r.duration
+				continue
+			}
+			r = protoResult{pairs: prev.pairs[:0], duration: r.duration, failed: true}
 		}
 		c.last[i] = r
 	}
@@ -223,25 +273,44 @@ func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safe
 	}
 	udp := network == "udp"
 	seen := len(all)
-	named := func(h *safedial.Headroom) bool {
+	bySrc := len(c.sources) > 0
+	// exact: a pair named by a source and a destination, always exported;
+	// wide: a pair of a source or destination named alone, capped at Top.
+	match := func(h *safedial.Headroom) (exact, wide bool) {
 		switch {
-		case len(c.sources) == 0 && len(c.dests) == 0:
-			return false
 		case udp:
-			return c.sources[h.Source]
+			return false, bySrc && c.sources[h.Source]
+		case bySrc && c.byDest:
+			return c.sources[h.Source] && c.dests[h.Dest], false
+		case bySrc:
+			return false, c.sources[h.Source]
+		case c.byDest:
+			return false, c.dests[h.Dest]
 		}
-		return (len(c.sources) == 0 || c.sources[h.Source]) && (len(c.dests) == 0 || c.dests[h.Dest])
+		return false, false
 	}
-	// Named pairs first, then the rest by used ratio.
+	// Exact pairs first, then the wide ones by used ratio, then the rest.
 	rest := all[:0]
+	var wide []safedial.Headroom
 	for i := range all {
-		if named(&all[i]) {
+		switch exact, w := match(&all[i]); {
+		case exact:
 			out = append(out, all[i])
-		} else {
+		case w:
+			wide = append(wide, all[i])
+		default:
 			rest = append(rest, all[i])
 		}
 	}
-	if !udp && len(c.sources) > 0 && len(c.dests) > 0 {
+	top := c.opts.Top
+	if top < 0 {
+		top = DefaultTop
+	}
+	if n := min(top, len(wide)); n > 0 {
+		slices.SortFunc(wide, byUsed)
+		out = append(out, wide[:n]...)
+	}
+	if !udp && bySrc && c.byDest {
 		// Every named TCP pair is exported, even without sockets.
 		for s := range c.sources {
 			for d := range c.dests {
@@ -306,4 +375,15 @@ func readInt(name string) int {
 		return -1
 	}
 	return n
+}
+
+// setDests sets c.dests to the fixed Dests and resolved.
+func (c *HeadroomCollector) setDests(resolved []netip.AddrPort) {
+	clear(c.dests)
+	for _, d := range c.fixed {
+		c.dests[d] = true
+	}
+	for _, d := range resolved {
+		c.dests[netip.AddrPortFrom(d.Addr().Unmap().WithZone(""), d.Port())] = true
+	}
 }

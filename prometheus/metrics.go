@@ -30,7 +30,7 @@ func newHeadroomDescs(constLabels prometheus.Labels) headroomDescs {
 				"1 - free/range size, from 0 to 1: at 1 the next connection fails with EADDRNOTAVAIL (UDP: EAGAIN).",
 			[]string{"protocol", "source", "destination"}, constLabels),
 		errors: prometheus.NewDesc("safedial_headroom_probe_errors_total",
-			"Headroom probes that failed (their pairs are missing from that scrape).",
+			"Headroom probes that failed, and destination names that did not resolve (the exporter keeps a protocol's last good answer for a while, see safedial_headroom_probe_age_seconds, then leaves its pairs out).",
 			[]string{"protocol"}, constLabels),
 	}
 }

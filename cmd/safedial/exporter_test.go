@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -63,8 +64,10 @@ func TestExporter(t *testing.T) {
 		if code != http.StatusOK || !strings.Contains(body, "/metrics") {
 			t.Errorf("GET /: %d %q", code, body)
 		}
-		if code, _ := httpGet(t, "http://"+addr+"/nope"); code != http.StatusNotFound {
-			t.Errorf("GET /nope: %d, want 404", code)
+		for path, want := range map[string]string{"/-/healthy": "Healthy\n", "/-/ready": "Ready\n"} {
+			if code, body := httpGet(t, "http://"+addr+path); code != http.StatusOK || body != want {
+				t.Errorf("GET %s: %d %q, want 200 %q", path, code, body, want)
+			}
 		}
 		code, body = httpGet(t, "http://"+addr+"/metrics")
 		if code != http.StatusOK {
@@ -81,6 +84,8 @@ func TestExporter(t *testing.T) {
 			`safedial_tcp_tw_reuse 0`,
 			`safedial_headroom_probe_errors_total{protocol="tcp"} 0`,
 			`process_resident_memory_bytes `,
+			`safedial_build_info{branch="unknown",goarch="` + runtime.GOARCH + `",goos="linux",goversion="` + runtime.Version() + `",revision="`,
+			`,version="(devel)"} 1`,
 		} {
 			if !strings.Contains(body, want+"\n") && !strings.Contains(body, want) {
 				t.Errorf("/metrics lacks %s", want)
@@ -116,6 +121,7 @@ func TestIsExporter(t *testing.T) {
 		{[]string{"exporter", "-listen", ":9477"}, true},
 		{[]string{"headroom", "-listen", "127.0.0.1:9477"}, true},
 		{[]string{"headroom", "--listen=127.0.0.1:9477", "-top", "5"}, true},
+		{[]string{"headroom", "--web.listen-address=127.0.0.1:9477"}, true},
 		{[]string{"headroom", "-src", "127.0.0.1"}, false},
 		{[]string{"headroom", "--", "-listen"}, false},
 		{[]string{"headroom"}, false},
@@ -130,8 +136,9 @@ func TestIsExporter(t *testing.T) {
 
 func TestExporterUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
-		{},
 		{"-listen", "127.0.0.1:9477", "extra"},
+		{"-listen", ""},
+		{"-scrape-timeout", "0s"},
 		{"-listen", "127.0.0.1:9477", "-top", "-1"},
 		{"-listen", "127.0.0.1:9477", "-src", "nope"},
 		{"-listen", "127.0.0.1:9477", "-dst", "nohostport"},
@@ -157,11 +164,16 @@ func TestExporterCommandLine(t *testing.T) {
 		stderr string
 	}{
 		{[]string{"help"}, 0, "exporter ", ""},
-		{[]string{"help", "exporter"}, 0, "usage: safedial exporter -listen ADDR", ""},
+		{[]string{"help", "exporter"}, 0, "usage: safedial exporter [--web.listen-address ADDR]", ""},
 		{[]string{"help", "headroom"}, 0, "With -listen ADDR, headroom serves Prometheus", ""}, // headroom's help says -listen exists
-		{[]string{"exporter", "-h"}, 0, "usage: safedial exporter -listen ADDR", ""},
-		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-h"}, 0, "usage: safedial exporter -listen ADDR", ""},
-		{[]string{"exporter"}, 2, "", "safedial exporter: -listen ADDR is required\n"},
+		{[]string{"exporter", "-h"}, 0, "default :9477", ""},
+		{[]string{"exporter", "--help"}, 0, "--web.config.file", ""},
+		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-h"}, 0, "usage: safedial exporter", ""},
+		{[]string{"headroom", "--web.listen-address", "127.0.0.1:9477", "-h"}, 0, "usage: safedial exporter", ""},
+		{[]string{"--version"}, 0, "(devel)\n", ""}, // a test binary's module version
+		{[]string{"exporter", "--version"}, 0, "(devel)\n", ""},
+		{[]string{"exporter", "--web.max-requests", "0"}, 2, "", "safedial exporter: --web.max-requests 0: must be at least 1\n"},
+		{[]string{"exporter", "-dst", "127.0.0.1:70000"}, 2, "", "safedial exporter: invalid value"},
 		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-udp"}, 2, "", "safedial exporter: flag provided but not defined: -udp\n"},
 	} {
 		var stdout, stderr strings.Builder

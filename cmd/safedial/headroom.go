@@ -70,8 +70,8 @@ func flags(o *options) (*flag.FlagSet, *string) {
 	src := fs.String("src", "", "only this source `address` (an address of this host; an IPv6 zone must name an interface)")
 	fs.StringVar(&o.dst, "dst", "", "only this destination, `host:port` (a name is resolved; the host must be given)")
 	fs.BoolVar(&o.udp, "udp", false, "UDP ports, per source, instead of TCP")
-	fs.BoolVar(&o.json, "json", false, "print JSON, one object per sample")
-	fs.DurationVar(&o.watch, "watch", 0, "sample every `period`, such as 2s, until interrupted")
+	fs.BoolVar(&o.json, "json", false, "print JSON, one object per sample (with a \"schema\" version; dest \"*\" for a UDP port held for every destination)")
+	fs.DurationVar(&o.watch, "watch", 0, "sample every `period` (100ms or more), such as 2s, until interrupted")
 	return fs, src
 }
 
@@ -123,12 +123,12 @@ func parse(args []string, help io.Writer) (options, error) {
 		} else if err == nil && o.src.IsValid() && a.Unmap().Is4() != o.src.Is4() {
 			return o, usagef("-src %v and -dst %s are of different address families", o.src, o.dst)
 		}
-		if p, err := strconv.ParseUint(port, 10, 16); err == nil && p == 0 {
-			return o, usagef("-dst %q: port 0 is no destination", o.dst)
+		if p, err := strconv.ParseUint(port, 10, 64); err == nil && (p == 0 || p > 65535) {
+			return o, usagef("-dst %q: the port must be 1-65535", o.dst)
 		}
 	}
-	if o.watch < 0 {
-		return o, usagef("-watch %v: must not be negative", o.watch)
+	if o.watch < 0 || o.watch > 0 && o.watch < minWatch {
+		return o, usagef("-watch %v: the period must be at least %v (or 0, one sample)", o.watch, minWatch)
 	}
 	return o, nil
 }
@@ -165,14 +165,62 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// report is what one sample shows; it is also the JSON output.
+// minWatch is the shortest -watch period: each sample walks the kernel's
+// socket tables, and a period of 1ns would spin a CPU doing it.
+const minWatch = 100 * time.Millisecond
+
+// jsonSchema is the version of -json's output, its "schema" field: it
+// changes when a field changes meaning or goes away.
+const jsonSchema = 1
+
+// report is what one sample shows.
 type report struct {
-	Time          time.Time           `json:"time"`
-	Range         safedial.PortRange  `json:"ip_local_port_range"`
-	TWReuse       string              `json:"tcp_tw_reuse,omitempty"`
-	ReservedPorts string              `json:"ip_local_reserved_ports"`
-	Network       string              `json:"network"`
-	Pairs         []safedial.Headroom `json:"pairs"`
+	Time          time.Time
+	Range         safedial.PortRange
+	TWReuse       string // TCP only
+	ReservedPorts string // as the sysctl has it: "" for none
+	Network       string
+	Pairs         []safedial.Headroom
+}
+
+// jsonReport is -json's output for a report: numbers as numbers, no display
+// text, a schema version.
+type jsonReport struct {
+	Schema        int                `json:"schema"`
+	Time          time.Time          `json:"time"`
+	Range         safedial.PortRange `json:"ip_local_port_range"`
+	TWReuse       *int               `json:"tcp_tw_reuse,omitempty"`  // TCP only; absent when unreadable
+	ReservedPorts string             `json:"ip_local_reserved_ports"` // as the sysctl has it: "" for none
+	Network       string             `json:"network"`
+	Pairs         []jsonPair         `json:"pairs"`
+}
+
+func (r report) json() jsonReport {
+	j := jsonReport{Schema: jsonSchema, Time: r.Time, Range: r.Range, ReservedPorts: r.ReservedPorts, Network: r.Network, Pairs: make([]jsonPair, len(r.Pairs))}
+	if n, err := strconv.Atoi(r.TWReuse); err == nil {
+		j.TWReuse = &n
+	}
+	for i, h := range r.Pairs {
+		j.Pairs[i].Headroom = h
+	}
+	return j
+}
+
+// jsonPair is a safedial.Headroom whose dest is "*" where it stands for
+// every destination (a UDP port held for all of them).
+type jsonPair struct {
+	safedial.Headroom
+	Dest string `json:"dest"`
+}
+
+func (p jsonPair) MarshalJSON() ([]byte, error) {
+	type plain jsonPair // without this method
+	if p.Headroom.Dest.IsValid() {
+		p.Dest = p.Headroom.Dest.String()
+	} else {
+		p.Dest = "*"
+	}
+	return json.Marshal(plain(p))
 }
 
 // run is the headroom subcommand.
@@ -209,7 +257,7 @@ func watchLoop(ctx context.Context, o options, w io.Writer) error {
 			return err
 		}
 		if o.json {
-			if err := json.NewEncoder(w).Encode(r); err != nil {
+			if err := json.NewEncoder(w).Encode(r.json()); err != nil {
 				return err
 			}
 		} else {
@@ -302,8 +350,8 @@ func look(ctx context.Context, o options) (report, error) {
 func resolve(ctx context.Context, hostport string, src netip.Addr) ([]netip.AddrPort, error) {
 	host, service, _ := net.SplitHostPort(hostport)
 	port, err := net.DefaultResolver.LookupPort(ctx, "tcp", service)
-	if err != nil {
-		return nil, fmt.Errorf("-dst %q: %v", hostport, err)
+	if err != nil { // a port name not in /etc/services: the command line's
+		return nil, usagef("-dst %q: %v", hostport, err)
 	}
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err != nil {
@@ -336,9 +384,6 @@ func sysctl(name string) string {
 		return "unknown"
 	}
 	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return "(none)"
-	}
 	return s
 }
 
@@ -364,7 +409,11 @@ func show(w io.Writer, r report, withTime bool) {
 	if r.Network == "tcp" {
 		fmt.Fprintf(w, ", tcp_tw_reuse %s (%s)", r.TWReuse, twReuseWords(r.TWReuse))
 	}
-	fmt.Fprintf(w, ", ip_local_reserved_ports %s\n\n", r.ReservedPorts)
+	reserved := r.ReservedPorts
+	if reserved == "" {
+		reserved = "(none)"
+	}
+	fmt.Fprintf(w, ", ip_local_reserved_ports %s\n\n", reserved)
 	if len(r.Pairs) == 0 {
 		fmt.Fprintf(w, "no %s socket with a local port in the range\n", r.Network)
 		return

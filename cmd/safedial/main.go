@@ -1,8 +1,9 @@
 // Command safedial shows how close a host is to ephemeral-port exhaustion.
 //
 //	safedial headroom [-src ADDR] [-dst HOST:PORT] [-udp] [-json] [-watch 2s]
-//	safedial exporter -listen ADDR [-top N] [-src ADDR] [-dst HOST:PORT] [-min-interval 1s]
+//	safedial exporter [--web.listen-address :9477] [--web.config.file FILE] [-top N] [-src ADDR] [-dst HOST:PORT] [-min-interval 1s]
 //	safedial help [subcommand]
+//	safedial --version
 //
 // With no flag, headroom lists every (source, destination) pair of this
 // network namespace that has sockets with a local port in the ephemeral
@@ -21,9 +22,14 @@
 // refreshes it at a fixed period, printing the time of each sample.
 //
 // exporter (or headroom -listen ADDR) serves the same numbers to Prometheus
-// on /metrics, probing when scraped, at most once per -min-interval: the
-// -top pairs of each protocol closest to exhaustion (default 100) and every
-// pair -src and -dst name (see github.com/safedial/safedial/prometheus).
+// on /metrics (on :9477 unless --web.listen-address or -listen says
+// otherwise), probing when scraped, at most once per -min-interval: the
+// -top pairs of each protocol closest to exhaustion (default 100) and the
+// pairs -src and -dst name. prometheus/README.md is the operator's page.
+//
+// safedial --version (and safedial exporter --version) prints the module
+// version it was built from: vX.Y.Z after go install ...@vX.Y.Z, (devel)
+// from a checkout.
 //
 // safedial, -h, --help and help print this description of the subcommands
 // to standard output and exit 0, except a bare safedial, which prints it to

@@ -79,16 +79,20 @@ source     destination     in use  TIME_WAIT  reserved  bound  free  used
 		if err := run(context.Background(), []string{"-json"}, &out); err != nil {
 			t.Fatal(err)
 		}
-		var r report
+		var r jsonReport
 		if err := json.Unmarshal([]byte(out.String()), &r); err != nil {
 			t.Fatalf("%v: %s", err, out.String())
 		}
 		rng := safedial.PortRange{Lo: 40000, Hi: 40099}
-		want := report{Time: r.Time, Range: rng, TWReuse: "0", ReservedPorts: "40095-40099", Network: "tcp", Pairs: []safedial.Headroom{
-			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort("127.0.0.2:5432"), Range: rng, InUse: 65, TimeWait: 20, Reserved: 5, Bound: 1, Free: 9},
-			{Source: netip.MustParseAddr("127.0.0.1"), Dest: netip.MustParseAddrPort("127.0.0.3:6379"), Range: rng, InUse: 30, Reserved: 5, Bound: 1, Free: 64},
-			{Source: netip.MustParseAddr("127.0.0.5"), Dest: netip.MustParseAddrPort("127.0.0.2:443"), Range: rng, InUse: 7, TimeWait: 5, Reserved: 5, Bound: 1, Free: 82},
+		zero := 0
+		want := jsonReport{Schema: 1, Time: r.Time, Range: rng, TWReuse: &zero, ReservedPorts: "40095-40099", Network: "tcp", Pairs: []jsonPair{
+			{safedial.Headroom{Source: netip.MustParseAddr("127.0.0.1"), Range: rng, InUse: 65, TimeWait: 20, Reserved: 5, Bound: 1, Free: 9}, "127.0.0.2:5432"},
+			{safedial.Headroom{Source: netip.MustParseAddr("127.0.0.1"), Range: rng, InUse: 30, Reserved: 5, Bound: 1, Free: 64}, "127.0.0.3:6379"},
+			{safedial.Headroom{Source: netip.MustParseAddr("127.0.0.5"), Range: rng, InUse: 7, TimeWait: 5, Reserved: 5, Bound: 1, Free: 82}, "127.0.0.2:443"},
 		}}
+		if !strings.Contains(out.String(), `"tcp_tw_reuse":0,`) {
+			t.Errorf("-json: tcp_tw_reuse is not the number 0: %s", out.String())
+		}
 		if r.Time.IsZero() {
 			t.Errorf("-json has no time: %s", out.String())
 		}
@@ -155,9 +159,12 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"headroom", "-src", "fe80::1%nosuchif0"}, code: 2, stderrOnce: `unknown zone "nosuchif0"`},
 		{args: []string{"headroom", "-dst", ":8080"}, code: 2, stderrOnce: "give the destination's host"},
 		{args: []string{"headroom", "-dst", "0.0.0.0:8080"}, code: 2, stderrOnce: "give the destination's host"},
-		{args: []string{"headroom", "-dst", "127.0.0.2:0"}, code: 2, stderrOnce: "port 0 is no destination"},
+		{args: []string{"headroom", "-dst", "127.0.0.2:0"}, code: 2, stderrOnce: "the port must be 1-65535"},
+		{args: []string{"headroom", "-dst", "127.0.0.2:70000"}, code: 2, stderrOnce: "the port must be 1-65535"},
+		{args: []string{"headroom", "-dst", "127.0.0.2:nosuchservice"}, code: 2, stderrOnce: "unknown port"},
+		{args: []string{"headroom", "-watch", "1ns"}, code: 2, stderrOnce: "the period must be at least 100ms"},
 		{args: []string{"headroom", "-dst", "nohostport"}, code: 2, stderrOnce: "want host:port"},
-		{args: []string{"headroom", "-watch", "-1s"}, code: 2, stderrOnce: "must not be negative"},
+		{args: []string{"headroom", "-watch", "-1s"}, code: 2, stderrOnce: "the period must be at least 100ms"},
 	} {
 		var stdout, stderr strings.Builder
 		code := runMain(context.Background(), tc.args, &stdout, &stderr)
@@ -311,3 +318,27 @@ source     destination  in use  reserved  free  used
 type writerFunc func(p []byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestJSONReport: -json has a schema version, numbers as numbers, no
+// display text, and a dest for every row ("*" for a UDP port held for
+// every destination).
+func TestJSONReport(t *testing.T) {
+	rng := safedial.PortRange{Lo: 40000, Hi: 40099}
+	for _, tc := range []struct {
+		r    report
+		want string
+	}{
+		{report{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Range: rng, Network: "udp", Pairs: []safedial.Headroom{{Source: netip.MustParseAddr("127.0.0.1"), Range: rng, InUse: 3, Free: 97}}},
+			`{"schema":1,"time":"2026-01-01T00:00:00Z","ip_local_port_range":{"lo":40000,"hi":40099},"ip_local_reserved_ports":"","network":"udp","pairs":[{"source":"127.0.0.1","range":{"lo":40000,"hi":40099},"in_use":3,"time_wait":0,"reserved":0,"bound":0,"free":97,"dest":"*"}]}`},
+		{report{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Range: rng, TWReuse: "2", ReservedPorts: "40095-40099", Network: "tcp", Pairs: []safedial.Headroom{}},
+			`{"schema":1,"time":"2026-01-01T00:00:00Z","ip_local_port_range":{"lo":40000,"hi":40099},"tcp_tw_reuse":2,"ip_local_reserved_ports":"40095-40099","network":"tcp","pairs":[]}`},
+	} {
+		b, err := json.Marshal(tc.r.json())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(tc.want, string(b)); diff != "" {
+			t.Errorf("-json (-want +got):\n%s", diff)
+		}
+	}
+}

@@ -1,7 +1,8 @@
 // Command reverseproxy is an HTTP reverse proxy whose upstream connections
 // are dialed with safedial: a pool of source addresses, an optional
 // per-socket port range, statistics on /debug/vars, and exhaustion answered
-// as 503 Service Unavailable with a clear body, logged once when a burst
+// as 503 Service Unavailable with a short body (the details, which name
+// internal addresses, go to the log only), logged once when a burst
 // starts, with the count of requests turned away every 10 s while it lasts
 // and when it ends.
 //
@@ -201,12 +202,14 @@ func newProxy(cfg config, logger *log.Logger) (*proxy, error) {
 			if errors.As(err, &ee) {
 				burst.exhausted(ee)
 				w.Header().Set("Retry-After", "1")
-				http.Error(w, "503 service unavailable: no local port left for a connection to "+r.URL.Host+
-					" (ephemeral ports exhausted); retry later: "+err.Error(), http.StatusServiceUnavailable)
+				// The body says what a client can act on; the source
+				// addresses, the port range and the upstream go to the
+				// log (burst.exhausted), never to the client.
+				http.Error(w, "503 service unavailable: the upstream is out of connection capacity; retry later", http.StatusServiceUnavailable)
 				return
 			}
 			logger.Printf("proxy: %s %s: %v", r.Method, r.URL, err)
-			http.Error(w, "502 bad gateway: "+err.Error(), http.StatusBadGateway)
+			http.Error(w, "502 bad gateway: the upstream could not be reached", http.StatusBadGateway)
 		},
 	}
 	mux := http.NewServeMux()
