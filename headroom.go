@@ -149,7 +149,11 @@ func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.Addr
 	case udp:
 		p, host, err = diagUDP(ctx, s, r)
 	default:
-		p, host, err = diagTCP(ctx, s, d, r)
+		var oif uint32
+		if s.IsLinkLocalUnicast() {
+			oif, _ = zoneIndex(src.Zone()) // checked by checkProbe
+		}
+		p, host, err = diagTCP(ctx, s, oif, d, r)
 	}
 	if err != nil {
 		return h, probeError(err)
@@ -318,7 +322,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			// address, from the source the routing picks for it.
 			dst = netip.AddrPortFrom(kernelPeer(netip.Addr{}, dst.Addr()), dst.Port())
 		}
-		srcs, err := d.sourcesFor(network, dst)
+		srcs, err := d.sourcesFor(ctx, network, dst)
 		if err != nil {
 			return nil, fmt.Errorf("safedial: Headroom: %w", err)
 		}
@@ -463,7 +467,7 @@ func probeBindFirst(ctx context.Context, src netip.Addr, dst netip.AddrPort, r P
 }
 
 // sourcesFor returns the sources a dial from d to dst would use.
-func (d *Dialer) sourcesFor(network string, dst netip.AddrPort) ([]netip.Addr, error) {
+func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrPort) ([]netip.Addr, error) {
 	if len(d.Sources) > 0 {
 		var srcs []netip.Addr
 		for _, s := range d.Sources {
@@ -481,7 +485,7 @@ func (d *Dialer) sourcesFor(network string, dst netip.AddrPort) ([]netip.Addr, e
 	}
 	// The kernel's choice, from its routing table (RTM_GETROUTE): no
 	// socket, so no port taken, and an answer even when every port is.
-	src, err := routeSource(dst.Addr())
+	src, err := d.routedSource(ctx, network, dst)
 	if err != nil {
 		return nil, fmt.Errorf("no route to %v: %w", dst.Addr(), err)
 	}
