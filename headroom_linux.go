@@ -293,25 +293,22 @@ func (b *bindings) see(m diagSock) {
 // A socket on a port already known bound, or on a port skip reports (the
 // pair's own, counted before Bound), costs no lookup.
 func (b *bindings) judge(skip func(port uint16) bool) error {
-	var keys []routeKey
-	seen := map[routeKey]netip.Addr{}
+	keys := make([]routeKey, 0, len(b.asked))
+	asked := b.asked[:0]
 	for _, d := range b.asked {
-		if b.bound.has(d.port) || skip != nil && skip(d.port) {
-			continue
-		}
-		if _, ok := seen[d.key]; !ok {
-			seen[d.key] = netip.Addr{}
+		if !b.bound.has(d.port) && (skip == nil || !skip(d.port)) {
+			asked = append(asked, d)
 			keys = append(keys, d.key)
 		}
 	}
-	if err := routeSources(keys, func(k routeKey, src netip.Addr) { seen[k] = src }); err != nil {
+	srcs, err := rememberedSources(keys)
+	if err != nil {
 		return err
 	}
-	for _, d := range b.asked {
-		src, ok := seen[d.key]
+	for i, d := range asked {
 		switch {
-		case !ok || b.bound.has(d.port):
-		case src.IsValid() && src != d.src:
+		case b.bound.has(d.port):
+		case srcs[i].IsValid() && srcs[i] != d.src:
 			b.bound.add(d.port) // bound to a source connect() would not pick
 		default:
 			b.doubt = true // the routed source, or no route now
