@@ -101,9 +101,9 @@
 //
 // [ProbeHeadroom] asks the kernel (sock_diag, no privilege needed) how many
 // ports a source has left toward a destination; [Dialer.Headroom] does so for
-// a Dialer's sources, and [Dialer.HeadroomFunc] makes it an expvar gauge
-// probed at most once per interval. The command cmd/safedial shows it for a
-// whole host:
+// what a Dialer's dials get (its sources, its PortRange, the routing its
+// Control hook chooses), and [ProbeAllHeadroom] for every pair of the host.
+// The command cmd/safedial shows it for a whole host:
 //
 //	go run ./cmd/safedial headroom   # from a clone of the repository
 //
