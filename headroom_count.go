@@ -31,28 +31,6 @@ type hostPorts struct {
 	unreached []uint16
 }
 
-// connectSearch sets the ports of r that connect()'s search may not reach
-// (TCP, the namespace's range). __inet_hash_connect (net/ipv4/
-// inet_hashtables.c) takes the range's size rounded down to even
-// ("remaining &= ~1") and scans that many ports from low+offset (offset
-// even, below remaining) by steps of two, wrapping by remaining, then the
-// other parity: with an odd-sized range it tries all ports but one, the
-// last when offset is 0 and the first otherwise. A 3-port range always has
-// offset 0, so its last port is never used; with 5 or more the skipped port
-// depends on a per-destination secret, so a probe cannot tell which, and
-// counts one of them out while either is free. A per-socket range
-// (IP_LOCAL_PORT_RANGE, a Dialer's PortRange) is scanned one by one, all of
-// it.
-func (host *hostPorts) connectSearch() {
-	switch n := host.r.size(); {
-	case n < 3 || n%2 == 0:
-	case n == 3:
-		host.unreached = []uint16{host.r.Hi}
-	default:
-		host.unreached = []uint16{host.r.Lo, host.r.Hi}
-	}
-}
-
 // fill sets h's counts for the pair p, each port of the range counted once:
 // InUse, then TimeWait, Reserved, Bound, and Free for the rest.
 func (host *hostPorts) fill(h *Headroom, p *pairPorts) {

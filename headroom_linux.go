@@ -171,6 +171,28 @@ func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort
 	return p, host, err
 }
 
+// connectSearch sets the ports of r that connect()'s search may not reach
+// (TCP, the namespace's range). __inet_hash_connect (net/ipv4/
+// inet_hashtables.c) takes the range's size rounded down to even
+// ("remaining &= ~1") and scans that many ports from low+offset (offset
+// even, below remaining) by steps of two, wrapping by remaining, then the
+// other parity: with an odd-sized range it tries all ports but one, the
+// last when offset is 0 and the first otherwise. A 3-port range always has
+// offset 0, so its last port is never used; with 5 or more the skipped port
+// depends on a per-destination secret, so a probe cannot tell which, and
+// counts one of them out while either is free. A per-socket range
+// (IP_LOCAL_PORT_RANGE, a Dialer's PortRange) is scanned one by one, all of
+// it.
+func (host *hostPorts) connectSearch() {
+	switch n := host.r.size(); {
+	case n < 3 || n%2 == 0:
+	case n == 3:
+		host.unreached = []uint16{host.r.Hi}
+	default:
+		host.unreached = []uint16{host.r.Lo, host.r.Hi}
+	}
+}
+
 // sameLink reports whether m, a socket from src, holds a 4-tuple that a new
 // connection from src on interface oif (0: not bound to one) conflicts
 // with. A link-local source is one address per link: the kernel keeps the
