@@ -156,7 +156,7 @@ func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort
 				own.add(port)
 			}
 		}
-		err = b.judge(own.has)
+		err = b.judge(ctx, own.has)
 	}
 	if err == nil {
 		err = b.explicit(ctx, r)
@@ -314,7 +314,7 @@ func (b *bindings) see(m diagSock) {
 // left from another was bound to it, and its port is bound for every pair.
 // A socket on a port already known bound, or on a port skip reports (the
 // pair's own, counted before Bound), costs no lookup.
-func (b *bindings) judge(skip func(port uint16) bool) error {
+func (b *bindings) judge(ctx context.Context, skip func(port uint16) bool) error {
 	keys := make([]routeKey, 0, len(b.asked))
 	asked := b.asked[:0]
 	for _, d := range b.asked {
@@ -323,7 +323,7 @@ func (b *bindings) judge(skip func(port uint16) bool) error {
 			keys = append(keys, d.key)
 		}
 	}
-	srcs, err := rememberedSources(keys)
+	srcs, err := rememberedSources(ctx, keys)
 	if err != nil {
 		return err
 	}
@@ -435,7 +435,7 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 	})
 	if err == nil {
 		idle.store(r)
-		err = b.judge(nil)
+		err = b.judge(ctx, nil)
 	}
 	if err == nil {
 		err = b.explicit(ctx, r)

@@ -190,6 +190,9 @@ func buildRoutedNet(t *testing.T, v6 bool) routedNet {
 	ipCmd(t, fam, "route", "add", net9, "dev", "v0", "src", n.marked.String(), "table", "100")
 	ipCmd(t, fam, "route", "add", net9, "dev", "w0", "src", n.onDev.String(), "metric", "2000")
 	ipCmd(t, fam, "rule", "add", "fwmark", "7", "table", "100")
+	for _, a := range []netip.Addr{n.plain, n.marked, n.onDev} {
+		waitLocal(t, a.String())
+	}
 	d := n.dst.Addr().String()
 	waitRoute(t, d, n.plain.String())
 	waitRoute(t, d, n.marked.String(), "mark", "7")

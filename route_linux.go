@@ -166,7 +166,7 @@ const routeBatch = 16
 // zero Addr where there is no route or no preferred source), on one netlink
 // socket, several requests per write: a probe over thousands of
 // destinations made one socket per lookup and spent most of its time there.
-func routeSources(keys []routeKey, each func(k routeKey, src netip.Addr)) error {
+func routeSources(ctx context.Context, keys []routeKey, each func(k routeKey, src netip.Addr)) error {
 	if len(keys) == 0 {
 		return nil
 	}
@@ -175,6 +175,12 @@ func routeSources(keys []routeKey, each func(k routeKey, src netip.Addr)) error 
 		return os.NewSyscallError("socket", err)
 	}
 	defer unix.Close(s)
+	if err := deadline(ctx, s); err != nil {
+		return err
+	}
+	// Room for a batch of answers (the kernel caps it at rmem_max); best
+	// effort: a batch that overflows fails the probe with ENOBUFS.
+	unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
 	buf := make([]byte, 4096)
 	var req []byte
 	for lo := 0; lo < len(keys); lo += routeBatch {
@@ -190,6 +196,8 @@ func routeSources(keys []routeKey, each func(k routeKey, src netip.Addr)) error 
 			n, err := unix.Read(s, buf)
 			if err == unix.EINTR {
 				continue
+			} else if err == unix.EAGAIN {
+				return context.DeadlineExceeded
 			} else if err != nil {
 				return os.NewSyscallError("read", err)
 			}
@@ -294,7 +302,10 @@ func (d *Dialer) routedSource(ctx context.Context, network string, dst netip.Add
 // use, and anything on it (or an overflow) forgets them all. The kernel
 // queues a change's notice before the command that made it returns, so a
 // probe after a change asks again. Only the last probe's answers are kept.
-// Where the subscription fails, nothing is remembered. (Over 18,000 plain
+// Where the subscription fails, nothing is remembered. The subscription is
+// one descriptor, kept for the life of the process, in the network
+// namespace of its first probe (like the sysctls' caches, it assumes the
+// process stays there). (Over 18,000 plain
 // sockets to 9,000 destinations, the lookups cost about 33 ms a probe; see
 // BenchmarkHeadroomPlainSockets.)
 var routeMemory struct {
@@ -308,7 +319,7 @@ var routeMemory struct {
 // can. The memory keeps what this call used, and what earlier ones did
 // while it stays under twice that plus 1,024 (a probe of one pair between
 // two of the whole host keeps the host's answers).
-func rememberedSources(keys []routeKey) ([]netip.Addr, error) {
+func rememberedSources(ctx context.Context, keys []routeKey) ([]netip.Addr, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
@@ -338,7 +349,7 @@ func rememberedSources(keys []routeKey) ([]netip.Addr, error) {
 		}
 		where[k] = append(where[k], i)
 	}
-	err := routeSources(ask, func(k routeKey, src netip.Addr) {
+	err := routeSources(ctx, ask, func(k routeKey, src netip.Addr) {
 		for _, i := range where[k] {
 			srcs[i] = src
 		}
