@@ -88,8 +88,21 @@ func benchDialers() []struct {
 		{"safedial-bind", (&safedial.Dialer{Base: net.Dialer{LocalAddr: src}}).DialContext},
 		{"floor-bind", (&net.Dialer{LocalAddr: src, Control: floorHook}).DialContext},
 		{"safedial-pool", (&safedial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}).DialContext},
+		{"safedial-getsources", (&safedial.Dialer{GetSources: func(context.Context, string, string) (*safedial.SourcePool, error) {
+			return benchPool, nil
+		}}).DialContext},
 	}
 }
+
+// benchPool is the pool safedial-getsources returns for every dial: one
+// source, as safedial-pool's.
+var benchPool = func() *safedial.SourcePool {
+	p, err := safedial.NewSourcePool([]netip.Addr{netip.MustParseAddr("127.0.0.1")})
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()
 
 // BenchmarkDial measures dial + close for each dialer in turn.
 func BenchmarkDial(b *testing.B) {
@@ -114,7 +127,8 @@ func BenchmarkDial(b *testing.B) {
 // calls and net's hook machinery cost by themselves; bind-vs-floor pairs
 // safedial with that floor, which leaves safedial's own cost. pool-vs-bind
 // pairs a dial through a healthy one-source pool with a safedial dial from
-// the same address as Base.LocalAddr. Machine noise hits both halves of a
+// the same address as Base.LocalAddr; getsources-vs-pool pairs a dial whose
+// GetSources returns a prebuilt one-source pool with a Sources dial. Machine noise hits both halves of a
 // pair alike, so the ratio is far steadier than comparing sequential
 // benchmarks.
 //
@@ -129,9 +143,10 @@ func BenchmarkDialRatio(b *testing.B) {
 	}{
 		{"nobind", 2, 0},
 		{"bind", 3, 1},
-		{"floor-bind", 4, 1},    // the best any hook can do
-		{"bind-vs-floor", 3, 4}, // safedial's own share
-		{"pool-vs-bind", 5, 3},  // the pool's hook against Base.LocalAddr
+		{"floor-bind", 4, 1},         // the best any hook can do
+		{"bind-vs-floor", 3, 4},      // safedial's own share
+		{"pool-vs-bind", 5, 3},       // the pool's hook against Base.LocalAddr
+		{"getsources-vs-pool", 6, 5}, // a pool chosen per dial against Sources
 	} {
 		num, den := ds[pair.num], ds[pair.den]
 		unit := num.name + "/" + den.name

@@ -15,16 +15,16 @@ import (
 
 // Classify applies safedial's exhaustion rules to an error from any dialer:
 // a plain [net.Dialer], an [http.Client] (whose errors are [*url.Error]), or
-// code that wrapped them. When err reports ephemeral-port exhaustion, Classify
+// code that wrapped them (a proxy client's own *net.OpError included). When err reports ephemeral-port exhaustion, Classify
 // returns an error that matches [ErrEphemeralExhausted] and wraps an
 // [*ExhaustedError]; a *url.Error or *net.OpError on the outside stays on the
 // outside. Otherwise, and for errors that already match, it returns err
 // unchanged (nil stays nil).
 //
 // The rules, from the system call that failed:
-//   - bind, EADDRINUSE, requested local port 0: exhaustion (Op "bind");
-//   - TCP connect, EADDRNOTAVAIL, no explicit local port: exhaustion (Op "connect");
-//   - UDP connect, EAGAIN, no explicit local port: exhaustion (Op "connect");
+//   - bind, EADDRINUSE, requested local port 0: exhaustion (Syscall "bind");
+//   - TCP connect, EADDRNOTAVAIL, no explicit local port: exhaustion (Syscall "connect");
+//   - UDP connect, EAGAIN, no explicit local port: exhaustion (Syscall "connect");
 //   - Windows: bind, WSAENOBUFS; connectex, WSAEADDRINUSE, no explicit
 //     local port: exhaustion;
 //   - anything else is not: bind EADDRNOTAVAIL (the source is not local),
@@ -39,6 +39,11 @@ func Classify(err error) error {
 		if ee := exhausted(e, PortRange{}); ee != nil {
 			return withErr(e, ee)
 		}
+		// A proxy client (x/net/proxy's SOCKS5: Op "socks connect") wraps
+		// the dialer's *net.OpError in one of its own.
+		if inner := Classify(e.Err); inner != e.Err {
+			return withErr(e, inner)
+		}
 		return err
 	case *url.Error:
 		if inner := Classify(e.Err); inner != e.Err {
@@ -46,13 +51,31 @@ func Classify(err error) error {
 		}
 		return err
 	}
-	var op *net.OpError
-	if errors.As(err, &op) {
-		if ee := exhausted(op, PortRange{}); ee != nil {
-			return &classified{err: err, ee: ee}
-		}
+	if ee := findExhausted(err); ee != nil {
+		return &classified{err: err, ee: ee}
 	}
 	return err
+}
+
+// findExhausted returns the exhaustion reported by the first *net.OpError
+// anywhere in err's chain (joined errors included) that reports one.
+func findExhausted(err error) *ExhaustedError {
+	switch e := err.(type) {
+	case nil:
+		return nil
+	case *net.OpError:
+		if ee := exhausted(e, PortRange{}); ee != nil {
+			return ee
+		}
+	case interface{ Unwrap() []error }:
+		for _, err := range e.Unwrap() {
+			if ee := findExhausted(err); ee != nil {
+				return ee
+			}
+		}
+		return nil
+	}
+	return findExhausted(errors.Unwrap(err))
 }
 
 // classified adds an ExhaustedError to an error chain Classify cannot rebuild.
@@ -97,7 +120,7 @@ func exhausted(op *net.OpError, pr PortRange) *ExhaustedError {
 	default:
 		return nil
 	}
-	ee := &ExhaustedError{Op: what, Net: op.Net, Source: src, Dest: addrPort(op.Addr), Err: sc}
+	ee := &ExhaustedError{Syscall: what, Net: op.Net, Source: src.Addr(), Dest: addrPort(op.Addr), Err: sc}
 	if pr != (PortRange{}) {
 		ee.Range, ee.PerSocket = pr, true
 	} else {

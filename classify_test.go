@@ -43,7 +43,7 @@ func TestClassifyRules(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		err  *net.OpError
-		op   string // ExhaustedError.Op, or "" for not exhaustion
+		op   string // ExhaustedError.Syscall, or "" for not exhaustion
 	}{
 		{"bind EADDRINUSE port 0", opErr("tcp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.2:80"), "bind"},
 		{"udp bind EADDRINUSE port 0", opErr("udp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.2:53"), "bind"},
@@ -82,14 +82,16 @@ func TestClassifyRules(t *testing.T) {
 				t.Errorf("Classify changed the OpError's fields: %+v, want %+v", op, tc.err)
 			}
 			var ee *safedial.ExhaustedError
-			if !errors.As(got, &ee) || ee.Op != tc.op || ee.Err != tc.err.Err {
-				t.Fatalf("Classify(%v) = %v, want ExhaustedError{Op: %q} wrapping the *os.SyscallError", tc.err, got, tc.op)
+			if !errors.As(got, &ee) || ee.Syscall != tc.op || ee.Err != tc.err.Err {
+				t.Fatalf("Classify(%v) = %v, want ExhaustedError{Syscall: %q} wrapping the *os.SyscallError", tc.err, got, tc.op)
 			}
 			if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.Is(got, tc.err.Err.(*os.SyscallError).Err) {
 				t.Errorf("%v: want errors.Is ErrEphemeralExhausted and the errno", got)
 			}
-			if ee.Temporary() != true || ee.Timeout() || op.Timeout() {
-				t.Errorf("Temporary/Timeout = %v/%v, want true/false", ee.Temporary(), ee.Timeout())
+			// Temporary is net.Dialer's answer for the same error (true only
+			// for UDP's EAGAIN); Timeout is false.
+			if op.Temporary() != tc.err.Temporary() || ee.Timeout() || op.Timeout() {
+				t.Errorf("Temporary/Timeout = %v/%v, want %v (net.Dialer's)/false", op.Temporary(), op.Timeout(), tc.err.Temporary())
 			}
 		})
 	}
@@ -135,6 +137,37 @@ func TestClassifyWrapping(t *testing.T) {
 		if !strings.Contains(msg, want) {
 			t.Errorf("bind exhaustion message %q lacks %q", msg, want)
 		}
+	}
+}
+
+// TestClassifyInnerOpError: the dialer's *net.OpError is found anywhere in
+// the chain, also under another *net.OpError (x/net/proxy's SOCKS5 client
+// wraps it in one whose Op is "socks connect"; examples/clients runs that
+// through the real client), which stays outermost.
+func TestClassifyInnerOpError(t *testing.T) {
+	inner := opErr("tcp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.9:1080")
+	socks := &net.OpError{Op: "socks connect", Net: "tcp", Source: inner.Addr, Addr: inner.Addr, Err: inner}
+	got := safedial.Classify(socks)
+	op, ok := got.(*net.OpError)
+	if !ok || op.Op != "socks connect" {
+		t.Fatalf("Classify(socks) = %#v, want the SOCKS *net.OpError outermost", got)
+	}
+	var ee *safedial.ExhaustedError
+	if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.As(got, &ee) || ee.Syscall != "bind" || !errors.Is(got, syscall.EADDRINUSE) {
+		t.Fatalf("Classify(socks) = %v: want ErrEphemeralExhausted with the bind ExhaustedError and its errno", got)
+	}
+
+	// The first *net.OpError of a chain need not be the one that reports
+	// exhaustion: here a refused dial joined before an exhausted one.
+	refused := opErr("tcp", "connect", syscall.ECONNREFUSED, "", "127.0.0.2:80")
+	joined := fmt.Errorf("all dials failed: %w", errors.Join(refused, socks))
+	got = safedial.Classify(joined)
+	if !errors.Is(got, safedial.ErrEphemeralExhausted) || !errors.Is(got, joined) {
+		t.Errorf("Classify(joined) = %v: want ErrEphemeralExhausted, the original chain kept", got)
+	}
+	notExhausted := &net.OpError{Op: "socks connect", Net: "tcp", Err: refused}
+	if safedial.Classify(notExhausted) != error(notExhausted) {
+		t.Error("Classify changed a SOCKS error that is not exhaustion")
 	}
 }
 

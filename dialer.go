@@ -25,93 +25,54 @@ import (
 // Control hook, which runs once per connection attempt.
 type Dialer struct {
 	// Base holds the usual dialing settings (Timeout, Deadline, LocalAddr,
-	// FallbackDelay, KeepAlive, Resolver, Control, ControlContext, ...) with
-	// the meaning they have in net.Dialer. Each dial works on a copy: Base
-	// is never modified. A Base.ControlContext, or Base.Control when
-	// ControlContext is nil, runs after safedial has set its options and
-	// before the socket is bound or connected, and its error is returned
-	// unchanged inside the *net.OpError. With Sources or ShareUDPPorts (on
-	// Linux) it runs once per socket rather than once per attempt: again
-	// on the fresh socket of each failover step between sources, and of
-	// each shared UDP port given up for another, always through the
-	// RawConn of the descriptor the connection keeps.
+	// FallbackDelay, KeepAlive, Resolver, Control, ...) with their
+	// net.Dialer meaning; each dial works on a copy, and Base is never
+	// modified. Base.ControlContext (or Base.Control) runs after safedial's
+	// options, before the socket is bound or connected, on the descriptor
+	// the connection keeps; with Sources or ShareUDPPorts it runs again on
+	// each fresh socket of a failover step.
 	Base net.Dialer
 
 	// DisableReuseAddr turns off SO_REUSEADDR on TCP sockets that bind a
-	// source address.
-	//
-	// SO_REUSEADDR adds capacity only where a port is chosen at bind time:
-	// binds to an explicit local port (which may then reuse a port whose
-	// earlier connection is in TIME_WAIT), dials with DisableBindNoPort,
-	// and systems without IP_BIND_ADDRESS_NO_PORT. With
-	// IP_BIND_ADDRESS_NO_PORT (the Linux default) it changes nothing. Its
-	// cost: while the connection lives, any local socket that also sets
-	// SO_REUSEADDR (of any user) may bind, and listen on, the same source
-	// address and port; the connection itself and its 4-tuple cannot be
-	// taken. Set DisableReuseAddr where that matters more than the
-	// capacity above.
+	// source address. SO_REUSEADDR adds capacity only where the port is
+	// chosen at bind time (an explicit port, DisableBindNoPort, systems
+	// without IP_BIND_ADDRESS_NO_PORT), and while the connection lives it
+	// lets any local socket that also sets it bind, and listen on, the same
+	// address and port.
 	DisableReuseAddr bool
 
-	// DisableBindNoPort turns off IP_BIND_ADDRESS_NO_PORT (Linux), and
-	// SO_REUSE_UNICASTPORT (Windows), on sockets that bind a source
-	// address. Without it, bind(ip:0) must pick the port before the
-	// destination is known, and the host is capped at one connection per
+	// DisableBindNoPort turns off the option that chooses the port at
+	// connect time: IP_BIND_ADDRESS_NO_PORT on Linux, SO_REUSE_UNICASTPORT
+	// on Windows. Without it, bind(ip:0) picks the port before the
+	// destination is known, and a source is capped at one connection per
 	// port of the range.
 	DisableBindNoPort bool
 
-	// Sources, when not empty, is a pool of source addresses. In every
-	// connection attempt net.Dialer makes (each resolved address, each
-	// Happy Eyeballs racer), safedial's hook binds one source of the
-	// attempt's address family (port 0, with the protections above),
-	// taking them in turn. When a source has no port left toward the
-	// destination, the attempt fails over to the next source of that
-	// family; only when all are exhausted does the attempt fail with an
-	// error matching ErrEphemeralExhausted, naming every source tried.
-	// Before each failover step the context is checked: a dial whose
-	// context ended returns net.Dialer's error for it, from the source
-	// last used. Errors name the source used, as those of
-	// net.Dialer{LocalAddr: that source} do.
-	//
-	// A source found full toward a destination (per protocol: TCP and UDP
-	// ports are separate) is remembered, in a bounded table, until a
-	// connection through it gets a port. The memory only orders sources,
-	// it never refuses one: an attempt tries the sources not known full
-	// first, in turn, then those known full, found full longest ago
-	// first. When every source is known full, the attempt asks the kernel
-	// about that one source only, so a failing dial costs one scan of the
-	// range, as net.Dialer's does, and a port freed on any source is found
-	// within one pass over the sources. (On Windows and the BSDs, where
-	// the hook cannot bind, the source is chosen before each dial and a
-	// full one is followed by a new dial from the next, without memory.)
-	//
-	// When every source is of one family, a host name is resolved and
-	// dialed for that family only (tcp4 or tcp6, visible as such in
-	// httptrace's ConnectStart), as net.Dialer does with a LocalAddr;
-	// errors keep the network as written. An IP literal of the other
-	// family is a configuration error naming the missing family.
-	//
-	// Every source must be a unicast address of this host. An unspecified,
-	// multicast or broadcast address (the limited broadcast, or one of this
-	// host's, such as lo's 127.255.255.255, found with the kernel's routing
-	// on Linux), or an IPv6 link-local address without a zone
-	// (fe80::1%eth0: the zone is the interface's name or index) or with an
-	// unknown one, is a configuration error (ErrInvalidConfig) before any
-	// socket is made; should the kernel still choose another source for a
-	// connection, the dial fails with ErrInvalidConfig, saying so (checked
-	// once per source). SetSources also checks, on Linux, that every
-	// source is an address of this host. An address that is not (or no longer, as when
-	// a secondary address is removed) is treated like a full source: the
-	// attempt fails over to the others, later attempts try it last, and
-	// Stats counts it as NotLocal; a dial fails with ErrSourceNotLocal,
-	// naming it, only when no source was exhausted (every source tried
-	// was not local).
-	//
-	// Sources and Base.LocalAddr are mutually exclusive (a typed nil
-	// Base.LocalAddr is no address, as for net.Dialer). Sources apply to
-	// the tcp and udp networks; with Sources, the unix and ip networks are
-	// a configuration error instead of an unpinned dial. To change Sources
-	// while Stats may be read concurrently, use SetSources.
+	// Sources, when not empty, is a pool of source addresses: each
+	// connection attempt binds one source of its family (port 0), taking
+	// them in turn, and fails over to the next when a source has no port
+	// left toward the destination; only when every source is exhausted does
+	// it fail with ErrEphemeralExhausted, naming the sources tried. A
+	// source found full or not local is tried after the others until it
+	// gets a port again, never refused. Every source must be a unicast
+	// address of this host. Sources and Base.LocalAddr are mutually
+	// exclusive; to change Sources while Stats may be read, use SetSources.
+	// See the package doc's "Source pools".
 	Sources []netip.Addr
+
+	// GetSources, when not nil, chooses the sources of each dial from its
+	// context, network and address (as given to DialContext: before
+	// resolution): the pool it returns is used as Sources would be, with
+	// the same failover, memory of full sources and errors; a nil pool
+	// dials from the source the kernel's routing picks, and an error fails
+	// the dial, returned inside the *net.OpError. It runs once per dial on
+	// the dialing goroutine, before any socket is made, and must be safe
+	// for concurrent use. Build each *SourcePool once (NewSourcePool checks
+	// it as SetSources does) and return it for every dial that shares it:
+	// a dial then costs what a Sources dial costs. GetSources and Sources
+	// are mutually exclusive; Stats().Sources stays nil: see
+	// SourcePool.Stats. [Follower.GetSources] fits here.
+	GetSources func(ctx context.Context, network, address string) (*SourcePool, error)
 
 	// PortRange, when not zero, restricts the local ports of every socket
 	// this Dialer makes to Lo..Hi (inclusive), with IP_LOCAL_PORT_RANGE
@@ -124,66 +85,23 @@ type Dialer struct {
 	// No connection with a local port outside PortRange is ever returned.
 	PortRange PortRange
 
-	// ShareUDPPorts, when set, lets UDP dials (udp, udp4, udp6: with
-	// Base.LocalAddr, with Sources, or from the source the kernel's routing
-	// picks) share local ports between destinations, as TCP connections
-	// do: each dial chooses its local port itself so that a port serves
-	// one connected socket per destination, and the capacity is the ports
-	// of the range times the destinations instead of the range. Without
-	// it, connect(2) gives a UDP socket a port no other UDP socket uses,
-	// whatever the destination.
-	//
-	// Each dial follows Cloudflare's "connectx" scheme: bind a candidate
-	// port with SO_REUSEPORT, turn it off (no other socket can join the
-	// port), check with sock_diag that this socket alone would receive
-	// from the destination, connect, list the sockets connected to the
-	// same 4-tuple and back out if another is there, discard what was
-	// queued before the connect, and turn SO_REUSEPORT on again. Every
-	// check uses the peer the kernel connects to: this host for an
-	// unspecified destination such as ":53".
-	//
-	// The trust boundary: no two safedial sockets share a 4-tuple, across
-	// goroutines and processes; a same-user SO_REUSEPORT socket can. A
-	// shared port must keep SO_REUSEPORT on, and the kernel lets any
-	// socket of the same user that sets SO_REUSEPORT join it; connected to
-	// the same peer, the newest socket takes the replies. That needs no
-	// intent: a program of the same user that sets SO_REUSEPORT on client
-	// sockets and connects without binding can be given a shared port.
-	// Another user is always refused (SO_REUSEADDR, which would let any
-	// user join, is never set). Run ShareUDPPorts under a dedicated user
-	// where that matters. Shared sockets also carry IP_RECVERR_RFC4884
-	// (which does nothing without IP_RECVERR), the mark by which other
-	// shared dials, in any process, tell them from sockets that do not
-	// share.
-	//
-	// Ports come from PortRange when set, else from the namespace's range,
-	// less net.ipv4.ip_local_reserved_ports and ports outside the namespace
-	// range: the ports the kernel hands out. A port held by a socket a
-	// shared port cannot join (a plain UDP socket, another user's, a
-	// wildcard bind) is taken for every destination. When no port is left
-	// the dial fails with an *ExhaustedError (Op "connect", Shared set,
-	// Held saying what holds the ports). A dial waits only for other dials
-	// of this process from the same source to the same peer, and under its
-	// context; no lock is held while the user's hooks run.
-	//
-	// Cost: besides a few lookups, each dial walks the kernel's UDP table
-	// once (a sock_diag dump; the table is host-wide, every namespace's
-	// sockets included), so a shared dial costs more as the host holds
-	// more UDP sockets: the README has the table and the command that
-	// measures it. It was asked for explicitly, so where sock_diag or
-	// SO_REUSEPORT is not available the dial fails with an error matching
-	// errors.ErrUnsupported instead of silently capping. A Base.LocalAddr
-	// with an explicit port is bound as is.
+	// ShareUDPPorts, when set, lets UDP dials share a local port between
+	// destinations, as TCP connections do: each dial picks its own port
+	// (Cloudflare's "connectx" scheme, checked with sock_diag), so capacity
+	// is the ports of the range times the destinations. No two safedial
+	// sockets share a 4-tuple, but a socket of the same user that sets
+	// SO_REUSEPORT can join a shared port and take its replies: use a
+	// dedicated user where that matters. Each dial walks the kernel's
+	// host-wide UDP table once, so it costs more on a host with many UDP
+	// sockets. Where it cannot be honoured the dial fails with an error
+	// matching errors.ErrUnsupported.
 	ShareUDPPorts bool
 
 	// OnExhausted, when not nil, is called on the dialing goroutine, before
-	// the dial returns, for the exhaustion a failing dial returns and, with
-	// Sources (on Linux), for every source the kernel found full in any of
-	// the dial's attempts: each failover step, including those of an
-	// attempt toward an address net.Dialer then moved past, even when the
-	// dial connected. Without Sources, net.Dialer keeps the errors of the
-	// addresses it moved past to itself, so only the returned one is seen.
-	// It must not block for long.
+	// the dial returns, for every exhaustion the kernel reported: the one a
+	// failing dial returns and, with Sources on Linux, each source found
+	// full in any attempt, even when the dial connected. It must not block
+	// for long.
 	OnExhausted func(*ExhaustedError)
 
 	// OnRefused, when not nil, is called once per option for this Dialer,
@@ -229,7 +147,7 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // local matches [ErrSourceNotLocal]; configuration errors match
 // [ErrInvalidConfig].
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	if len(d.Sources) == 0 && d.PortRange == (PortRange{}) && !d.ShareUDPPorts && d.pool.Load() == nil {
+	if len(d.Sources) == 0 && d.PortRange == (PortRange{}) && !d.ShareUDPPorts && d.GetSources == nil && d.pool.Load() == nil {
 		// The common case, kept short (it measurably matters): nothing to
 		// check before the dial and, on success with no option refused,
 		// nothing to report. dial is the general path; its last lines
@@ -298,14 +216,23 @@ func (d *Dialer) dial(ctx context.Context, network, address string, la net.Addr)
 	if err := d.PortRange.check(); err != nil {
 		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
 	}
-	if len(d.Sources) > 0 {
-		return d.dialPool(ctx, network, address, la)
+	if d.GetSources != nil {
+		return d.dialChosen(ctx, network, address, la)
 	}
-	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(la) {
-		return d.dialShared(ctx, network, address, la)
+	if len(d.Sources) > 0 {
+		return d.dialPool(ctx, network, address, la, d.sourcePool())
 	}
 	if d.pool.Load() != nil {
 		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
+	}
+	return d.dialUnpooled(ctx, network, address, la)
+}
+
+// dialUnpooled dials without a pool of sources: from la, if any, or from
+// the source the kernel's routing picks.
+func (d *Dialer) dialUnpooled(ctx context.Context, network, address string, la net.Addr) outcome {
+	if d.ShareUDPPorts && strings.HasPrefix(network, "udp") && sharesLocal(la) {
+		return d.dialShared(ctx, network, address, la)
 	}
 	bind := !noAddr(la) // a typed nil is no address, as for net.Dialer
 	nd := d.Base

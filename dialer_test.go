@@ -86,7 +86,7 @@ func TestSeedExperiment(t *testing.T) {
 			if !errors.As(err, &ee) {
 				t.Fatalf("601st dial: %v is not an *ExhaustedError", err)
 			}
-			want := safedial.ExhaustedError{Op: "connect", Net: "tcp", Source: src.AddrPort(), Dest: ee.Dest, Range: safedial.PortRange{Lo: lo, Hi: hi}}
+			want := safedial.ExhaustedError{Syscall: "connect", Net: "tcp", Source: src.AddrPort().Addr(), Dest: ee.Dest, Range: safedial.PortRange{Lo: lo, Hi: hi}}
 			got := *ee
 			got.Err = nil
 			if diff := cmp.Diff(want, got, netipCmp); diff != "" {
@@ -274,7 +274,7 @@ func TestClassifyKernel(t *testing.T) {
 				t.Errorf("Classify(%v) = %T, want the *url.Error outermost", err, cerr)
 			}
 			var ee *safedial.ExhaustedError
-			if !errors.Is(cerr, safedial.ErrEphemeralExhausted) || !errors.As(cerr, &ee) || ee.Op != "connect" {
+			if !errors.Is(cerr, safedial.ErrEphemeralExhausted) || !errors.As(cerr, &ee) || ee.Syscall != "connect" {
 				t.Errorf("Classify(%v) = %v, want exhaustion from connect", err, cerr)
 			}
 			if !errors.Is(cerr, syscall.EADDRNOTAVAIL) {

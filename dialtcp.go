@@ -34,6 +34,8 @@ func (d *Dialer) dialTCP(ctx context.Context, network string, laddr, raddr netip
 		return d.dial(ctx, network, raddr.String(), nil)
 	case laddr.IsValid() && len(d.Sources) > 0:
 		return fail(errConfig("Sources and a local address are both set: use one of them"))
+	case laddr.IsValid() && d.GetSources != nil:
+		return fail(errConfig("GetSources and a local address are both set: use one of them"))
 	}
 	// A local address, or an input net.Dialer.DialTCP rejects with its own
 	// error (an unknown network, an address of the other family): let it.

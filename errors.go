@@ -49,15 +49,15 @@ const (
 //
 //	*net.OpError → *ExhaustedError → *os.SyscallError → syscall.Errno
 type ExhaustedError struct {
-	// Op is the system call that found no free port: "bind" when a bind to
-	// port 0 failed (every port of the range is bound on Source's address),
-	// "connect" when connect(2) found no port free for this 4-tuple.
-	Op string
+	// Syscall is the system call that found no free port: "bind" (every
+	// port of the range is bound on Source) or "connect" (no port is free
+	// for this 4-tuple).
+	Syscall string
 	// Net is the network of the dial ("tcp", "tcp4", "udp6", ...).
 	Net string
-	// Source is the requested local address (port 0), the zero AddrPort
-	// when the dial did not bind.
-	Source netip.AddrPort
+	// Source is the source address the dial bound, or the zero Addr when
+	// it did not bind.
+	Source netip.Addr
 	// Dest is the remote address being dialed.
 	Dest netip.AddrPort
 	// Range is the local port range in force, or the zero PortRange when it
@@ -118,17 +118,17 @@ func (e *ExhaustedError) Error() string {
 		if len(e.Tried) > 1 {
 			return " from every source tried (" + joinAddrs(e.Tried) + ")"
 		} else if e.Source.IsValid() {
-			return " from " + e.Source.Addr().String()
+			return " from " + e.Source.String()
 		}
 		return ""
 	}
 	switch {
-	case e.Op == "bind":
+	case e.Syscall == "bind":
 		fmt.Fprintf(&b, "; every port of the %s is bound", rng)
 		if len(e.Tried) > 1 {
 			fmt.Fprintf(&b, " on every source tried (%s)", joinAddrs(e.Tried))
 		} else if e.Source.IsValid() {
-			fmt.Fprintf(&b, " on %s", e.Source.Addr())
+			fmt.Fprintf(&b, " on %s", e.Source)
 		}
 		b.WriteString(": bind before connect allows one connection per port whatever the destination; dial with safedial's IP_BIND_ADDRESS_NO_PORT (do not set DisableBindNoPort) or do not set a local address")
 	case strings.HasPrefix(e.Net, "udp") && e.Shared && e.Held != nil:
@@ -150,7 +150,7 @@ func (e *ExhaustedError) Error() string {
 // noteRefused records in e the refusal of IP_BIND_ADDRESS_NO_PORT, when the
 // dial went without it and that explains a bind-time exhaustion.
 func (e *ExhaustedError) noteRefused(refused uint32) {
-	if e.Op == "bind" && refused&bindNoPortOpt.bit != 0 {
+	if e.Syscall == "bind" && refused&bindNoPortOpt.bit != 0 {
 		e.Refused = bindNoPortOpt.first.Load()
 	}
 }
@@ -164,9 +164,15 @@ func (e *ExhaustedError) Is(target error) bool { return target == ErrEphemeralEx
 // Timeout reports false: exhaustion is not a timeout.
 func (e *ExhaustedError) Timeout() bool { return false }
 
-// Temporary reports true: ports come free as connections close, so a later
-// dial may succeed.
-func (e *ExhaustedError) Temporary() bool { return true }
+// Temporary reports what the system call's error reports, so that the
+// *net.OpError around e answers as net.Dialer's would.
+//
+// Deprecated: as for [net.Error], "temporary" is ill-defined; use
+// errors.Is(err, [ErrEphemeralExhausted]).
+func (e *ExhaustedError) Temporary() bool {
+	var t interface{ Temporary() bool }
+	return errors.As(e.Err, &t) && t.Temporary()
+}
 
 func joinAddrs(as []netip.Addr) string {
 	s := make([]string, len(as))

@@ -83,7 +83,7 @@ func ExampleClassify() {
 	}
 	cerr := safedial.Classify(err)
 	var ee *safedial.ExhaustedError
-	fmt.Println(errors.Is(cerr, safedial.ErrEphemeralExhausted), errors.As(cerr, &ee) && ee.Op == "bind")
+	fmt.Println(errors.Is(cerr, safedial.ErrEphemeralExhausted), errors.As(cerr, &ee) && ee.Syscall == "bind")
 	fmt.Println(errors.Is(cerr, syscall.EADDRINUSE))
 	var op *net.OpError
 	fmt.Println(errors.As(cerr, &op) && op == cerr)
@@ -100,7 +100,7 @@ func ExampleExhaustedError() {
 	var ee *safedial.ExhaustedError
 	switch {
 	case errors.As(err, &ee):
-		log.Printf("no port from %v to %v (%s); range %v", ee.Source, ee.Dest, ee.Op, ee.Range)
+		log.Printf("no port from %v to %v (%s); range %v", ee.Source, ee.Dest, ee.Syscall, ee.Range)
 	case errors.Is(err, safedial.ErrSourceNotLocal), errors.Is(err, safedial.ErrInvalidConfig):
 		log.Fatal("fix the configuration: ", err)
 	case err != nil:
@@ -111,7 +111,7 @@ func ExampleExhaustedError() {
 
 // A pool of source addresses: dials are spread over them, fail over when one
 // is exhausted, and are counted.
-func ExampleDialer_Sources() {
+func ExampleDialer_sources() {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)
@@ -121,7 +121,7 @@ func ExampleDialer_Sources() {
 	d := &safedial.Dialer{
 		Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")},
 		OnExhausted: func(e *safedial.ExhaustedError) {
-			log.Printf("source %v exhausted toward %v", e.Source.Addr(), e.Dest)
+			log.Printf("source %v exhausted toward %v", e.Source, e.Dest)
 		},
 	}
 	for range 3 {
@@ -178,7 +178,7 @@ func ExampleDialer_Stats() {
 
 // Log, once, that the system refused an optional option: dials go on
 // without it, as net.Dialer's would, and Stats counts them.
-func ExampleDialer_OnRefused() {
+func ExampleDialer_onRefused() {
 	d := &safedial.Dialer{
 		Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}},
 		OnRefused: func(e *safedial.RefusedError) {
@@ -193,7 +193,7 @@ func ExampleDialer_OnRefused() {
 
 // Connected UDP sockets toward many destinations from one source, past the
 // ephemeral range: a port serves one socket per destination.
-func ExampleDialer_ShareUDPPorts() {
+func ExampleDialer_shareUDPPorts() {
 	echo, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)

@@ -10,8 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 )
 
 // Headroom is how many ephemeral ports a new connection from Source to Dest
@@ -503,42 +501,4 @@ func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrP
 		return nil, fmt.Errorf("no route to %v: %w", dst.Addr(), err)
 	}
 	return []netip.Addr{src}, nil
-}
-
-// HeadroomFunc returns a function that reports d's headroom toward address
-// (see [Dialer.Headroom]), probing at most once per interval and otherwise
-// returning the last answer, never on the dial path. Its result marshals to
-// JSON, so it publishes with the standard library alone:
-//
-//	expvar.Publish("headroom", expvar.Func(d.HeadroomFunc("tcp", "db.internal:5432", 10*time.Second)))
-//
-// A probe that fails reports its error as {"error": "..."}.
-//
-// Deprecated: HeadroomFunc hides a fixed 5-second timeout and returns any;
-// call [Dialer.Headroom] from your own expvar.Func or metrics callback with
-// the context you choose, or use the Prometheus module's DialerCollector. It
-// will be removed in the next minor version.
-func (d *Dialer) HeadroomFunc(network, address string, interval time.Duration) func() any {
-	var (
-		mu   sync.Mutex
-		last any
-		at   time.Time
-	)
-	return func() any {
-		mu.Lock()
-		defer mu.Unlock()
-		if last != nil && time.Since(at) < interval {
-			return last
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		hs, err := d.Headroom(ctx, network, address)
-		if err != nil {
-			last = map[string]string{"error": err.Error()}
-		} else {
-			last = hs
-		}
-		at = time.Now()
-		return last
-	}
 }

@@ -154,7 +154,7 @@ func fillConns(t *testing.T, dial func(ctx context.Context, network, address str
 // link describes one level of an error chain for comparison with cmp.Diff.
 type link struct {
 	Type string
-	What string // Op and Net, Syscall, Op of ExhaustedError, or errno name
+	What string // Op and Net, Syscall, Syscall of ExhaustedError, or errno name
 }
 
 // chain walks err's Unwrap() error chain, one link per level.
@@ -168,7 +168,7 @@ func chain(err error) []link {
 		case *os.SyscallError:
 			l.What = e.Syscall
 		case *safedial.ExhaustedError:
-			l.What = e.Op
+			l.What = e.Syscall
 		case syscall.Errno:
 			l.What = errnoName(e)
 		}

@@ -29,7 +29,7 @@ func TestPoolCapacity(t *testing.T) {
 		srcs := mustAddrs("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
 		var events []string
 		d := &safedial.Dialer{Sources: srcs, OnExhausted: func(e *safedial.ExhaustedError) {
-			events = append(events, e.Source.Addr().String())
+			events = append(events, e.Source.String())
 		}}
 		conns, err := fillConns(t, d.DialContext, "tcp", dsts, 400)
 		perSource := map[netip.Addr]int{}
@@ -64,7 +64,7 @@ func TestPoolCapacity(t *testing.T) {
 		// fails over three times.
 		wantStats := safedial.Stats{Dials: 289, Succeeded: 288, Exhausted: 1, Failovers: 3}
 		for _, s := range srcs {
-			wantStats.Sources = append(wantStats.Sources, safedial.SourceStats{Addr: s, Dials: 73, Succeeded: 72, Exhausted: 1})
+			wantStats.Sources = append(wantStats.Sources, safedial.SourceStats{Addr: s, Attempts: 73, Succeeded: 72, Exhausted: 1})
 		}
 		if diff := cmp.Diff(wantStats, d.Stats(), netipCmp); diff != "" {
 			t.Errorf("Stats (-want +got):\n%s", diff)
@@ -93,7 +93,7 @@ func TestPoolFailover(t *testing.T) {
 		d := &safedial.Dialer{Sources: []netip.Addr{a, b}, OnExhausted: func(e *safedial.ExhaustedError) {
 			// The network of the dial, as in the error it returns and
 			// as for a dial without Sources (not the attempt's tcp4).
-			events = append(events, e.Net+" from "+e.Source.Addr().String())
+			events = append(events, e.Net+" from "+e.Source.String())
 		}}
 		conns, err := fillConns(t, d.DialContext, "tcp", []string{dst}, 100)
 		for _, c := range conns {
@@ -117,8 +117,8 @@ func TestPoolFailover(t *testing.T) {
 		// Dial 0 finds a full and fails over; dials 1-23 go to b alone; dial
 		// 24 finds b full, then a.
 		want := safedial.Stats{Dials: 25, Succeeded: 24, Exhausted: 1, Failovers: 2, Sources: []safedial.SourceStats{
-			{Addr: a, Dials: 2, Exhausted: 2},
-			{Addr: b, Dials: 25, Succeeded: 24, Exhausted: 1},
+			{Addr: a, Attempts: 2, Exhausted: 2},
+			{Addr: b, Attempts: 25, Succeeded: 24, Exhausted: 1},
 		}}
 		if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
 			t.Errorf("Stats (-want +got):\n%s", diff)
@@ -129,14 +129,14 @@ func TestPoolFailover(t *testing.T) {
 		// Both known full: one kernel attempt, from b (marked before a).
 		_, err = d.Dial("tcp", dst)
 		if errors.As(err, &ee) {
-			if diff := cmp.Diff([]netip.Addr{b, a}, ee.Tried, netipCmp); diff != "" || ee.Source.Addr() != b {
+			if diff := cmp.Diff([]netip.Addr{b, a}, ee.Tried, netipCmp); diff != "" || ee.Source != b {
 				t.Errorf("both known full: Tried (-want +got):\n%s; Source %v, want %v", diff, ee.Source, b)
 			}
 		} else {
 			t.Errorf("both known full: %v, want exhaustion", err)
 		}
 		want.Dials, want.Exhausted, want.Failovers = 26, 2, 3
-		want.Sources[1].Dials, want.Sources[1].Exhausted = 26, 2
+		want.Sources[1].Attempts, want.Sources[1].Exhausted = 26, 2
 		want.Sources[0].Skipped = 1
 		if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
 			t.Errorf("Stats after a dial with both known full (-want +got):\n%s", diff)
@@ -235,7 +235,7 @@ func TestPoolNotLocal(t *testing.T) {
 			if want := "dial tcp 192.0.2.1:0->127.0.1.1:8080: source address 192.0.2.1 is not an address of this host"; !strings.HasPrefix(err.Error(), want) {
 				t.Errorf("message %q, want it to start with %q", err, want)
 			}
-			want := safedial.Stats{Dials: 1, Sources: []safedial.SourceStats{{Addr: bad, Dials: 1, NotLocal: 1}}}
+			want := safedial.Stats{Dials: 1, Sources: []safedial.SourceStats{{Addr: bad, Attempts: 1, NotLocal: 1}}}
 			if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
 				t.Errorf("Stats (-want +got):\n%s", diff)
 			}
@@ -281,7 +281,7 @@ func TestPortRange(t *testing.T) {
 				t.Errorf("dialer %d (%v): %d connections, want 10", i, r, len(conns))
 			}
 			var ee *safedial.ExhaustedError
-			if !errors.As(err, &ee) || ee.Op != "connect" || ee.Range != r || !ee.PerSocket {
+			if !errors.As(err, &ee) || ee.Syscall != "connect" || ee.Range != r || !ee.PerSocket {
 				t.Errorf("11th dial: %v, want exhaustion of the per-socket range %v", err, r)
 			} else if !strings.Contains(err.Error(), "per-socket port range "+r.String()+" is full") {
 				t.Errorf("message %q does not name the per-socket range", err)

@@ -101,7 +101,7 @@ func TestPoolBefore(t *testing.T) {
 		d = &Dialer{Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}}
 		_, err = dial(d, context.Background())
 		var ee *ExhaustedError
-		if !errors.As(err, &ee) || len(ee.Tried) != 2 || ee.Source.Addr() != netip.MustParseAddr("127.0.0.2") {
+		if !errors.As(err, &ee) || len(ee.Tried) != 2 || ee.Source != netip.MustParseAddr("127.0.0.2") {
 			t.Errorf("both full: %v, want exhaustion from 127.0.0.2 naming both sources", err)
 		}
 	})

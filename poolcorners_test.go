@@ -434,7 +434,7 @@ func TestPoolStatsAddr(t *testing.T) {
 		if got := localAddr(c).Addr().Unmap(); got != mapped.Unmap() {
 			t.Errorf("source %v, want %v", got, mapped.Unmap())
 		}
-		want := []safedial.SourceStats{{Addr: mapped, Dials: 1, Succeeded: 1}}
+		want := []safedial.SourceStats{{Addr: mapped, Attempts: 1, Succeeded: 1}}
 		if diff := cmp.Diff(want, d.Stats().Sources, netipCmp); diff != "" {
 			t.Errorf("Stats().Sources (-want +got):\n%s", diff)
 		}
@@ -447,7 +447,7 @@ func TestPoolStatsAddr(t *testing.T) {
 		if n, err := fill(t, d.DialContext, "tcp", []string{dst}, 4); n != 4 {
 			t.Fatalf("%d connections (%v), want 4", n, err)
 		}
-		want = []safedial.SourceStats{{Addr: a, Dials: 2, Succeeded: 2}, {Addr: a, Dials: 2, Succeeded: 2}}
+		want = []safedial.SourceStats{{Addr: a, Attempts: 2, Succeeded: 2}, {Addr: a, Attempts: 2, Succeeded: 2}}
 		if diff := cmp.Diff(want, d.Stats().Sources, netipCmp); diff != "" {
 			t.Errorf("Stats().Sources with a duplicate (-want +got):\n%s", diff)
 		}
@@ -496,8 +496,8 @@ func TestPoolSourceGone(t *testing.T) {
 		// Dial 1 starts at the gone source, fails over; dials 2 and 3 try
 		// the good one first.
 		want := safedial.Stats{Dials: 4, Succeeded: 4, Failovers: 1, Sources: []safedial.SourceStats{
-			{Addr: good, Dials: 4, Succeeded: 4},
-			{Addr: gone, Dials: 1, NotLocal: 1},
+			{Addr: good, Attempts: 4, Succeeded: 4},
+			{Addr: gone, Attempts: 1, NotLocal: 1},
 		}}
 		st := d.Stats()
 		if diff := cmp.Diff(want, st, netipCmp); diff != "" {
@@ -665,7 +665,7 @@ func TestOnExhaustedScope(t *testing.T) {
 			want []string
 		}{
 			{"Base.LocalAddr", &safedial.Dialer{Base: net.Dialer{Resolver: res, LocalAddr: tcpAddr("127.0.0.1:0")}}, nil},
-			{"Sources", &safedial.Dialer{Base: net.Dialer{Resolver: res}, Sources: mustAddrs("127.0.0.1")}, []string{"127.0.0.1:0->127.0.1.1:8080"}},
+			{"Sources", &safedial.Dialer{Base: net.Dialer{Resolver: res}, Sources: mustAddrs("127.0.0.1")}, []string{"127.0.0.1->127.0.1.1:8080"}},
 		} {
 			var got []string
 			tc.d.OnExhausted = func(e *safedial.ExhaustedError) { got = append(got, e.Source.String()+"->"+e.Dest.String()) }

@@ -16,8 +16,9 @@ import (
 
 // dialPool dials address with the pool of Sources: net.Dialer dials, and the
 // pool's hook binds a source in each attempt. la is the local address the
-// call asked for besides (Base.LocalAddr for DialContext).
-func (d *Dialer) dialPool(ctx context.Context, network, address string, la net.Addr) outcome {
+// call asked for besides (Base.LocalAddr for DialContext); p is the pool of
+// Sources, or the one GetSources returned.
+func (d *Dialer) dialPool(ctx context.Context, network, address string, la net.Addr, p *pool) outcome {
 	fail := func(err error) outcome {
 		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
 	}
@@ -29,7 +30,6 @@ func (d *Dialer) dialPool(ctx context.Context, network, address string, la net.A
 	case !noAddr(la):
 		return fail(errConfig("Sources and Base.LocalAddr are both set: use one of them"))
 	}
-	p := d.sourcePool()
 	if p.err != nil {
 		return fail(p.err)
 	}
@@ -209,7 +209,7 @@ func (pd *poolDial) finalError(err error, network string, refused uint32) error 
 	case *ExhaustedError:
 		e.Net = network
 		e.noteRefused(refused)
-		op.Source = opAddr(network, e.Source)
+		op.Source = opAddr(network, netip.AddrPortFrom(e.Source, 0))
 	case *sourceError:
 		op.Source = opAddr(network, netip.AddrPortFrom(e.src, 0))
 	default:

@@ -13,21 +13,16 @@ import (
 	"github.com/safedial/safedial"
 )
 
-// readmeErrors returns the example errors of the README's "What the errors
-// look like": its plain blocks that begin with "dial ".
+// readmeErrors returns the example errors of docs/errors.md: its plain
+// blocks that begin with "dial ".
 func readmeErrors(t *testing.T) []string {
 	t.Helper()
-	md, err := os.ReadFile("README.md")
+	md, err := os.ReadFile("docs/errors.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sec, ok := strings.Cut(string(md), "\n## What the errors look like\n")
-	if !ok {
-		t.Fatal(`README.md has no section "What the errors look like"`)
-	}
-	sec, _, _ = strings.Cut(sec, "\n## ")
 	var out []string
-	for i, block := range strings.Split(sec, "```") {
+	for i, block := range strings.Split(string(md), "```") {
 		if b := strings.TrimSpace(block); i%2 == 1 && strings.HasPrefix(b, "dial ") {
 			out = append(out, b)
 		}
@@ -35,14 +30,14 @@ func readmeErrors(t *testing.T) []string {
 	return out
 }
 
-// TestREADMEErrors: the README's example errors are, whole, what a dial
-// returns in the situation the README describes: every port of
+// TestREADMEErrors: the example errors of docs/errors.md are, whole, what a
+// dial returns in the situation the page describes: every port of
 // 40000-40099 from 127.0.0.1 in use toward 127.0.0.2:8080, and a source
 // that is not an address of this host.
 func TestREADMEErrors(t *testing.T) {
 	want := readmeErrors(t)
 	if len(want) != 2 {
-		t.Fatalf("README shows %d example errors, want 2:\n%q", len(want), want)
+		t.Fatalf("docs/errors.md shows %d example errors, want 2:\n%q", len(want), want)
 	}
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
 		dests := servers(t, "tcp", []string{"127.0.0.2"}, []int{8080})
@@ -57,7 +52,7 @@ func TestREADMEErrors(t *testing.T) {
 			t.Fatal("dial from 192.0.2.1 succeeded")
 		}
 		if diff := cmp.Diff(want, []string{full.Error(), other.Error()}); diff != "" {
-			t.Errorf("README's errors (-README +dials):\n%s", diff)
+			t.Errorf("docs/errors.md's errors (-page +dials):\n%s", diff)
 		}
 	})
 }

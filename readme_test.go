@@ -9,7 +9,8 @@ import (
 	"github.com/safedial/safedial/internal/readmecheck"
 )
 
-// TestREADMESnippets compiles every Go snippet of README.md against the
+// TestREADMESnippets compiles every Go snippet of README.md and the other
+// pages (docs/*.md, CONTRIBUTING.md, prometheus/README.md) against the
 // current API (go build and go vet in a scratch module; the convention is
 // readmecheck's). A snippet that names a package the root module must not
 // depend on (pgx, go-redis, Prometheus, ...) belongs to a nested module,
@@ -23,13 +24,13 @@ func TestREADMESnippets(t *testing.T) {
 		}
 		t.Skip("needs the go command:", err)
 	}
-	md, err := os.ReadFile("README.md")
+	frags, err := readmecheck.ExtractPages(".")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var mine []readmecheck.Fragment
 	nested := map[string]int{}
-	for _, f := range readmecheck.Extract("README.md", md) {
+	for _, f := range frags {
 		_, unknown, err := f.Uses()
 		if err != nil {
 			t.Fatal(err)

@@ -188,7 +188,7 @@ func TestPoolMemory(t *testing.T) {
 		}
 		attempts := func() (n [2]uint64) {
 			for i, s := range d.Stats().Sources {
-				n[i] = s.Dials
+				n[i] = s.Attempts
 			}
 			return n
 		}
@@ -203,7 +203,7 @@ func TestPoolMemory(t *testing.T) {
 			// The kernel's error is the last one it gave: from the only
 			// source asked when every source was known full, else from
 			// the last one tried.
-			if asked := ee.Tried[len(ee.Tried)-1]; ee.Source.Addr() != asked && ee.Source.Addr() != ee.Tried[0] {
+			if asked := ee.Tried[len(ee.Tried)-1]; ee.Source != asked && ee.Source != ee.Tried[0] {
 				t.Errorf("Source %v, want a source asked: %v", ee.Source, err)
 			}
 			return ee.Tried
@@ -291,7 +291,7 @@ func TestPoolFirstDialAfterFree(t *testing.T) {
 		// 4 connections and 1 + 3 failed dials before the rounds, then 3 x (one success,
 		// one failure): every dial one kernel attempt, none skipped.
 		want := safedial.Stats{Dials: 14, Succeeded: 7, Exhausted: 7, Sources: []safedial.SourceStats{
-			{Addr: netip.MustParseAddr("127.0.0.1"), Dials: 14, Succeeded: 7, Exhausted: 7}}}
+			{Addr: netip.MustParseAddr("127.0.0.1"), Attempts: 14, Succeeded: 7, Exhausted: 7}}}
 		if diff := cmp.Diff(want, d.Stats(), netipCmp); diff != "" {
 			t.Errorf("Stats (-want +got):\n%s", diff)
 		}
@@ -323,7 +323,7 @@ func TestPoolMemoryBounded(t *testing.T) {
 				}
 			}
 		}
-		want := safedial.SourceStats{Addr: netip.MustParseAddr("127.0.0.1"), Dials: 400, Succeeded: 200, Exhausted: 200}
+		want := safedial.SourceStats{Addr: netip.MustParseAddr("127.0.0.1"), Attempts: 400, Succeeded: 200, Exhausted: 200}
 		if diff := cmp.Diff(want, d.Stats().Sources[0], netipCmp); diff != "" {
 			t.Errorf("Stats (-want +got):\n%s", diff)
 		}

@@ -10,7 +10,7 @@ import (
 // calls that have returned: a dial in flight is not counted yet.
 type Stats struct {
 	// Dials counts calls to Dial, DialContext and DialTCP that have
-	// returned.
+	// returned (a call may make several attempts; see SourceStats).
 	Dials uint64 `json:"dials"`
 	// Succeeded counts calls that returned a connection.
 	Succeeded uint64 `json:"succeeded"`
@@ -41,8 +41,9 @@ type SourceStats struct {
 	// IPv4-mapped IPv6 address stays mapped, though it binds as IPv4). An
 	// address given twice has two entries, each counting its own attempts.
 	Addr netip.Addr `json:"addr"`
-	// Dials counts attempts from this source, failover steps included.
-	Dials uint64 `json:"dials"`
+	// Attempts counts attempts from this source, failover steps included
+	// (one call to Dial may make several; Stats.Dials counts calls).
+	Attempts uint64 `json:"attempts"`
 	// Succeeded counts attempts that returned a connection.
 	Succeeded uint64 `json:"succeeded"`
 	// Exhausted counts attempts that found no free port toward the
@@ -88,13 +89,18 @@ func (d *Dialer) Stats() Stats {
 	s.Succeeded = d.counters.succeeded.Load()
 	s.Dials = s.Succeeded + failed
 	if p := d.pool.Load(); p != nil && p.err == nil && len(p.srcs) > 0 {
-		s.Sources = make([]SourceStats, len(p.srcs))
-		for i := range p.srcs {
-			src := &p.srcs[i]
-			s.Sources[i] = SourceStats{Addr: src.conf, Succeeded: src.succeeded.Load(), Exhausted: src.exhausted.Load(),
-				Skipped: src.skipped.Load(), NotLocal: src.notLocal.Load()}
-			s.Sources[i].Dials = src.dials.Load()
-		}
+		s.Sources = p.stats()
+	}
+	return s
+}
+
+// stats returns the counters of each of p's sources, in order.
+func (p *pool) stats() []SourceStats {
+	s := make([]SourceStats, len(p.srcs))
+	for i := range p.srcs {
+		src := &p.srcs[i]
+		s[i] = SourceStats{Addr: src.conf, Attempts: src.dials.Load(), Succeeded: src.succeeded.Load(),
+			Exhausted: src.exhausted.Load(), Skipped: src.skipped.Load(), NotLocal: src.notLocal.Load()}
 	}
 	return s
 }

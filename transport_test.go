@@ -74,7 +74,7 @@ func TestTransport(t *testing.T) {
 			t.Error("request beyond the 4-tuple limit succeeded")
 		case !errors.As(err, &ue):
 			t.Errorf("error %T is not a *url.Error", err)
-		case !errors.Is(err, safedial.ErrEphemeralExhausted) || !errors.As(err, &ee) || ee.Op != "connect":
+		case !errors.Is(err, safedial.ErrEphemeralExhausted) || !errors.As(err, &ee) || ee.Syscall != "connect":
 			t.Errorf("error %v: want exhaustion from connect", err)
 		}
 

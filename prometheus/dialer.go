@@ -105,7 +105,7 @@ func NewDialerCollector(d *safedial.Dialer, opts DialerOpts) *DialerCollector {
 		failovers: desc("safedial_failovers_total", "Moves from an exhausted source, or one known to be full toward the destination, to the next source of the pool (Stats.Failovers)."),
 		refused:   desc("safedial_dials_option_refused_total", "Dials that went on unprotected, without IP_BIND_ADDRESS_NO_PORT or SO_REUSEADDR, because the system refused the option (Stats.Refused)."),
 
-		srcDials:     desc("safedial_source_attempts_total", "Attempts from a source address of the pool, failover steps included, since the pool was made (SourceStats.Dials).", "source"),
+		srcDials:     desc("safedial_source_attempts_total", "Attempts from a source address of the pool, failover steps included, since the pool was made (SourceStats.Attempts).", "source"),
 		srcSucceeded: desc("safedial_source_attempts_succeeded_total", "Attempts from a source that returned a connection (SourceStats.Succeeded).", "source"),
 		srcExhausted: desc("safedial_source_attempts_exhausted_total", "Attempts from a source that found no free port toward the destination (SourceStats.Exhausted).", "source"),
 		srcSkipped:   desc("safedial_source_attempts_skipped_total", "Attempts that passed a source over without a system call, because it had just been found full toward the destination (SourceStats.Skipped).", "source"),
@@ -153,7 +153,7 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, o := range s.Sources[i+1:] {
 			if same(o, src) {
-				src.Dials += o.Dials
+				src.Attempts += o.Attempts
 				src.Succeeded += o.Succeeded
 				src.Exhausted += o.Exhausted
 				src.Skipped += o.Skipped
@@ -161,7 +161,7 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		a := src.Addr.Unmap().String()
-		counter(c.srcDials, src.Dials, a)
+		counter(c.srcDials, src.Attempts, a)
 		counter(c.srcSucceeded, src.Succeeded, a)
 		counter(c.srcExhausted, src.Exhausted, a)
 		counter(c.srcSkipped, src.Skipped, a)

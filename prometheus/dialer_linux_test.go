@@ -87,7 +87,7 @@ func TestDialerCollector(t *testing.T) {
 			{"safedial_source_attempts_not_local_total", func(s safedial.SourceStats) uint64 { return s.NotLocal }},
 			{"safedial_source_attempts_skipped_total", func(s safedial.SourceStats) uint64 { return s.Skipped }},
 			{"safedial_source_attempts_succeeded_total", func(s safedial.SourceStats) uint64 { return s.Succeeded }},
-			{"safedial_source_attempts_total", func(s safedial.SourceStats) uint64 { return s.Dials }},
+			{"safedial_source_attempts_total", func(s safedial.SourceStats) uint64 { return s.Attempts }},
 		} {
 			for _, src := range s.Sources {
 				fmt.Fprintf(&want, "%s{dialer=\"db\",source=%q} %d\n", m.name, src.Addr, m.v(src))
@@ -145,9 +145,9 @@ func TestDialerCollectorSourceTwice(t *testing.T) {
 		}
 		var want strings.Builder
 		for _, src := range s.Sources[:2] {
-			v := src.Dials
+			v := src.Attempts
 			if src.Addr == lo {
-				v += s.Sources[2].Dials
+				v += s.Sources[2].Attempts
 			}
 			fmt.Fprintf(&want, "safedial_source_attempts_total{source=%q} %d\n", src.Addr, v)
 		}

@@ -1,15 +1,19 @@
 package safedialprom_test
 
 import (
+	"os"
 	"testing"
 
 	"github.com/safedial/safedial/internal/readmecheck"
 )
 
-// TestREADMESnippets compiles the README's snippets that name Prometheus
-// packages (the root module's TestREADMESnippets compiles the others),
-// against the versions this module requires: at least the Dialer
-// collector's.
+// TestREADMESnippets compiles the snippets of the repository's pages that
+// name Prometheus packages (the root module's TestREADMESnippets compiles
+// the others), against the versions this module requires: at least the
+// Dialer collector's.
 func TestREADMESnippets(t *testing.T) {
-	readmecheck.TestNested(t, "../README.md", readmecheck.Prometheus, 1)
+	if _, err := os.Stat("README.md"); err != nil {
+		t.Skip("prometheus/README.md does not exist yet:", err)
+	}
+	readmecheck.TestNested(t, "..", readmecheck.Prometheus, 1)
 }

@@ -82,6 +82,9 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
+	case "-version", "--version":
+		fmt.Fprintln(stdout, version())
+		return 0
 	case "help", "-h", "-help", "--help":
 		if len(args) > 1 && args[0] == "help" {
 			c := lookup(args[1])

@@ -6,10 +6,10 @@ import (
 	"github.com/safedial/safedial/internal/readmecheck"
 )
 
-// TestREADMESnippets compiles the README's snippets that name pgx, go-redis,
+// TestREADMESnippets compiles the pages' snippets that name pgx, go-redis,
 // x/net/proxy or gRPC (the root module's TestREADMESnippets compiles the
 // others), against the versions this module requires: at least the clients
 // line, pgx's and go-redis's.
 func TestREADMESnippets(t *testing.T) {
-	readmecheck.TestNested(t, "../../README.md", readmecheck.Clients, 3)
+	readmecheck.TestNested(t, "../..", readmecheck.Clients, 3)
 }

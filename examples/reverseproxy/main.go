@@ -9,12 +9,16 @@
 //		-upstream http://127.0.0.2:8000,http://127.0.0.3:8000 \
 //		-sources 127.0.0.1,127.0.0.5 -port-range 40000-49999
 //
+// -sources-from eth0 instead takes the sources from the addresses of eth0,
+// following them as they are added and removed (Linux).
+//
 // Requests are spread over the upstreams in turn. -dialer net uses a plain
 // net.Dialer with the first source as LocalAddr instead, for comparison: it
 // stops at one connection per ephemeral port and answers 502.
 package main
 
 import (
+	"context"
 	"errors"
 	"expvar"
 	"flag"
@@ -35,10 +39,11 @@ import (
 )
 
 type config struct {
-	Upstreams []*url.URL
-	Sources   []netip.Addr
-	PortRange safedial.PortRange
-	Dialer    string // "safedial" or "net"
+	Upstreams   []*url.URL
+	Sources     []netip.Addr
+	SourcesFrom string // an interface whose addresses are the sources
+	PortRange   safedial.PortRange
+	Dialer      string // "safedial" or "net"
 }
 
 func main() {
@@ -46,14 +51,21 @@ func main() {
 	upstreams := flag.String("upstream", "", "comma-separated upstream base URLs (required)")
 	sources := flag.String("sources", "", "comma-separated source addresses for upstream connections")
 	portRange := flag.String("port-range", "", "per-socket local port range LO-HI (Linux 6.3+)")
+	sourcesFrom := flag.String("sources-from", "", "interface whose addresses are the sources, followed as they change (Linux)")
 	dialer := flag.String("dialer", "safedial", "safedial, or net for a plain net.Dialer (comparison)")
 	flag.Parse()
 
 	cfg, err := parseConfig(*upstreams, *sources, *portRange, *dialer)
+	if err == nil {
+		cfg, err = cfg.withSourcesFrom(*sourcesFrom)
+	}
 	if err != nil {
 		log.Fatal(err)
 	}
-	p := newProxy(cfg, log.Default())
+	p, err := newProxy(cfg, log.Default())
+	if err != nil {
+		log.Fatal(err)
+	}
 	log.Printf("proxying %s to %v with %s", *listen, cfg.Upstreams, cfg.Dialer)
 	log.Fatal(http.ListenAndServe(*listen, p))
 }
@@ -101,26 +113,44 @@ func parseConfig(upstreams, sources, portRange, dialer string) (config, error) {
 	return cfg, nil
 }
 
+// withSourcesFrom sets -sources-from, which excludes -sources and -dialer net.
+func (cfg config) withSourcesFrom(iface string) (config, error) {
+	switch {
+	case iface == "":
+		return cfg, nil
+	case len(cfg.Sources) > 0:
+		return cfg, errors.New("-sources-from and -sources are exclusive: use one of them")
+	case cfg.Dialer == "net":
+		return cfg, errors.New("-sources-from needs -dialer safedial")
+	}
+	cfg.SourcesFrom = iface
+	return cfg, nil
+}
+
 // proxy serves the reverse proxy on / and expvar on /debug/vars.
 type proxy struct {
 	http.Handler
 	dialer *safedial.Dialer // nil with -dialer net
 	burst  *burstLogger
 	stop   chan struct{} // closed by Close
+	// follower keeps the sources with -sources-from; changed gets a token
+	// after each change it makes.
+	follower *safedial.Follower
+	changed  chan struct{}
 }
 
-// Close stops the proxy's background logging.
+// Close stops the proxy's background logging and address following.
 func (p *proxy) Close() { close(p.stop) }
 
-// published is the dialer whose Stats /debug/vars shows; expvar names are
+// published is the proxy whose stats /debug/vars shows; expvar names are
 // global, so it is published once and follows the newest proxy.
 var (
-	published   atomic.Pointer[safedial.Dialer]
+	published   atomic.Pointer[proxy]
 	publishOnce sync.Once
 )
 
-func newProxy(cfg config, logger *log.Logger) *proxy {
-	p := &proxy{stop: make(chan struct{})}
+func newProxy(cfg config, logger *log.Logger) (*proxy, error) {
+	p := &proxy{stop: make(chan struct{}), changed: make(chan struct{}, 1)}
 	tr := &http.Transport{
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
@@ -138,12 +168,17 @@ func newProxy(cfg config, logger *log.Logger) *proxy {
 			Sources:   cfg.Sources,
 			PortRange: cfg.PortRange,
 		}
+		if cfg.SourcesFrom != "" {
+			if err := p.followSources(cfg.SourcesFrom, logger); err != nil {
+				return nil, err
+			}
+		}
 		tr.DialContext = p.dialer.DialContext
-		published.Store(p.dialer)
+		published.Store(p)
 		publishOnce.Do(func() {
 			expvar.Publish("safedial", expvar.Func(func() any {
-				if d := published.Load(); d != nil {
-					return d.Stats()
+				if p := published.Load(); p != nil {
+					return p.stats()
 				}
 				return nil
 			}))
@@ -178,7 +213,47 @@ func newProxy(cfg config, logger *log.Logger) *proxy {
 	mux.Handle("/", rp)
 	mux.Handle("/debug/vars", expvar.Handler())
 	p.Handler = mux
-	return p
+	return p, nil
+}
+
+// followSources makes the addresses of iface the dialer's sources, from now
+// until Close, logging each change.
+func (p *proxy) followSources(iface string, logger *log.Logger) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-p.stop; cancel() }()
+	f, err := (&safedial.FollowConfig{Interface: iface, OnChange: func(srcs []netip.Addr) {
+		logger.Printf("proxy: sources from %s: %v", iface, srcs)
+		select {
+		case p.changed <- struct{}{}:
+		default:
+		}
+	}}).Follow(ctx)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("-sources-from %s: %w", iface, err)
+	}
+	if f.Pool() == nil {
+		logger.Printf("proxy: %s has no address yet: upstream dials fail until it has one", iface)
+	}
+	p.follower = f
+	p.dialer.GetSources = f.GetSources
+	return nil
+}
+
+// stats is what /debug/vars shows: the Dialer's Stats, with the followed
+// pool's per-source counters under "sources" when following an interface.
+func (p *proxy) stats() any {
+	if p.follower == nil {
+		return p.dialer.Stats()
+	}
+	var srcs []safedial.SourceStats
+	if sp := p.follower.Pool(); sp != nil {
+		srcs = sp.Stats()
+	}
+	return struct {
+		safedial.Stats
+		Sources []safedial.SourceStats `json:"sources,omitempty"`
+	}{p.dialer.Stats(), srcs}
 }
 
 // burstLogger logs the first exhaustion of a burst and counts the requests

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,7 +56,10 @@ func loadTest(t *testing.T, dialer string, n int) (reached int, got outcome, bod
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
-	p = newProxy(cfg, log.New(&logs, "", 0))
+	p, err = newProxy(cfg, log.New(&logs, "", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(p.Close)
 	ln, err := net.Listen("tcp", "127.0.0.1:8080")
 	if err != nil {
@@ -195,7 +200,7 @@ func TestBurstLogger(t *testing.T) {
 	var buf bytes.Buffer
 	now := time.Unix(1000, 0)
 	b := &burstLogger{logger: log.New(&buf, "", 0), quiet: time.Second, every: 10 * time.Second, now: func() time.Time { return now }}
-	ee := &safedial.ExhaustedError{Op: "connect", Dest: netip.MustParseAddrPort("127.0.0.2:80")}
+	ee := &safedial.ExhaustedError{Syscall: "connect", Dest: netip.MustParseAddrPort("127.0.0.2:80")}
 	step := func(d time.Duration) { now = now.Add(d); b.tick() }
 
 	// A burst of 25 s, 10 answers a second, ticks every 250 ms.
@@ -250,4 +255,105 @@ func TestParseConfig(t *testing.T) {
 			t.Errorf("parseConfig(%q, %q, %q, %q) = %v, want an error about %s", tc.up, tc.src, tc.pr, tc.dialer, err, tc.want)
 		}
 	}
+	for _, tc := range []struct{ src, dialer, want string }{
+		{"127.0.0.1", "safedial", "exclusive"},
+		{"", "net", "needs -dialer safedial"},
+	} {
+		cfg, err := parseConfig("http://127.0.0.2", tc.src, "", tc.dialer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cfg.withSourcesFrom("eth0"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("-sources-from eth0 with -sources %q -dialer %s: %v, want an error about %s", tc.src, tc.dialer, err, tc.want)
+		}
+	}
+}
+
+// TestSourcesFrom: with -sources-from, upstream connections come from the
+// interface's addresses, and follow them: an address deleted carries no
+// request once the proxy has seen the change.
+func TestSourcesFrom(t *testing.T) {
+	inNamespace(t, func(t *testing.T) {
+		ip := func(args ...string) {
+			t.Helper()
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		ip("link", "add", "eth9", "type", "veth", "peer", "name", "eth9p")
+		ip("link", "set", "eth9p", "up")
+		ip("link", "set", "eth9", "up")
+		ip("addr", "add", "198.18.0.1/32", "dev", "eth9")
+		ip("addr", "add", "198.18.0.2/32", "dev", "eth9")
+
+		var mu sync.Mutex
+		peers := map[string]int{}
+		ln, err := net.Listen("tcp", "127.0.0.2:8000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			host, _, _ := net.SplitHostPort(r.RemoteAddr)
+			mu.Lock()
+			peers[host]++
+			mu.Unlock()
+		})}
+		srv.SetKeepAlivesEnabled(false) // a connection per request: each dial shows
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+
+		cfg, err := parseConfig("http://127.0.0.2:8000", "", "", "safedial")
+		if err == nil {
+			cfg, err = cfg.withSourcesFrom("eth9")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var logs bytes.Buffer
+		p, err := newProxy(cfg, log.New(&logs, "", 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Close)
+		front := httptest.NewServer(p)
+		t.Cleanup(front.Close)
+		get := func(n int) map[string]int {
+			t.Helper()
+			mu.Lock()
+			clear(peers)
+			mu.Unlock()
+			for range n {
+				resp, err := http.Get(front.URL + "/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					t.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			return maps.Clone(peers)
+		}
+		if diff := cmp.Diff(map[string]int{"198.18.0.1": 10, "198.18.0.2": 10}, get(20)); diff != "" {
+			t.Errorf("upstream's peers (-want +got):\n%s", diff)
+		}
+		for len(p.changed) > 0 {
+			<-p.changed
+		}
+		ip("addr", "del", "198.18.0.1/32", "dev", "eth9")
+		select {
+		case <-p.changed:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the proxy did not see the deletion in 20 s; log:\n%s", &logs)
+		}
+		if diff := cmp.Diff(map[string]int{"198.18.0.2": 10}, get(10)); diff != "" {
+			t.Errorf("upstream's peers after the delete (-want +got):\n%s", diff)
+		}
+		if !strings.Contains(logs.String(), "proxy: sources from eth9: [198.18.0.2]") {
+			t.Errorf("log:\n%s", &logs)
+		}
+	})
 }

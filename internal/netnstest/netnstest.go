@@ -4,6 +4,7 @@ package netnstest
 
 import (
 	"bytes"
+	"flag"
 	"os"
 	"regexp"
 	"strings"
@@ -50,6 +51,7 @@ func Run(t *testing.T, c netns.Config, body func(t *testing.T)) {
 		timeout = time.Until(dl) * 9 / 10
 	}
 	args := []string{"-test.run=" + runPattern(t.Name()), "-test.v", "-test.count=1", "-test.timeout=" + timeout.String()}
+	args = append(args, coverArgs()...)
 	cmd, err := netns.Command(c, os.Args[0], args...)
 	if err != nil {
 		unavailable(t, err)
@@ -70,6 +72,18 @@ func Run(t *testing.T, c netns.Config, body func(t *testing.T)) {
 	case err != nil || !bytes.Contains(out, []byte("--- PASS: "+t.Name()+" ")):
 		t.Fatalf("test failed in its namespace (exit: %v)", err)
 	}
+}
+
+// coverArgs passes coverage through to the child: under go test -cover the
+// test binary gets -test.gocoverdir, and each process, the child included,
+// writes its counters there when it exits; the parent merges every file of
+// that directory into the profile. Without it the code that only runs in a
+// namespace would count as never run.
+func coverArgs() []string {
+	if f := flag.Lookup("test.gocoverdir"); f != nil && f.Value.String() != "" {
+		return []string{"-test.gocoverdir=" + f.Value.String()}
+	}
+	return nil
 }
 
 // unavailable skips t, or fails it when CI=true.

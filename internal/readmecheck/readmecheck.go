@@ -72,6 +72,8 @@ var Packages = map[string]Package{
 	"log":      {"log", ""},
 	"net":      {"net", ""},
 	"http":     {"net/http", ""},
+	"httputil": {"net/http/httputil", ""},
+	"url":      {"net/url", ""},
 	"netip":    {"net/netip", ""},
 	"os":       {"os", ""},
 	"strings":  {"strings", ""},
@@ -100,6 +102,43 @@ const (
 )
 
 var inlineCode = regexp.MustCompile("`([^`]+)`")
+
+// Pages returns the Markdown pages of the repository at root whose snippets
+// and tables the tests check: README.md, CONTRIBUTING.md, every docs/*.md
+// and prometheus/README.md, those that exist, as paths joined to root.
+func Pages(root string) ([]string, error) {
+	var pages []string
+	for _, p := range []string{"README.md", "CONTRIBUTING.md", "prometheus/README.md"} {
+		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
+			pages = append(pages, filepath.Join(root, p))
+		}
+	}
+	docs, err := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	if err != nil {
+		return nil, err
+	}
+	if len(pages) == 0 {
+		return nil, fmt.Errorf("readmecheck: no README.md under %s", root)
+	}
+	return append(pages, docs...), nil
+}
+
+// ExtractPages returns the fragments of every page of [Pages](root).
+func ExtractPages(root string) ([]Fragment, error) {
+	pages, err := Pages(root)
+	if err != nil {
+		return nil, err
+	}
+	var out []Fragment
+	for _, p := range pages {
+		md, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Extract(p, md)...)
+	}
+	return out, nil
+}
 
 // Extract returns the fragments of the Markdown text md, read from file.
 func Extract(file string, md []byte) []Fragment {

@@ -28,7 +28,7 @@ func TestUses(t *testing.T) {
 	}{
 		{"c, err := d.Dial(\"tcp\", \"h:1\")\nc.Close()\n", nil, nil, ""},
 		{"var x = pgxpool.Config{}\nx.MaxConns = 1\n", []string{"pgxpool"}, nil, Clients},
-		{"f := func(e *safedial.ExhaustedError) { log.Print(e.Op, foo.Bar) }\n_ = f\n", []string{"log", "safedial"}, []string{"foo"}, ""},
+		{"f := func(e *safedial.ExhaustedError) { log.Print(e.Syscall, foo.Bar) }\n_ = f\n", []string{"log", "safedial"}, []string{"foo"}, ""},
 		{"prometheus.MustRegister(safedialprom.NewCollector(d))\n", []string{"prometheus", "safedialprom"}, nil, Prometheus},
 	} {
 		f := Fragment{File: "R.md", Line: 1, Code: tc.code}
