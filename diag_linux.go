@@ -55,6 +55,7 @@ const (
 	boundInactive = 1 << 13
 
 	inetDiagSKV6Only = 11 // INET_DIAG_SKV6ONLY: u8, for AF_INET6 sockets in LISTEN or CLOSE
+	inetDiagMark     = 15 // INET_DIAG_MARK: u32, sent unasked to CAP_NET_ADMIN callers
 	inetDiagSockopt  = 22 // INET_DIAG_SOCKOPT: struct inet_diag_sockopt, for full sockets (Linux 5.10+)
 
 	// twLen is TCP_TIMEWAIT_LEN: a TIME_WAIT socket's timer starts at 60 s,

@@ -10,7 +10,7 @@ import (
 // sock_diag is Linux's: elsewhere the probes say so.
 const diagSupported = false
 
-func diagTCP(context.Context, netip.Addr, netip.AddrPort, PortRange) (pairPorts, hostPorts, error) {
+func diagTCP(context.Context, netip.Addr, uint32, netip.AddrPort, PortRange) (pairPorts, hostPorts, error) {
 	return pairPorts{}, hostPorts{}, errNoDiag
 }
 
@@ -30,4 +30,8 @@ func diagUDPAny(context.Context, bool, bool, PortRange) (pairPorts, hostPorts, e
 
 func diagTCPBindFirst(context.Context, netip.Addr, PortRange) (pairPorts, hostPorts, error) {
 	return pairPorts{}, hostPorts{}, errNoDiag
+}
+
+func (d *Dialer) routedSource(_ context.Context, _ string, dst netip.AddrPort) (netip.Addr, error) {
+	return routeSource(dst.Addr())
 }

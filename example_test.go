@@ -227,11 +227,20 @@ func ExampleDialer_shareUDPPorts() {
 	// Output: hello
 }
 
-// How many ports are left from a source to a destination: export it as a
-// gauge, probed at most once per interval, never on the dial path.
-func ExampleDialer_HeadroomFunc() {
+// How many ports a Dialer's dials have left toward a destination, published
+// with the standard library: each read of /debug/vars probes, bounded by
+// its own timeout, never on the dial path.
+func ExampleDialer_Headroom() {
 	d := &safedial.Dialer{Sources: []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11")}}
-	expvar.Publish("headroom", expvar.Func(d.HeadroomFunc("tcp", "db.internal:5432", 10*time.Second)))
+	expvar.Publish("headroom", expvar.Func(func() any {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		hs, err := d.Headroom(ctx, "tcp", "db.internal:5432")
+		if err != nil {
+			return err.Error()
+		}
+		return hs
+	}))
 }
 
 // Ask the kernel how close one (source, destination) pair is to exhaustion.

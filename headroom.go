@@ -10,8 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 )
 
 // Headroom is how many ephemeral ports a new connection from Source to Dest
@@ -24,8 +22,13 @@ import (
 // Free is the number of connections the kernel accepts from Source to Dest
 // when its port is chosen at connect() (as safedial dials: a bind with
 // IP_BIND_ADDRESS_NO_PORT, or no bind at all). It is exact, measured by
-// dialing until the kernel refuses, except where the kernel does not show
-// how a port was taken (see Bound).
+// dialing until the kernel refuses, except where the kernel's state cannot
+// be seen. There the probe counts low: a connected socket whose source
+// the routing would no longer pick (a route changed since, or the probe
+// was not told the socket's mark: sock_diag shows marks to CAP_NET_ADMIN
+// only) counts as Bound, and with an odd-sized range one port that
+// connect()'s search may skip counts as Reserved. One case counts high:
+// see Bound.
 type Headroom struct {
 	Source netip.Addr     `json:"source"` // as asked
 	Dest   netip.AddrPort `json:"dest"`   // as asked (by Dialer.Headroom: the peer the kernel connects to); for UDP without ShareUDPPorts, the zero AddrPort in ProbeAllHeadroom (any destination)
@@ -46,9 +49,11 @@ type Headroom struct {
 	// port that is reserved or bound. Always 0 for UDP.
 	TimeWait int `json:"time_wait"`
 	// Reserved counts the ports of net.ipv4.ip_local_reserved_ports, which
-	// the kernel never hands out to a connect() or an automatic bind, and
-	// the ports of a Dialer's PortRange outside the namespace range (the
-	// kernel uses only their intersection).
+	// the kernel never hands out to a connect() or an automatic bind, the
+	// ports of a Dialer's PortRange outside the namespace range (the
+	// kernel uses only their intersection) and, for TCP with an odd-sized
+	// namespace range, one free port of its two ends, which connect()'s
+	// search may skip (with 3 ports, the last always).
 	Reserved int `json:"reserved"`
 	// Bound counts the ports (TCP) that connect() skips for every source
 	// and destination because a bind() took them: a listener; a socket
@@ -59,11 +64,11 @@ type Headroom struct {
 	// LocalAddr). The kernel does not say how a connected socket got its
 	// port: the probe counts the last kind when the socket's
 	// IP_BIND_ADDRESS_NO_PORT is off and its source is not the one the
-	// routing picks for its destination (so it must have been bound). Not
-	// seen, and so counted in Free although connect() skips them: such a
-	// socket bound to the routed source itself, and the TIME_WAIT sockets
-	// any of these leave (the port stays skipped until the TIME_WAIT ends,
-	// a minute).
+	// routing picks for its destination, its mark, its interface and its
+	// owner (so it must have been bound). Not seen, and so counted in Free
+	// although connect() skips them: such a socket bound to the routed
+	// source itself, and the TIME_WAIT sockets any of these leave (the port
+	// stays skipped until the TIME_WAIT ends, a minute).
 	Bound int `json:"bound"`
 	// Free counts the ports a new connection from Source to Dest can still
 	// use: Range's size minus the four counts above.
@@ -149,7 +154,11 @@ func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.Addr
 	case udp:
 		p, host, err = diagUDP(ctx, s, r)
 	default:
-		p, host, err = diagTCP(ctx, s, d, r)
+		var oif uint32
+		if s.IsLinkLocalUnicast() {
+			oif, _ = zoneIndex(src.Zone()) // checked by checkProbe
+		}
+		p, host, err = diagTCP(ctx, s, oif, d, r)
 	}
 	if err != nil {
 		return h, probeError(err)
@@ -211,7 +220,10 @@ func probeError(err error) error {
 // port in the ephemeral range, most used first (fewest Free), counted as
 // [ProbeHeadroom] counts them: one sock_diag dump per address family for UDP,
 // two for TCP, filtered by the kernel to that range. Listening and bound
-// sockets are not pairs; they count in Bound. For UDP, a pair is a source
+// sockets are not pairs; they count in Bound. Connections a listener
+// accepted (on its address and port, or a port a wildcard listener holds)
+// are not pairs either. A link-local source is one per interface, with its
+// zone. For UDP, a pair is a source
 // and every socket that holds ports for it, whatever their destination (Dest
 // is then the zero AddrPort): sockets on a wildcard address count against
 // each source of the family they cover, and show as a source of their own
@@ -264,8 +276,11 @@ type pairKey struct {
 // Headroom returns the headroom of each of d's sources toward each address
 // address resolves to: the sources of Sources of the address's family, or
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
-// picks for the address (asked with RTM_GETROUTE: no socket is opened, so the
-// answer comes even when every port is taken). The range is d's PortRange
+// picks for the address (asked with RTM_GETROUTE, so the answer comes even
+// when every port is taken), for a socket as d's Control hook leaves it:
+// the hook runs on a socket that is never bound or connected, and its
+// SO_MARK and SO_BINDTODEVICE go with the lookup (an address it binds is
+// the source). The range is d's PortRange
 // when set (ports of it outside the namespace range count as Reserved), else
 // the namespace's. Host names are resolved with Base.Resolver. An empty or
 // unspecified host (":53", "0.0.0.0:53", "[::]:53") is taken as net.Dialer
@@ -318,7 +333,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			// address, from the source the routing picks for it.
 			dst = netip.AddrPortFrom(kernelPeer(netip.Addr{}, dst.Addr()), dst.Port())
 		}
-		srcs, err := d.sourcesFor(network, dst)
+		srcs, err := d.sourcesFor(ctx, network, dst)
 		if err != nil {
 			return nil, fmt.Errorf("safedial: Headroom: %w", err)
 		}
@@ -463,7 +478,7 @@ func probeBindFirst(ctx context.Context, src netip.Addr, dst netip.AddrPort, r P
 }
 
 // sourcesFor returns the sources a dial from d to dst would use.
-func (d *Dialer) sourcesFor(network string, dst netip.AddrPort) ([]netip.Addr, error) {
+func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrPort) ([]netip.Addr, error) {
 	if len(d.Sources) > 0 {
 		var srcs []netip.Addr
 		for _, s := range d.Sources {
@@ -481,42 +496,9 @@ func (d *Dialer) sourcesFor(network string, dst netip.AddrPort) ([]netip.Addr, e
 	}
 	// The kernel's choice, from its routing table (RTM_GETROUTE): no
 	// socket, so no port taken, and an answer even when every port is.
-	src, err := routeSource(dst.Addr())
+	src, err := d.routedSource(ctx, network, dst)
 	if err != nil {
 		return nil, fmt.Errorf("no route to %v: %w", dst.Addr(), err)
 	}
 	return []netip.Addr{src}, nil
-}
-
-// HeadroomFunc returns a function that reports d's headroom toward address
-// (see [Dialer.Headroom]), probing at most once per interval and otherwise
-// returning the last answer, never on the dial path. Its result marshals to
-// JSON, so it publishes with the standard library alone:
-//
-//	expvar.Publish("headroom", expvar.Func(d.HeadroomFunc("tcp", "db.internal:5432", 10*time.Second)))
-//
-// A probe that fails reports its error as {"error": "..."}.
-func (d *Dialer) HeadroomFunc(network, address string, interval time.Duration) func() any {
-	var (
-		mu   sync.Mutex
-		last any
-		at   time.Time
-	)
-	return func() any {
-		mu.Lock()
-		defer mu.Unlock()
-		if last != nil && time.Since(at) < interval {
-			return last
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		hs, err := d.Headroom(ctx, network, address)
-		if err != nil {
-			last = map[string]string{"error": err.Error()}
-		} else {
-			last = hs
-		}
-		at = time.Now()
-		return last
-	}
 }

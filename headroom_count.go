@@ -26,6 +26,9 @@ type hostPorts struct {
 	bound     *portSet // ports a bind() took (TCP); nil for UDP
 	nReserved int      // ports of r in reserved
 	nBound    int      // ports of r in bound and not in reserved
+	// unreached are ports of which connect()'s search may skip one (see
+	// connectSearch): when one is free, Free counts one less.
+	unreached []uint16
 }
 
 // fill sets h's counts for the pair p, each port of the range counted once:
@@ -62,6 +65,13 @@ func (host *hostPorts) fill(h *Headroom, p *pairPorts) {
 		default:
 			h.TimeWait++
 			take(port)
+		}
+	}
+	for _, port := range host.unreached {
+		if !has(live, port) && !has(young, port) && !host.reserved.has(port) && !host.bound.has(port) &&
+			(!has(old, port) || p.reusable) {
+			reserved++ // free, but connect() may never try it
+			break
 		}
 	}
 	h.Reserved, h.Bound = reserved, bound

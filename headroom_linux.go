@@ -6,6 +6,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +30,17 @@ type diagSock struct {
 	sockopt  bool          // INET_DIAG_SOCKOPT came (full sockets, Linux 5.10+)
 	noPort   bool          // its IP_BIND_ADDRESS_NO_PORT
 	v6only   bool          // INET_DIAG_SKV6ONLY came and is set
+	ifindex  uint32        // idiag_if: the interface it is bound to (SO_BINDTODEVICE, a link-local source's zone)
+	uid      uint32        // idiag_uid
+	mark     uint32        // INET_DIAG_MARK (sent to CAP_NET_ADMIN only)
+	hasMark  bool
+}
+
+// routeCtx is what of m changes the route, and so the source, the kernel
+// picks for it. Without its mark (unprivileged callers are not told), the
+// lookup is as for an unmarked socket.
+func (m diagSock) routeCtx() routeCtx {
+	return routeCtx{mark: m.mark, oif: m.ifindex, uid: m.uid, hasUID: true}
 }
 
 // bigEndian tells how the compiler lays out C bit-fields: from the low bit
@@ -42,7 +55,9 @@ func parseSock(msg []byte) diagSock {
 	} else {
 		m.src, m.dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
 	}
+	m.ifindex = binary.NativeEndian.Uint32(id[36:40])
 	m.expires = time.Duration(binary.NativeEndian.Uint32(msg[52:56])) * time.Millisecond
+	m.uid = binary.NativeEndian.Uint32(msg[64:68])
 	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
 		l := int(binary.NativeEndian.Uint16(a[0:]))
 		if l < unix.SizeofRtAttr || l > len(a) {
@@ -61,6 +76,10 @@ func parseSock(msg []byte) diagSock {
 			}
 		case inetDiagSKV6Only:
 			m.v6only = len(v) >= 1 && v[0] != 0
+		case inetDiagMark:
+			if len(v) >= 4 {
+				m.mark, m.hasMark = binary.NativeEndian.Uint32(v), true
+			}
 		}
 		a = a[min((l+3)&^3, len(a)):]
 	}
@@ -112,11 +131,12 @@ func newHostPorts(r PortRange, reserved, bound *portSet) hostPorts {
 // the routing picks for their destination. Sockets that remain in doubt
 // (option off, routed source) cost a second walk, for those bound to an
 // explicit port (INET_DIAG_BC_AUTO).
-func diagTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRange) (pairPorts, hostPorts, error) {
+func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort, r PortRange) (pairPorts, hostPorts, error) {
 	tw := readTWReuse()
 	p := pairPorts{reusable: tw.reuses(src, dst.Addr())}
 	isPair := func(m diagSock) bool {
-		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose
+		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose &&
+			sameLink(m, src, oif)
 	}
 	b := bindings{bound: new(portSet)}
 	states, idle := idleStates(r, b.bound)
@@ -130,13 +150,60 @@ func diagTCP(ctx context.Context, src netip.Addr, dst netip.AddrPort, r PortRang
 	})
 	if err == nil {
 		idle.store(r)
+		own := new(portSet)
+		for _, ps := range [][]uint16{p.live, p.tw, p.old} {
+			for _, port := range ps {
+				own.add(port)
+			}
+		}
+		err = b.judge(ctx, own.has)
+	}
+	if err == nil {
 		err = b.explicit(ctx, r)
 	}
 	if err != nil {
 		return p, hostPorts{}, err
 	}
 	host, err := hostOf(r, b.bound)
+	if ns, ok := namespaceRange(); ok && ns == r {
+		host.connectSearch()
+	}
 	return p, host, err
+}
+
+// connectSearch sets the ports of r that connect()'s search may not reach
+// (TCP, the namespace's range). __inet_hash_connect (net/ipv4/
+// inet_hashtables.c) takes the range's size rounded down to even
+// ("remaining &= ~1") and scans that many ports from low+offset (offset
+// even, below remaining) by steps of two, wrapping by remaining, then the
+// other parity: with an odd-sized range it tries all ports but one, the
+// last when offset is 0 and the first otherwise. A 3-port range always has
+// offset 0, so its last port is never used; with 5 or more the skipped port
+// depends on a per-destination secret, so a probe cannot tell which, and
+// counts one of them out while either is free. A per-socket range
+// (IP_LOCAL_PORT_RANGE, a Dialer's PortRange) is scanned one by one, all of
+// it.
+func (host *hostPorts) connectSearch() {
+	switch n := host.r.size(); {
+	case n < 3 || n%2 == 0:
+	case n == 3:
+		host.unreached = []uint16{host.r.Hi}
+	default:
+		host.unreached = []uint16{host.r.Lo, host.r.Hi}
+	}
+}
+
+// sameLink reports whether m, a socket from src, holds a 4-tuple that a new
+// connection from src on interface oif (0: not bound to one) conflicts
+// with. A link-local source is one address per link: the kernel keeps the
+// 4-tuples of sockets bound to different interfaces apart. For other
+// sources every socket counts (a socket bound to an interface would not
+// conflict with an unbound one, but counting it errs on the safe side).
+func sameLink(m diagSock, src netip.Addr, oif uint32) bool {
+	if !src.IsLinkLocalUnicast() || oif == 0 {
+		return true
+	}
+	return m.ifindex == 0 || m.ifindex == oif
 }
 
 // noCgroupCond is set once the kernel refused INET_DIAG_BC_CGROUP_COND
@@ -216,9 +283,17 @@ func (ip idlePorts) store(r PortRange) {
 // bindings learns which ports of a range a bind() took, from the sockets a
 // probe sees.
 type bindings struct {
-	bound  *portSet
-	doubt  bool                      // a socket left in doubt: ask for the explicit ports
-	routed map[netip.Addr]netip.Addr // destination -> source the routing picks
+	bound *portSet
+	doubt bool       // a socket left in doubt: ask for the explicit ports
+	asked []doubtful // connected sockets whose source the routing must judge
+}
+
+// doubtful is a connected socket whose port a bind() took when its source
+// is not the one the routing picks for it.
+type doubtful struct {
+	port uint16
+	src  netip.Addr
+	key  routeKey
 }
 
 // see classifies m, a socket not of the pair in question.
@@ -226,23 +301,43 @@ func (b *bindings) see(m diagSock) {
 	switch {
 	case m.state == tcpListen, m.state == tcpClose:
 		b.bound.add(m.sport) // listen() and bind() take the port at once
-		return
 	case !m.sockopt, m.noPort:
-		return // a mini socket, or a port chosen at connect()
+		// a mini socket, or a port chosen at connect()
+	default:
+		b.asked = append(b.asked, doubtful{port: m.sport, src: m.src, key: routeKey{dst: m.dst, rc: m.routeCtx()}})
 	}
-	if b.routed == nil {
-		b.routed = map[netip.Addr]netip.Addr{}
+}
+
+// judge asks the routing, once per destination and routing context (the
+// socket's mark, bound interface and owner, as sock_diag shows them), which
+// source the kernel would pick for each connected socket seen: one that
+// left from another was bound to it, and its port is bound for every pair.
+// A socket on a port already known bound, or on a port skip reports (the
+// pair's own, counted before Bound), costs no lookup.
+func (b *bindings) judge(ctx context.Context, skip func(port uint16) bool) error {
+	keys := make([]routeKey, 0, len(b.asked))
+	asked := b.asked[:0]
+	for _, d := range b.asked {
+		if !b.bound.has(d.port) && (skip == nil || !skip(d.port)) {
+			asked = append(asked, d)
+			keys = append(keys, d.key)
+		}
 	}
-	src, ok := b.routed[m.dst]
-	if !ok {
-		src, _ = routeSource(m.dst) // no route now: in doubt
-		b.routed[m.dst] = src
+	srcs, err := rememberedSources(ctx, keys)
+	if err != nil {
+		return err
 	}
-	if src.IsValid() && src != m.src {
-		b.bound.add(m.sport) // bound to a source connect() would not pick
-	} else if !b.bound.has(m.sport) {
-		b.doubt = true
+	for i, d := range asked {
+		switch {
+		case b.bound.has(d.port):
+		case srcs[i].IsValid() && srcs[i] != d.src:
+			b.bound.add(d.port) // bound to a source connect() would not pick
+		default:
+			b.doubt = true // the routed source, or no route now
+		}
 	}
+	b.asked = nil
+	return nil
 }
 
 // explicit adds, when sockets were left in doubt, the ports of r of the
@@ -314,15 +409,23 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 	tw := readTWReuse()
 	pairs := map[pairKey]*pairPorts{}
 	b := bindings{bound: new(portSet)}
+	var ls listeners
+	zones := map[uint32]string{}
 	states, idle := idleStates(r, b.bound)
 	err := dump(ctx, [][]byte{tcpRequest(states, all.bytes())}, func(msg []byte) {
 		m := parseSock(msg)
 		b.see(m)
 		idle.see(m)
+		if m.state == tcpListen {
+			ls.add(m)
+		}
 		if m.state == tcpListen || m.state == tcpClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
 			return
 		}
 		k := pairKey{src: m.src, dst: netip.AddrPortFrom(m.dst, m.dport)}
+		if m.src.IsLinkLocalUnicast() && m.ifindex != 0 {
+			k.src = m.src.WithZone(zoneName(zones, m.ifindex)) // one pair per link
+		}
 		p := pairs[k]
 		if p == nil {
 			p = &pairPorts{reusable: tw.reuses(m.src, m.dst)}
@@ -332,13 +435,83 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 	})
 	if err == nil {
 		idle.store(r)
+		err = b.judge(ctx, nil)
+	}
+	if err == nil {
 		err = b.explicit(ctx, r)
 	}
 	if err != nil {
 		return nil, hostPorts{}, err
 	}
+	ls.dropAccepted(pairs)
 	host, err := hostOf(r, b.bound)
+	host.connectSearch() // r is the namespace's range
 	return pairs, host, err
+}
+
+// zoneName names interface i as a zone: its name, else its index.
+func zoneName(cache map[uint32]string, i uint32) string {
+	if z, ok := cache[i]; ok {
+		return z
+	}
+	z := strconv.FormatUint(uint64(i), 10)
+	if ifi, err := net.InterfaceByIndex(int(i)); err == nil {
+		z = ifi.Name
+	}
+	cache[i] = z
+	return z
+}
+
+// listeners are the TCP listeners a dump saw: a socket on the local
+// address and port of one (or on a port a wildcard listener covers for its
+// address) is a connection it accepted, not one this host dialed.
+type listeners struct {
+	on   map[netip.AddrPort]bool
+	wild map[uint16][]diagSock // by port
+}
+
+func (ls *listeners) add(m diagSock) {
+	if m.src.IsUnspecified() {
+		if ls.wild == nil {
+			ls.wild = map[uint16][]diagSock{}
+		}
+		ls.wild[m.sport] = append(ls.wild[m.sport], m)
+		return
+	}
+	if ls.on == nil {
+		ls.on = map[netip.AddrPort]bool{}
+	}
+	ls.on[netip.AddrPortFrom(m.src, m.sport)] = true
+}
+
+// accepted reports whether a socket on src:port is one of theirs.
+func (ls *listeners) accepted(src netip.Addr, port uint16) bool {
+	if ls.on[netip.AddrPortFrom(src.WithZone(""), port)] {
+		return true
+	}
+	for _, w := range ls.wild[port] {
+		if holdsFor(w, src) {
+			return true
+		}
+	}
+	return false
+}
+
+// dropAccepted removes from pairs the ports of accepted connections, and
+// the pairs left with none.
+func (ls *listeners) dropAccepted(pairs map[pairKey]*pairPorts) {
+	if len(ls.on) == 0 && len(ls.wild) == 0 {
+		return
+	}
+	for k, p := range pairs {
+		out := func(port uint16) bool { return ls.accepted(k.src, port) }
+		p.live = slices.DeleteFunc(p.live, out)
+		p.tw = slices.DeleteFunc(p.tw, out)
+		p.old = slices.DeleteFunc(p.old, out)
+		if len(p.live)+len(p.tw)+len(p.old) == 0 {
+			delete(pairs, k)
+		}
+	}
 }
 
 // udpPairs reads every UDP source with sockets on ports of r, wildcard
