@@ -11,8 +11,9 @@ import (
 // sources. Every field narrows the set; an address must pass them all.
 type FollowConfig struct {
 	// Interface, when not empty, keeps only the addresses of the network
-	// interface with this name (eth0). It may appear later; a name is
-	// looked up once per interface index (again after a re-list).
+	// interface with this name (eth0), as it is named now: it may appear
+	// later, and an interface renamed to it or away from it (link events)
+	// brings or takes its addresses.
 	Interface string
 
 	// Prefixes, when not empty, keeps only the addresses within one of
@@ -62,6 +63,10 @@ type hostAddr struct {
 	addr       netip.Addr
 	tentative  bool // IPv6 DAD not done, or failed
 	deprecated bool
+	// link marks an interface's event (renamed, deleted), not an
+	// address's: index and name (its name now) only.
+	link bool
+	name string
 }
 
 type hostKey struct {
@@ -160,9 +165,16 @@ type followState struct {
 func (s *followState) run() error {
 	for {
 		err := s.w.read(func(a hostAddr, added bool) {
-			if added {
+			switch {
+			case a.link && added && a.name != "":
+				s.names[a.index] = a.name // renamed, or a new interface
+			case a.link && added:
+				delete(s.names, a.index) // look it up when needed
+			case a.link:
+				s.names[a.index] = "" // deleted
+			case added:
 				s.addrs[hostKey{a.index, a.addr}] = a
-			} else {
+			default:
 				delete(s.addrs, hostKey{a.index, a.addr})
 			}
 		})

@@ -37,7 +37,13 @@ func (w rtnlWatch) list() ([]hostAddr, error) {
 }
 
 func (w rtnlWatch) read(fn func(hostAddr, bool)) error {
-	return w.c.Read(func(e rtnladdr.Event) { fn(hostAddrOf(e.Addr), e.New) })
+	return w.c.Read(func(e rtnladdr.Event) {
+		if e.Link {
+			fn(hostAddr{index: e.Index, link: true, name: e.Name}, e.New)
+			return
+		}
+		fn(hostAddrOf(e.Addr), e.New)
+	})
 }
 
 func (w rtnlWatch) close() { w.c.Close() }

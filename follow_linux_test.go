@@ -453,3 +453,30 @@ func TestFollowFilter(t *testing.T) {
 		}
 	})
 }
+
+// TestFollowInterfaceRenamed: a follower of an interface's name follows
+// renames. veth0 (198.18.0.1) is renamed veth9 and vethx (198.18.1.1) takes
+// the name veth0: the sources become vethx's address, and an address added
+// to veth9 later stays out. Before the follower watched link events it kept
+// the renamed interface's addresses (the name was cached by index) and never
+// took the new veth0's.
+func TestFollowInterfaceRenamed(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		veth(t, "veth0")
+		veth(t, "vethx")
+		ip(t, "addr", "add", "198.18.0.1/24", "dev", "veth0")
+		ip(t, "addr", "add", "198.18.1.1/24", "dev", "vethx")
+		_, ch := follow(t, safedial.FollowConfig{Interface: "veth0", Network: "ip4"})
+		ch.wait(t, "198.18.0.1")
+		ip(t, "link", "set", "veth0", "down")
+		ip(t, "link", "set", "veth0", "name", "veth9")
+		ip(t, "link", "set", "veth9", "up")
+		ip(t, "link", "set", "vethx", "down")
+		ip(t, "link", "set", "vethx", "name", "veth0")
+		ip(t, "link", "set", "veth0", "up")
+		ch.wait(t, "198.18.1.1")
+		ip(t, "addr", "add", "198.18.2.1/24", "dev", "veth9")
+		ip(t, "addr", "add", "198.18.1.2/24", "dev", "veth0")
+		ch.wait(t, "198.18.1.1", "198.18.1.2")
+	})
+}

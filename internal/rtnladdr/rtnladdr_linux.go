@@ -29,10 +29,14 @@ type Key struct {
 // Key returns a's key.
 func (a Addr) Key() Key { return Key{a.Index, a.Addr} }
 
-// Event is one RTM_NEWADDR (New) or RTM_DELADDR message.
+// Event is one RTM_NEWADDR (New) or RTM_DELADDR message, or, with Link,
+// one RTM_NEWLINK (New) or RTM_DELLINK message: then only Index and Name
+// are set.
 type Event struct {
 	New bool
 	Addr
+	Link bool
+	Name string // IFLA_IFNAME of a link message: the interface's name now
 }
 
 // List returns every address of the host (this network namespace), from one
@@ -101,7 +105,8 @@ type Conn struct {
 	buf []byte
 }
 
-// Subscribe opens a socket that receives IPv4 and IPv6 address events.
+// Subscribe opens a socket that receives IPv4 and IPv6 address events, and
+// link events (an interface renamed or deleted keeps its addresses' indexes).
 // rcvbuf, when positive, sets its receive buffer (SO_RCVBUFFORCE, else
 // SO_RCVBUF). Events start at once: list after subscribing, so none is lost.
 func Subscribe(rcvbuf int) (*Conn, error) {
@@ -114,7 +119,7 @@ func Subscribe(rcvbuf int) (*Conn, error) {
 			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)
 		}
 	}
-	sa := &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_IFADDR}
+	sa := &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_IFADDR | unix.RTMGRP_LINK}
 	if err := unix.Bind(fd, sa); err != nil {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("bind", err)
@@ -238,6 +243,10 @@ func parse(b []byte, fn func(Event)) (done bool, err error) {
 			if a, ok := parseAddr(body); ok {
 				fn(Event{New: typ == unix.RTM_NEWADDR, Addr: a})
 			}
+		case unix.RTM_NEWLINK, unix.RTM_DELLINK:
+			if index, name, ok := parseLink(body); ok {
+				fn(Event{New: typ == unix.RTM_NEWLINK, Addr: Addr{Index: index}, Link: true, Name: name})
+			}
 		}
 		b = b[min(nlAlign(l), len(b)):]
 	}
@@ -280,6 +289,29 @@ func parseAddr(b []byte) (Addr, bool) {
 		a.Addr = address
 	}
 	return a, a.Addr.IsValid()
+}
+
+// parseLink decodes an ifinfomsg's index and its IFLA_IFNAME.
+func parseLink(b []byte) (index int, name string, ok bool) {
+	if len(b) < unix.SizeofIfInfomsg {
+		return 0, "", false
+	}
+	index = int(int32(binary.NativeEndian.Uint32(b[4:8])))
+	for b = b[unix.SizeofIfInfomsg:]; len(b) >= unix.SizeofRtAttr; {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			break
+		}
+		if binary.NativeEndian.Uint16(b[2:4]) == unix.IFLA_IFNAME {
+			v := b[unix.SizeofRtAttr:l]
+			if i := len(v); i > 0 && v[i-1] == 0 {
+				v = v[:i-1]
+			}
+			return index, string(v), true
+		}
+		b = b[min(nlAlign(l), len(b)):]
+	}
+	return index, "", true
 }
 
 func nlAlign(n int) int { return (n + 3) &^ 3 }
