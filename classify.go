@@ -15,11 +15,12 @@ import (
 
 // Classify applies safedial's exhaustion rules to an error from any dialer:
 // a plain [net.Dialer], an [http.Client] (whose errors are [*url.Error]), or
-// code that wrapped them (a proxy client's own *net.OpError included). When err reports ephemeral-port exhaustion, Classify
-// returns an error that matches [ErrEphemeralExhausted] and wraps an
-// [*ExhaustedError]; a *url.Error or *net.OpError on the outside stays on the
-// outside. Otherwise, and for errors that already match, it returns err
-// unchanged (nil stays nil).
+// code that wrapped them (a proxy client's own *net.OpError included). When
+// err reports ephemeral-port exhaustion, Classify returns an error that
+// matches [ErrEphemeralExhausted] and wraps an [*ExhaustedError]; a
+// *url.Error or *net.OpError on the outside stays on the outside. Otherwise,
+// and for errors that already match, it returns err unchanged (nil stays
+// nil).
 //
 // The rules, from the system call that failed:
 //   - bind, EADDRINUSE, requested local port 0: exhaustion (Syscall "bind");

@@ -13,7 +13,7 @@ import (
 
 // Each upstream gets its own sources: the choice is by destination, so
 // http.Transport's per-host connection reuse never crosses pools.
-func ExampleDialer_GetSources() {
+func ExampleDialer_getSources() {
 	pools := map[string]*safedial.SourcePool{}
 	for host, srcs := range map[string][]string{
 		"127.0.0.2": {"127.0.0.10", "127.0.0.11"},

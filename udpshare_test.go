@@ -21,6 +21,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/safedial/safedial"
+	"github.com/safedial/safedial/internal/netnstest"
 )
 
 // udpEcho serves UDP echo on each addr until the test ends.
@@ -362,12 +363,21 @@ type helperProc struct {
 	out   *bufio.Reader
 }
 
+// helperCommand is the command of a helper process: the test binary
+// running only the test named, with env added to its environment, and under
+// go test -cover writing its counters where the parent's are merged.
+func helperCommand(test, env string) *exec.Cmd {
+	args := append([]string{"-test.run=^" + test + "$", "-test.count=1"}, netnstest.CoverArgs()...)
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), env)
+	return cmd
+}
+
 // startHelper starts the test binary running only the test named, with env
 // added to its environment (the marker that makes it act as a helper).
 func startHelper(t *testing.T, test, env string) helperProc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), env)
+	cmd := helperCommand(test, env)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

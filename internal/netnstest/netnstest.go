@@ -51,7 +51,7 @@ func Run(t *testing.T, c netns.Config, body func(t *testing.T)) {
 		timeout = time.Until(dl) * 9 / 10
 	}
 	args := []string{"-test.run=" + runPattern(t.Name()), "-test.v", "-test.count=1", "-test.timeout=" + timeout.String()}
-	args = append(args, coverArgs()...)
+	args = append(args, CoverArgs()...)
 	cmd, err := netns.Command(c, os.Args[0], args...)
 	if err != nil {
 		unavailable(t, err)
@@ -74,12 +74,13 @@ func Run(t *testing.T, c netns.Config, body func(t *testing.T)) {
 	}
 }
 
-// coverArgs passes coverage through to the child: under go test -cover the
-// test binary gets -test.gocoverdir, and each process, the child included,
+// CoverArgs passes coverage through to a child process of the test binary
+// (a namespace child, or a helper process a test starts): under go test
+// -cover the test binary gets -test.gocoverdir, and each process given it
 // writes its counters there when it exits; the parent merges every file of
 // that directory into the profile. Without it the code that only runs in a
-// namespace would count as never run.
-func coverArgs() []string {
+// child would count as never run.
+func CoverArgs() []string {
 	if f := flag.Lookup("test.gocoverdir"); f != nil && f.Value.String() != "" {
 		return []string{"-test.gocoverdir=" + f.Value.String()}
 	}
