@@ -20,6 +20,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -87,9 +88,12 @@ var (
 	// under way before closing their connections.
 	exporterDrainTimeout = 5 * time.Second
 	// Set by tests: a collector registered beside the others, a hook of
-	// the servers' ConnState, and where the subcommand sends its addresses.
+	// the servers' ConnState, one called as an answer of /metrics starts
+	// to be written (its collectors have all returned), and where the
+	// subcommand sends its addresses.
 	exporterExtra     prometheus.Collector
 	exporterConnState func(net.Conn, http.ConnState)
+	exporterWriting   func()
 	exporterReady     chan<- string
 	exporterLog       io.Writer = os.Stderr
 )
@@ -367,12 +371,26 @@ func limitInFlight(n int, h http.Handler) http.Handler {
 		select {
 		case sem <- struct{}{}:
 			defer func() { <-sem }()
+			if exporterWriting != nil {
+				w = &writingHook{ResponseWriter: w}
+			}
 			h.ServeHTTP(w, r)
 		default:
 			w.Header().Set("Connection", "close") // its descriptor is let go at once
 			http.Error(w, fmt.Sprintf("%d scrapes are under way (--web.max-requests); try again later", n), http.StatusServiceUnavailable)
 		}
 	})
+}
+
+// writingHook calls exporterWriting at the first write of an answer.
+type writingHook struct {
+	http.ResponseWriter
+	once sync.Once
+}
+
+func (w *writingHook) Write(b []byte) (int, error) {
+	w.once.Do(exporterWriting)
+	return w.ResponseWriter.Write(b)
 }
 
 // buildInfo is the safedial_build_info gauge, always 1, with the labels of

@@ -72,6 +72,13 @@ func (s *connStates) hook(_ net.Conn, st http.ConnState) {
 	s.cond.Broadcast()
 }
 
+// writing counts the answers of /metrics that started to be written
+// (exporterWriting).
+func (s *connStates) writing() { s.hook(nil, writingState) }
+
+// writingState is the count of connStates.writing.
+const writingState http.ConnState = -1
+
 // wait returns once the count of state reaches n.
 func (s *connStates) wait(state http.ConnState, n int) {
 	s.mu.Lock()
@@ -183,10 +190,10 @@ func TestExporterStalledClients(t *testing.T) {
 		}
 		big := newBigCollector(600)
 		states := newConnStates()
-		oldExtra, oldState, oldWrite, oldIdle := exporterExtra, exporterConnState, exporterWriteTimeout, exporterIdleTimeout
-		exporterExtra, exporterConnState, exporterWriteTimeout, exporterIdleTimeout = big, states.hook, 20*time.Second, 20*time.Second
+		oldExtra, oldState, oldWriting, oldWrite, oldIdle := exporterExtra, exporterConnState, exporterWriting, exporterWriteTimeout, exporterIdleTimeout
+		exporterExtra, exporterConnState, exporterWriting, exporterWriteTimeout, exporterIdleTimeout = big, states.hook, states.writing, 20*time.Second, 20*time.Second
 		t.Cleanup(func() {
-			exporterExtra, exporterConnState, exporterWriteTimeout, exporterIdleTimeout = oldExtra, oldState, oldWrite, oldIdle
+			exporterExtra, exporterConnState, exporterWriting, exporterWriteTimeout, exporterIdleTimeout = oldExtra, oldState, oldWriting, oldWrite, oldIdle
 		})
 		addr := startExporter(t, "--web.listen-address", "127.0.0.1:0", "-top", "0")
 
@@ -213,9 +220,13 @@ func TestExporterStalledClients(t *testing.T) {
 			}
 		}()
 		// Every request read; the 260 beyond the limit answered 503 and
-		// closed; 40 answers stalled in their write.
+		// closed; 40 answers stalled in their write. A request read is not
+		// yet a scrape: wait for the 40 to be writing, so that their
+		// collectors have run and returned (under load, a handler could
+		// still be gathering, with its own descriptors open).
 		states.wait(http.StateActive, 1+clients)
 		states.wait(http.StateClosed, 1+clients-maxRequests)
+		states.wait(writingState, 1+maxRequests)
 		if got := big.calls.Load(); got != 1+maxRequests {
 			t.Errorf("%d scrapes of the collector, want %d (one, then --web.max-requests)", got, 1+maxRequests)
 		}
