@@ -162,8 +162,8 @@ func parseExporter(args []string, stdout io.Writer) (exporterOptions, error) {
 		return *o, usagef("-top %d: must not be negative", o.top)
 	case o.minInterval < 0:
 		return *o, usagef("-min-interval %v: must not be negative", o.minInterval)
-	case o.maxRequests < 1:
-		return *o, usagef("--web.max-requests %d: must be at least 1", o.maxRequests)
+	case o.maxRequests < 0:
+		return *o, usagef("--web.max-requests %d: must not be negative (0: no limit)", o.maxRequests)
 	case o.scrapeTimeout <= 0:
 		return *o, usagef("-scrape-timeout %v: must be positive", o.scrapeTimeout)
 	}
@@ -189,7 +189,7 @@ func exporterFlags() (*flag.FlagSet, *exporterOptions) {
 	fs.Func("web.listen-address", "serve on this address (repeat for several); default "+defaultListen, listen)
 	fs.Func("listen", "the same as --web.listen-address", listen)
 	fs.StringVar(&o.webConfig, "web.config.file", "", "exporter-toolkit web configuration file: TLS and basic authentication")
-	fs.IntVar(&o.maxRequests, "web.max-requests", defaultMaxRequests, "answers of /metrics under way at once, until the last byte is written; more get 503")
+	fs.IntVar(&o.maxRequests, "web.max-requests", defaultMaxRequests, "answers of /metrics under way at once, until the last byte is written; more get 503 (0: no limit)")
 	fs.DurationVar(&o.scrapeTimeout, "scrape-timeout", defaultScrapeTimeout, "a scrape that takes longer gets 503; also bounds each probe")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.IntVar(&o.top, "top", safedialprom.DefaultTop, "export this many pairs of each protocol, the most used first, besides those -src and -dst name (0: the named ones only)")
@@ -365,7 +365,11 @@ func exporter(ctx context.Context, args []string, stdout, stderr io.Writer, read
 // limitInFlight serves at most n requests at once with h, from the request
 // to the last byte written (so a client that does not read holds its
 // slot); the others get 503 at once.
+// With n 0 there is no limit, as node_exporter's --web.max-requests 0.
 func limitInFlight(n int, h http.Handler) http.Handler {
+	if n == 0 {
+		return h
+	}
 	sem := make(chan struct{}, n)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {

@@ -8,10 +8,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,7 +174,7 @@ func TestExporterCommandLine(t *testing.T) {
 		{[]string{"headroom", "--web.listen-address", "127.0.0.1:9477", "-h"}, 0, "usage: safedial exporter", ""},
 		{[]string{"--version"}, 0, "(devel)\n", ""}, // a test binary's module version
 		{[]string{"exporter", "--version"}, 0, "(devel)\n", ""},
-		{[]string{"exporter", "--web.max-requests", "0"}, 2, "", "safedial exporter: --web.max-requests 0: must be at least 1\n"},
+		{[]string{"exporter", "--web.max-requests", "-1"}, 2, "", "safedial exporter: --web.max-requests -1: must not be negative (0: no limit)\n"},
 		{[]string{"exporter", "-dst", "127.0.0.1:70000"}, 2, "", "safedial exporter: invalid value"},
 		{[]string{"headroom", "-listen", "127.0.0.1:9477", "-udp"}, 2, "", "safedial exporter: flag provided but not defined: -udp\n"},
 	} {
@@ -224,4 +226,35 @@ func TestExporterIdleTimeout(t *testing.T) {
 			t.Errorf("a keep-alive connection after one request: %v, read %q; want the answer then the exporter's close", err, b)
 		}
 	})
+}
+
+// TestMaxRequestsZero: --web.max-requests 0 is no limit, as node_exporter's.
+func TestMaxRequestsZero(t *testing.T) {
+	o, err := parseExporter([]string{"--web.max-requests", "0"}, io.Discard)
+	if err != nil || o.maxRequests != 0 {
+		t.Fatalf("--web.max-requests 0: %+v, %v", o.maxRequests, err)
+	}
+	const n = 50
+	release := make(chan struct{})
+	var started sync.WaitGroup
+	started.Add(n)
+	h := limitInFlight(0, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started.Done()
+		<-release
+	}))
+	codes := make(chan int, n)
+	for range n {
+		go func() {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			codes <- rec.Code
+		}()
+	}
+	started.Wait() // all n are in the handler at once: none was turned away
+	close(release)
+	for range n {
+		if c := <-codes; c != http.StatusOK {
+			t.Errorf("status %d, want 200", c)
+		}
+	}
 }

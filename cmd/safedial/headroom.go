@@ -71,7 +71,7 @@ func flags(o *options) (*flag.FlagSet, *string) {
 	fs.StringVar(&o.dst, "dst", "", "only this destination, `host:port` (a name is resolved; the host must be given)")
 	fs.BoolVar(&o.udp, "udp", false, "UDP ports, per source, instead of TCP")
 	fs.BoolVar(&o.json, "json", false, "print JSON, one object per sample (with a \"schema\" version; dest \"*\" for a UDP port held for every destination)")
-	fs.DurationVar(&o.watch, "watch", 0, "sample every `period` (100ms or more), such as 2s, until interrupted")
+	fs.DurationVar(&o.watch, "watch", 0, "sample every `period`, such as 2s, until interrupted (shorter than 100ms: 100ms)")
 	return fs, src
 }
 
@@ -127,8 +127,11 @@ func parse(args []string, help io.Writer) (options, error) {
 			return o, usagef("-dst %q: the port must be 1-65535", o.dst)
 		}
 	}
-	if o.watch < 0 || o.watch > 0 && o.watch < minWatch {
-		return o, usagef("-watch %v: the period must be at least %v (or 0, one sample)", o.watch, minWatch)
+	switch {
+	case o.watch < 0:
+		return o, usagef("-watch %v: the period must be positive (or 0, one sample)", o.watch)
+	case o.watch > 0 && o.watch < minWatch:
+		o.watch = minWatch // a shorter period would only spin a CPU
 	}
 	return o, nil
 }
