@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/safedial/safedial/internal/sysctl"
 	"golang.org/x/sys/unix"
 )
 
@@ -91,15 +92,15 @@ func parseSock(msg []byte) diagSock {
 // range (a Dialer's PortRange wider than it: the kernel uses the
 // intersection) count as reserved: the kernel never hands them out either.
 func hostOf(r PortRange, bound *portSet) (hostPorts, error) {
-	reserved, err := reservedPorts()
+	reserved, err := sysctl.ReservedPorts()
 	if err != nil {
 		return hostPorts{}, err
 	}
 	if ns, ok := namespaceRange(); ok && (r.Lo < ns.Lo || r.Hi > ns.Hi) {
-		off := *reserved // reservedPorts' set is shared: add to a copy
+		off := *reserved // sysctl.ReservedPorts' set is shared: add to a copy
 		for p := int(r.Lo); p <= int(r.Hi); p++ {
 			if p < int(ns.Lo) || p > int(ns.Hi) {
-				off.add(uint16(p))
+				off.Add(uint16(p))
 			}
 		}
 		reserved = &off
@@ -112,9 +113,9 @@ func newHostPorts(r PortRange, reserved, bound *portSet) hostPorts {
 	h := hostPorts{r: r, reserved: reserved, bound: bound}
 	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
 		switch {
-		case reserved.has(uint16(p)):
+		case reserved.Has(uint16(p)):
 			h.nReserved++
-		case bound.has(uint16(p)):
+		case bound.Has(uint16(p)):
 			h.nBound++
 		}
 	}
@@ -153,10 +154,10 @@ func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort
 		own := new(portSet)
 		for _, ps := range [][]uint16{p.live, p.tw, p.old} {
 			for _, port := range ps {
-				own.add(port)
+				own.Add(port)
 			}
 		}
-		err = b.judge(ctx, own.has)
+		err = b.judge(ctx, own.Has)
 	}
 	if err == nil {
 		err = b.explicit(ctx, r)
@@ -266,7 +267,7 @@ func idleStates(r PortRange, bound *portSet) (uint32, idlePorts) {
 
 func (ip idlePorts) see(m diagSock) {
 	if ip.fresh != nil && m.state == tcpClose {
-		ip.fresh.add(m.sport)
+		ip.fresh.Add(m.sport)
 	}
 }
 
@@ -300,7 +301,7 @@ type doubtful struct {
 func (b *bindings) see(m diagSock) {
 	switch {
 	case m.state == tcpListen, m.state == tcpClose:
-		b.bound.add(m.sport) // listen() and bind() take the port at once
+		b.bound.Add(m.sport) // listen() and bind() take the port at once
 	case !m.sockopt, m.noPort:
 		// a mini socket, or a port chosen at connect()
 	default:
@@ -318,7 +319,7 @@ func (b *bindings) judge(ctx context.Context, skip func(port uint16) bool) error
 	keys := make([]routeKey, 0, len(b.asked))
 	asked := b.asked[:0]
 	for _, d := range b.asked {
-		if !b.bound.has(d.port) && (skip == nil || !skip(d.port)) {
+		if !b.bound.Has(d.port) && (skip == nil || !skip(d.port)) {
 			asked = append(asked, d)
 			keys = append(keys, d.key)
 		}
@@ -329,9 +330,9 @@ func (b *bindings) judge(ctx context.Context, skip func(port uint16) bool) error
 	}
 	for i, d := range asked {
 		switch {
-		case b.bound.has(d.port):
+		case b.bound.Has(d.port):
 		case srcs[i].IsValid() && srcs[i] != d.src:
-			b.bound.add(d.port) // bound to a source connect() would not pick
+			b.bound.Add(d.port) // bound to a source connect() would not pick
 		default:
 			b.doubt = true // the routed source, or no route now
 		}
@@ -353,7 +354,7 @@ func (b *bindings) explicit(ctx context.Context, r PortRange) error {
 	bc.orAccept()
 	bc.reject()
 	return dump(ctx, [][]byte{tcpRequest(allStates&^(1<<tcpTimeWait), bc.bytes())}, func(msg []byte) {
-		b.bound.add(binary.BigEndian.Uint16(msg[4:6]))
+		b.bound.Add(binary.BigEndian.Uint16(msg[4:6]))
 	})
 }
 
@@ -657,7 +658,7 @@ func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPor
 		}
 		switch m.state {
 		case tcpListen, tcpClose:
-			bound.add(m.sport)
+			bound.Add(m.sport)
 		case tcpTimeWait:
 			p.tw = append(p.tw, m.sport)
 		default:

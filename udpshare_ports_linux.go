@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/safedial/safedial/internal/sysctl"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,14 +76,14 @@ func shareRange(r PortRange) (PortRange, *portSet, error) {
 	if in.Lo > in.Hi {
 		return r, nil, errConfig("ShareUDPPorts: PortRange %v does not intersect this network namespace's net.ipv4.ip_local_port_range %v", r, ns)
 	}
-	list, err := parsePortList(reserved)
+	list, err := sysctl.ParsePortList(reserved)
 	if err != nil {
 		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_reserved_ports, ports the kernel never hands out: %w", err)
 	}
 	off := new(portSet)
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
-		if p < int(in.Lo) || p > int(in.Hi) || list.has(uint16(p)) {
-			off.add(uint16(p))
+		if p < int(in.Lo) || p > int(in.Hi) || list.Has(uint16(p)) {
+			off.Add(uint16(p))
 		}
 	}
 	shareRanges.Store(&rangeEntry{asked: asked, ns: ns, reserved: reserved, r: r, off: off})
@@ -179,7 +180,7 @@ func readProc(path string, buf []byte) ([]byte, error) {
 func sharedPorts(ctx context.Context, src netip.Addr, zone uint32, peer netip.Addr, peerPort uint16, r PortRange, off *portSet, inFlight func(port uint16, cookie uint64)) ([]portState, error) {
 	states := make([]portState, r.size())
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
-		if off.has(uint16(p)) {
+		if off.Has(uint16(p)) {
 			states[p-int(r.Lo)] = portOff
 		}
 	}
