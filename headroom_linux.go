@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/safedial/safedial/internal/route"
 	"github.com/safedial/safedial/internal/sysctl"
 	"golang.org/x/sys/unix"
 )
@@ -40,8 +41,8 @@ type diagSock struct {
 // routeCtx is what of m changes the route, and so the source, the kernel
 // picks for it. Without its mark (unprivileged callers are not told), the
 // lookup is as for an unmarked socket.
-func (m diagSock) routeCtx() routeCtx {
-	return routeCtx{mark: m.mark, oif: m.ifindex, uid: m.uid, hasUID: true}
+func (m diagSock) routeCtx() route.Ctx {
+	return route.Ctx{Mark: m.mark, OIF: m.ifindex, UID: m.uid, HasUID: true}
 }
 
 // bigEndian tells how the compiler lays out C bit-fields: from the low bit
@@ -294,7 +295,7 @@ type bindings struct {
 type doubtful struct {
 	port uint16
 	src  netip.Addr
-	key  routeKey
+	key  route.Key
 }
 
 // see classifies m, a socket not of the pair in question.
@@ -305,7 +306,7 @@ func (b *bindings) see(m diagSock) {
 	case !m.sockopt, m.noPort:
 		// a mini socket, or a port chosen at connect()
 	default:
-		b.asked = append(b.asked, doubtful{port: m.sport, src: m.src, key: routeKey{dst: m.dst, rc: m.routeCtx()}})
+		b.asked = append(b.asked, doubtful{port: m.sport, src: m.src, key: route.Key{Dst: m.dst, Ctx: m.routeCtx()}})
 	}
 }
 
@@ -316,7 +317,7 @@ func (b *bindings) see(m diagSock) {
 // A socket on a port already known bound, or on a port skip reports (the
 // pair's own, counted before Bound), costs no lookup.
 func (b *bindings) judge(ctx context.Context, skip func(port uint16) bool) error {
-	keys := make([]routeKey, 0, len(b.asked))
+	keys := make([]route.Key, 0, len(b.asked))
 	asked := b.asked[:0]
 	for _, d := range b.asked {
 		if !b.bound.Has(d.port) && (skip == nil || !skip(d.port)) {
@@ -324,7 +325,7 @@ func (b *bindings) judge(ctx context.Context, skip func(port uint16) bool) error
 			keys = append(keys, d.key)
 		}
 	}
-	srcs, err := rememberedSources(ctx, keys)
+	srcs, err := route.Remembered(ctx, keys)
 	if err != nil {
 		return err
 	}
