@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/safedial/safedial/internal/route"
+	"github.com/safedial/safedial/internal/sockdiag"
 	"github.com/safedial/safedial/internal/sysctl"
 	"golang.org/x/sys/unix"
 )
@@ -60,14 +61,14 @@ func parseSock(msg []byte) diagSock {
 	m.ifindex = binary.NativeEndian.Uint32(id[36:40])
 	m.expires = time.Duration(binary.NativeEndian.Uint32(msg[52:56])) * time.Millisecond
 	m.uid = binary.NativeEndian.Uint32(msg[64:68])
-	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
+	for a := msg[sockdiag.SizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
 		l := int(binary.NativeEndian.Uint16(a[0:]))
 		if l < unix.SizeofRtAttr || l > len(a) {
 			break
 		}
 		v := a[unix.SizeofRtAttr:l]
 		switch binary.NativeEndian.Uint16(a[2:]) {
-		case inetDiagSockopt:
+		case sockdiag.AttrSockopt:
 			if len(v) >= 2 {
 				// The second byte's first bit-field is bind_address_no_port.
 				bit := byte(1)
@@ -76,9 +77,9 @@ func parseSock(msg []byte) diagSock {
 				}
 				m.sockopt, m.noPort = true, v[1]&bit != 0
 			}
-		case inetDiagSKV6Only:
+		case sockdiag.AttrSKV6Only:
 			m.v6only = len(v) >= 1 && v[0] != 0
-		case inetDiagMark:
+		case sockdiag.AttrMark:
 			if len(v) >= 4 {
 				m.mark, m.hasMark = binary.NativeEndian.Uint32(v), true
 			}
@@ -137,7 +138,7 @@ func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort
 	tw := readTWReuse()
 	p := pairPorts{reusable: tw.reuses(src, dst.Addr())}
 	isPair := func(m diagSock) bool {
-		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose &&
+		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != sockdiag.StateListen && m.state != sockdiag.StateClose &&
 			sameLink(m, src, oif)
 	}
 	b := bindings{bound: new(portSet)}
@@ -217,16 +218,16 @@ var noCgroupCond atomic.Bool
 // 0) or of the pair src -> dst. Where the kernel lacks the cgroup condition,
 // it dumps every socket in r.
 func fullOrPair(ctx context.Context, r PortRange, src netip.Addr, dst netip.AddrPort, states uint32, each func(diagSock)) error {
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
+	var b sockdiag.Bytecode
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
 	if !noCgroupCond.Load() {
-		b.cgroup(0)  // a mini socket: the pair's only
-		b.orAccept() // a full socket: any
-		b.cond(bcSCond, src, -1)
-		b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+		b.Cgroup(0)  // a mini socket: the pair's only
+		b.OrAccept() // a full socket: any
+		b.Cond(sockdiag.SCond, src, -1)
+		b.Cond(sockdiag.DCond, dst.Addr(), int32(dst.Port()))
 	}
-	err := dump(ctx, [][]byte{tcpRequest(states, b.bytes())}, func(msg []byte) { each(parseSock(msg)) })
+	err := dump(ctx, [][]byte{sockdiag.TCPRequest(states, b.Bytes())}, func(msg []byte) { each(parseSock(msg)) })
 	if errors.Is(err, unix.EINVAL) && !noCgroupCond.Load() {
 		noCgroupCond.Store(true)
 		return fullOrPair(ctx, r, src, dst, states, each)
@@ -258,16 +259,16 @@ func idleStates(r PortRange, bound *portSet) (uint32, idlePorts) {
 	idleCache.mu.Lock()
 	defer idleCache.mu.Unlock()
 	if idleCache.set == nil || idleCache.r != r || time.Since(idleCache.at) >= time.Second {
-		return allStates | boundInactive, idlePorts{fresh: new(portSet)}
+		return sockdiag.AllStates | sockdiag.BoundInactive, idlePorts{fresh: new(portSet)}
 	}
 	for i, w := range idleCache.set {
 		bound[i] |= w
 	}
-	return allStates, idlePorts{}
+	return sockdiag.AllStates, idlePorts{}
 }
 
 func (ip idlePorts) see(m diagSock) {
-	if ip.fresh != nil && m.state == tcpClose {
+	if ip.fresh != nil && m.state == sockdiag.StateClose {
 		ip.fresh.Add(m.sport)
 	}
 }
@@ -301,7 +302,7 @@ type doubtful struct {
 // see classifies m, a socket not of the pair in question.
 func (b *bindings) see(m diagSock) {
 	switch {
-	case m.state == tcpListen, m.state == tcpClose:
+	case m.state == sockdiag.StateListen, m.state == sockdiag.StateClose:
 		b.bound.Add(m.sport) // listen() and bind() take the port at once
 	case !m.sockopt, m.noPort:
 		// a mini socket, or a port chosen at connect()
@@ -348,13 +349,13 @@ func (b *bindings) explicit(ctx context.Context, r PortRange) error {
 	if !b.doubt {
 		return nil
 	}
-	var bc bytecode
-	bc.port(bcSGE, r.Lo)
-	bc.port(bcSLE, r.Hi)
-	bc.auto()
-	bc.orAccept()
-	bc.reject()
-	return dump(ctx, [][]byte{tcpRequest(allStates&^(1<<tcpTimeWait), bc.bytes())}, func(msg []byte) {
+	var bc sockdiag.Bytecode
+	bc.Port(sockdiag.SGE, r.Lo)
+	bc.Port(sockdiag.SLE, r.Hi)
+	bc.Auto()
+	bc.OrAccept()
+	bc.Reject()
+	return dump(ctx, [][]byte{sockdiag.TCPRequest(sockdiag.AllStates&^(1<<sockdiag.StateTimeWait), bc.Bytes())}, func(msg []byte) {
 		b.bound.Add(binary.BigEndian.Uint16(msg[4:6]))
 	})
 }
@@ -362,9 +363,9 @@ func (b *bindings) explicit(ctx context.Context, r PortRange) error {
 // add counts m, a socket of the pair.
 func (p *pairPorts) add(m diagSock, tw twReuse) {
 	switch {
-	case m.state != tcpTimeWait:
+	case m.state != sockdiag.StateTimeWait:
 		p.live = append(p.live, m.sport)
-	case twLen-m.expires > tw.delay:
+	case sockdiag.TimeWaitLen-m.expires > tw.delay:
 		p.old = append(p.old, m.sport)
 	default:
 		p.tw = append(p.tw, m.sport)
@@ -375,7 +376,7 @@ func (p *pairPorts) add(m diagSock, tw twReuse) {
 // its family's wildcard address, and for IPv4 on [::] unless IPv6-only.
 func diagUDP(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
 	var p pairPorts
-	err := dump(ctx, requests(true, src.Is4(), src.Is6(), allStates, onSource(src, r)), func(msg []byte) {
+	err := dump(ctx, sockdiag.Requests(true, src.Is4(), src.Is6(), sockdiag.AllStates, onSource(src, r)), func(msg []byte) {
 		if m := parseSock(msg); m.src == src || m.src.IsUnspecified() && holdsFor(m, src) {
 			p.live = append(p.live, m.sport)
 		}
@@ -405,23 +406,23 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 	if udp {
 		return udpPairs(ctx, v4, v6, r)
 	}
-	var all bytecode
-	all.port(bcSGE, r.Lo)
-	all.port(bcSLE, r.Hi)
+	var all sockdiag.Bytecode
+	all.Port(sockdiag.SGE, r.Lo)
+	all.Port(sockdiag.SLE, r.Hi)
 	tw := readTWReuse()
 	pairs := map[pairKey]*pairPorts{}
 	b := bindings{bound: new(portSet)}
 	var ls listeners
 	zones := map[uint32]string{}
 	states, idle := idleStates(r, b.bound)
-	err := dump(ctx, [][]byte{tcpRequest(states, all.bytes())}, func(msg []byte) {
+	err := dump(ctx, [][]byte{sockdiag.TCPRequest(states, all.Bytes())}, func(msg []byte) {
 		m := parseSock(msg)
 		b.see(m)
 		idle.see(m)
-		if m.state == tcpListen {
+		if m.state == sockdiag.StateListen {
 			ls.add(m)
 		}
-		if m.state == tcpListen || m.state == tcpClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
+		if m.state == sockdiag.StateListen || m.state == sockdiag.StateClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
 			return
 		}
 		k := pairKey{src: m.src, dst: netip.AddrPortFrom(m.dst, m.dport)}
@@ -519,12 +520,12 @@ func (ls *listeners) dropAccepted(pairs map[pairKey]*pairPorts) {
 // udpPairs reads every UDP source with sockets on ports of r, wildcard
 // sockets counted against each source of the family they cover.
 func udpPairs(ctx context.Context, v4, v6 bool, r PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
+	var b sockdiag.Bytecode
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
 	own := map[netip.Addr][]uint16{}
 	var wild4, wild6 []uint16
-	err := dump(ctx, requests(true, v4, true, allStates, b.bytes()), func(msg []byte) {
+	err := dump(ctx, sockdiag.Requests(true, v4, true, sockdiag.AllStates, b.Bytes()), func(msg []byte) {
 		m := parseSock(msg)
 		switch {
 		case !m.src.IsUnspecified():
@@ -617,11 +618,11 @@ func onInterface(a netip.Addr) bool {
 // the IPv6 sockets on IPv6 addresses; for a dual-stack IPv6 socket, every
 // one.
 func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, hostPorts, error) {
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
+	var b sockdiag.Bytecode
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
 	var p pairPorts
-	err := dump(ctx, requests(true, true, true, allStates, b.bytes()), func(msg []byte) {
+	err := dump(ctx, sockdiag.Requests(true, true, true, sockdiag.AllStates, b.Bytes()), func(msg []byte) {
 		m := parseSock(msg)
 		var takes bool
 		switch {
@@ -652,15 +653,15 @@ func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, h
 func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
 	var p pairPorts
 	bound := new(portSet)
-	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, onSource(src, r))}, func(msg []byte) {
+	err := dump(ctx, [][]byte{sockdiag.TCPRequest(sockdiag.AllStates|sockdiag.BoundInactive, onSource(src, r))}, func(msg []byte) {
 		m := parseSock(msg)
 		if m.src != src && !(m.src.IsUnspecified() && holdsFor(m, src)) {
 			return
 		}
 		switch m.state {
-		case tcpListen, tcpClose:
+		case sockdiag.StateListen, sockdiag.StateClose:
 			bound.Add(m.sport)
-		case tcpTimeWait:
+		case sockdiag.StateTimeWait:
 			p.tw = append(p.tw, m.sport)
 		default:
 			p.live = append(p.live, m.sport)
@@ -677,13 +678,13 @@ func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPor
 // those on src, on its family's wildcard address and, for IPv4, on [::]
 // (dual-stack), with a local port in r.
 func onSource(src netip.Addr, r PortRange) []byte {
-	var b bytecode
+	var b sockdiag.Bytecode
 	conds := []netip.Addr{src, unspecified(src)}
 	if src.Is4() {
 		conds = append(conds, netip.IPv6Unspecified())
 	}
-	b.anyOf(conds)
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
-	return b.bytes()
+	b.AnyOf(conds)
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
+	return b.Bytes()
 }

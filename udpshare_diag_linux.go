@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/safedial/safedial/internal/sockdiag"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,7 +40,7 @@ type diagSocket struct {
 
 func parseDiag(msg []byte) diagSocket {
 	id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie
-	s := diagSocket{family: msg[0], connected: msg[1] == tcpEstablished}
+	s := diagSocket{family: msg[0], connected: msg[1] == sockdiag.StateEstablished}
 	var src, dst netip.Addr
 	if s.family == unix.AF_INET {
 		src, dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
@@ -51,19 +52,19 @@ func parseDiag(msg []byte) diagSocket {
 	s.ifindex = binary.NativeEndian.Uint32(id[36:40])
 	s.cookie = binary.NativeEndian.Uint64(id[40:48])
 	s.uid = binary.NativeEndian.Uint32(msg[64:68])
-	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
+	for a := msg[sockdiag.SizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
 		l := int(binary.NativeEndian.Uint16(a[0:]))
 		if l < unix.SizeofRtAttr || l > len(a) {
 			break
 		}
 		switch binary.NativeEndian.Uint16(a[2:]) {
-		case inetDiagSockopt:
+		case sockdiag.AttrSockopt:
 			if l >= unix.SizeofRtAttr+2 {
 				bits := uint16(a[unix.SizeofRtAttr]) | uint16(a[unix.SizeofRtAttr+1])<<8
 				s.hasOpts = true
 				s.marked = bits&rfc4884Bit != 0 && bits&recverrBit == 0
 			}
-		case inetDiagSKV6Only:
+		case sockdiag.AttrSKV6Only:
 			s.v6only = l > unix.SizeofRtAttr && a[unix.SizeofRtAttr] != 0
 		}
 		a = a[min((l+3)&^3, len(a)):]
@@ -109,12 +110,12 @@ func drain(fd int) {
 // socket that would receive from the peer on that port, which any of them
 // would. Claims use it only when another user holds their 4-tuple's lock.
 func othersConnected(ctx context.Context, nl int, src netip.Addr, zone uint32, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
-	var b bytecode
-	b.cond(bcSCond, src, int32(port))
-	b.cond(bcDCond, peer.Addr(), int32(peer.Port()))
+	var b sockdiag.Bytecode
+	b.Cond(sockdiag.SCond, src, int32(port))
+	b.Cond(sockdiag.DCond, peer.Addr(), int32(peer.Port()))
 	// Connected sockets only, and the ports in the request itself: the
 	// kernel's UDP dump compares those before running the bytecode.
-	reqs := requests(true, src.Is4(), src.Is6(), 1<<tcpEstablished, b.bytes())
+	reqs := sockdiag.Requests(true, src.Is4(), src.Is6(), 1<<sockdiag.StateEstablished, b.Bytes())
 	if src.Is4() {
 		_, v6, err := udpOwner(ctx, nl, unix.AF_INET6, netip.AddrPortFrom(src, port), peer, 0)
 		if err != nil {
@@ -142,17 +143,7 @@ func othersConnected(ctx context.Context, nl int, src netip.Addr, zone uint32, p
 // dumpOn is dump on the dial's own NETLINK_SOCK_DIAG socket nl (with its
 // read deadline set), which saves making one per dump.
 func dumpOn(ctx context.Context, nl int, reqs [][]byte, each func(msg []byte)) error {
-	bp := diagBufs.Get().(*[]byte)
-	defer diagBufs.Put(bp)
-	for _, req := range reqs {
-		if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return os.NewSyscallError("sendto", err)
-		}
-		if err := answers(ctx, nl, *bp, each); err != nil {
-			return err
-		}
-	}
-	return nil
+	return diagErr(sockdiag.DumpOn(ctx, nl, reqs, each))
 }
 
 func reusePort(fd, v int) error {
@@ -167,9 +158,9 @@ func reusePort(fd, v int) error {
 // address with a zone), and returns its cookie. An IPv4 address asked of
 // AF_INET6 is IPv4-mapped.
 func udpOwner(ctx context.Context, nl int, family byte, local, peer netip.AddrPort, ifindex uint32) (cookie uint64, found bool, err error) {
-	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil) // no bytecode: one lookup
+	m, req := sockdiag.Message(unix.SOCK_DIAG_BY_FAMILY, sockdiag.SizeofReqV2, nil) // no bytecode: one lookup
 	req[0], req[1] = family, unix.IPPROTO_UDP
-	binary.NativeEndian.PutUint32(req[4:], allStates)
+	binary.NativeEndian.PutUint32(req[4:], sockdiag.AllStates)
 	id := req[8:]
 	// The kernel's UDP lookup takes the datagram's source (the peer) as
 	// "src" and its destination (us) as "dst", "for historical reasons".
@@ -208,7 +199,7 @@ func udpOwner(ctx context.Context, nl int, family byte, local, peer netip.AddrPo
 		}
 		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: os.NewSyscallError("sock_diag", errno)}
 	case unix.SOCK_DIAG_BY_FAMILY:
-		if len(b) < unix.SizeofNlMsghdr+sizeofDiagMsg {
+		if len(b) < unix.SizeofNlMsghdr+sockdiag.SizeofDiagMsg {
 			return 0, false, os.NewSyscallError("read", unix.EBADMSG)
 		}
 		msg := b[unix.SizeofNlMsghdr:]

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/safedial/safedial/internal/sockdiag"
 	"github.com/safedial/safedial/internal/sysctl"
 	"golang.org/x/sys/unix"
 )
@@ -184,10 +185,10 @@ func sharedPorts(ctx context.Context, src netip.Addr, zone uint32, peer netip.Ad
 			states[p-int(r.Lo)] = portOff
 		}
 	}
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
-	reqs := requests(true, src.Is4(), src.Is6(), allStates, b.bytes())
+	var b sockdiag.Bytecode
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
+	reqs := sockdiag.Requests(true, src.Is4(), src.Is6(), sockdiag.AllStates, b.Bytes())
 	if src.Is6() {
 		reqs = reqs[:1] // AF_INET6 only: IPv4 sockets never hold an IPv6 address's port
 	}

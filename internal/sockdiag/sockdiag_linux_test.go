@@ -1,0 +1,122 @@
+package sockdiag
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/safedial/safedial/internal/netns"
+	"github.com/safedial/safedial/internal/netnstest"
+	"golang.org/x/sys/unix"
+)
+
+// run interprets bytecode as the kernel's inet_diag_bc_run does, for a
+// socket whose tests come out as test says (one answer per op, in order
+// of offset), and reports whether it accepts.
+func run(t *testing.T, bc []byte, test func(off int) bool) bool {
+	t.Helper()
+	for off := 0; off < len(bc); {
+		yes, no := int(bc[off+1]), int(binary.NativeEndian.Uint16(bc[off+2:]))
+		if bc[off] == bcJmp || !test(off) {
+			off += no
+		} else {
+			off += yes
+		}
+		if off == len(bc) {
+			return true
+		}
+		if off > len(bc) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestBytecodeAnyOf: "S_COND on any of three addresses" accepts a socket
+// when exactly one of the conditions holds, and rejects it when none does.
+func TestBytecodeAnyOf(t *testing.T) {
+	as := []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("::1")}
+	var b Bytecode
+	b.AnyOf(as)
+	bc := b.Bytes()
+	var conds []int // offsets of the S_COND ops
+	for off := 0; off < len(bc); off += int(bc[off+1]) {
+		if bc[off] == SCond {
+			conds = append(conds, off)
+		}
+	}
+	if len(conds) != len(as) {
+		t.Fatalf("%d S_COND ops in %x, want %d", len(conds), bc, len(as))
+	}
+	for i := -1; i < len(as); i++ {
+		got := run(t, bc, func(off int) bool { return i >= 0 && off == conds[i] })
+		if want := i >= 0; got != want {
+			t.Errorf("socket matching condition %d: accepted %v, want %v", i, got, want)
+		}
+	}
+}
+
+// TestBytecodeOrAccept: a port test whose failure accepts, then a reject.
+func TestBytecodeOrAccept(t *testing.T) {
+	var b Bytecode
+	b.Port(SGE, 40000)
+	b.OrAccept()
+	b.Reject()
+	bc := b.Bytes()
+	if got := run(t, bc, func(int) bool { return true }); got {
+		t.Error("a socket passing the test was accepted, want rejected")
+	}
+	if got := run(t, bc, func(int) bool { return false }); !got {
+		t.Error("a socket failing the test was rejected, want accepted")
+	}
+	if p := binary.NativeEndian.Uint16(bc[sizeofBcOp+2:]); p != 40000 {
+		t.Errorf("port %d in the op's second word, want 40000", p)
+	}
+}
+
+// TestDumpListener dumps, in a private namespace, the TCP sockets with
+// source 127.0.0.1 and finds exactly the one listener there.
+func TestDumpListener(t *testing.T) {
+	netnstest.Run(t, netns.Config{}, testDumpListener)
+}
+
+func testDumpListener(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	var b Bytecode
+	b.Cond(SCond, netip.MustParseAddr("127.0.0.1"), -1)
+	type sock struct {
+		Family, State byte
+		Port          uint16
+	}
+	var got []sock
+	err = Dump(context.Background(), Requests(false, true, false, 1<<StateListen, b.Bytes()), func(msg []byte) {
+		got = append(got, sock{msg[0], msg[1], binary.BigEndian.Uint16(msg[4:6])})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]sock{{unix.AF_INET, StateListen, port}}, got); diff != "" {
+		t.Errorf("dump (-want +got):\n%s", diff)
+	}
+}
+
+// TestRefused: a request the kernel refuses is an *Error carrying its errno.
+func TestRefused(t *testing.T) {
+	netnstest.Run(t, netns.Config{}, func(t *testing.T) {
+		req := Request(unix.AF_INET, unix.IPPROTO_TCP, AllStates, []byte{0xff, 4, 0, 0}) // an unknown op
+		err := Dump(context.Background(), [][]byte{req}, func([]byte) {})
+		var e *Error
+		if !errors.As(err, &e) || !errors.Is(err, unix.EINVAL) {
+			t.Errorf("Dump with bad bytecode = %v, want *Error wrapping EINVAL", err)
+		}
+	})
+}
