@@ -46,47 +46,15 @@ func (m diagSock) routeCtx() route.Ctx {
 	return route.Ctx{Mark: m.mark, OIF: m.ifindex, UID: m.uid, HasUID: true}
 }
 
-// bigEndian tells how the compiler lays out C bit-fields: from the low bit
-// of a byte on little-endian machines, from the high bit on big-endian ones.
-var bigEndian = binary.NativeEndian.Uint16([]byte{0, 1}) == 1
-
+// parseSock reads one inet_diag_msg as a probe needs it.
 func parseSock(msg []byte) diagSock {
-	id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie
-	m := diagSock{family: msg[0], state: msg[1], sport: binary.BigEndian.Uint16(id[0:2]), dport: binary.BigEndian.Uint16(id[2:4])}
-	if m.family == unix.AF_INET {
-		m.src, m.dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
-	} else {
-		m.src, m.dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	s := sockdiag.Parse(msg)
+	return diagSock{
+		family: s.Family, state: s.State,
+		src: s.Src, dst: s.Dst, sport: s.SPort, dport: s.DPort,
+		expires: s.Expires, sockopt: s.HasSockopt, noPort: s.NoPort(), v6only: s.V6Only,
+		ifindex: s.IfIndex, uid: s.UID, mark: s.Mark, hasMark: s.HasMark,
 	}
-	m.ifindex = binary.NativeEndian.Uint32(id[36:40])
-	m.expires = time.Duration(binary.NativeEndian.Uint32(msg[52:56])) * time.Millisecond
-	m.uid = binary.NativeEndian.Uint32(msg[64:68])
-	for a := msg[sockdiag.SizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
-		l := int(binary.NativeEndian.Uint16(a[0:]))
-		if l < unix.SizeofRtAttr || l > len(a) {
-			break
-		}
-		v := a[unix.SizeofRtAttr:l]
-		switch binary.NativeEndian.Uint16(a[2:]) {
-		case sockdiag.AttrSockopt:
-			if len(v) >= 2 {
-				// The second byte's first bit-field is bind_address_no_port.
-				bit := byte(1)
-				if bigEndian {
-					bit = 0x80
-				}
-				m.sockopt, m.noPort = true, v[1]&bit != 0
-			}
-		case sockdiag.AttrSKV6Only:
-			m.v6only = len(v) >= 1 && v[0] != 0
-		case sockdiag.AttrMark:
-			if len(v) >= 4 {
-				m.mark, m.hasMark = binary.NativeEndian.Uint32(v), true
-			}
-		}
-		a = a[min((l+3)&^3, len(a)):]
-	}
-	return m
 }
 
 // hostOf reads the reserved ports and returns what holds ports of r for

@@ -12,18 +12,6 @@ import (
 
 // sock_diag and socket calls of shared UDP dials.
 
-// sockopt bit positions in struct inet_diag_sockopt, a pair of bit-field
-// bytes: the first field is the lowest bit on little-endian machines, the
-// highest on big-endian ones.
-var recverrBit, rfc4884Bit = func() (uint16, uint16) {
-	var probe [2]byte
-	binary.NativeEndian.PutUint16(probe[:], 1)
-	if probe[0] == 1 { // little-endian
-		return 1 << 0, 1 << (8 + 1)
-	}
-	return 1 << 7, 1 << (8 + 6)
-}()
-
 // diagSocket is what a dump says about one UDP socket.
 type diagSocket struct {
 	family    byte
@@ -39,37 +27,19 @@ type diagSocket struct {
 }
 
 func parseDiag(msg []byte) diagSocket {
-	id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie
-	s := diagSocket{family: msg[0], connected: msg[1] == sockdiag.StateEstablished}
-	var src, dst netip.Addr
-	if s.family == unix.AF_INET {
-		src, dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
-	} else {
-		src, dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	s := sockdiag.Parse(msg)
+	return diagSocket{
+		family:    s.Family,
+		connected: s.State == sockdiag.StateEstablished,
+		ifindex:   s.IfIndex,
+		local:     netip.AddrPortFrom(s.Src, s.SPort),
+		remote:    netip.AddrPortFrom(s.Dst, s.DPort),
+		uid:       s.UID,
+		cookie:    s.Cookie,
+		marked:    s.RFC4884() && !s.RecvErr(),
+		hasOpts:   s.HasSockopt,
+		v6only:    s.V6Only,
 	}
-	s.local = netip.AddrPortFrom(src, binary.BigEndian.Uint16(id[0:2]))
-	s.remote = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4]))
-	s.ifindex = binary.NativeEndian.Uint32(id[36:40])
-	s.cookie = binary.NativeEndian.Uint64(id[40:48])
-	s.uid = binary.NativeEndian.Uint32(msg[64:68])
-	for a := msg[sockdiag.SizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
-		l := int(binary.NativeEndian.Uint16(a[0:]))
-		if l < unix.SizeofRtAttr || l > len(a) {
-			break
-		}
-		switch binary.NativeEndian.Uint16(a[2:]) {
-		case sockdiag.AttrSockopt:
-			if l >= unix.SizeofRtAttr+2 {
-				bits := uint16(a[unix.SizeofRtAttr]) | uint16(a[unix.SizeofRtAttr+1])<<8
-				s.hasOpts = true
-				s.marked = bits&rfc4884Bit != 0 && bits&recverrBit == 0
-			}
-		case sockdiag.AttrSKV6Only:
-			s.v6only = l > unix.SizeofRtAttr && a[unix.SizeofRtAttr] != 0
-		}
-		a = a[min((l+3)&^3, len(a)):]
-	}
-	return s
 }
 
 // peerOf returns the address fd is connected to, unmapped and without zone.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/safedial/safedial/internal/netns"
@@ -119,4 +120,50 @@ func TestRefused(t *testing.T) {
 			t.Errorf("Dump with bad bytecode = %v, want *Error wrapping EINVAL", err)
 		}
 	})
+}
+
+// TestParse reads a crafted inet_diag_msg of an IPv4-mapped IPv6 socket with
+// INET_DIAG_SOCKOPT, INET_DIAG_SKV6ONLY and INET_DIAG_MARK, and a truncated
+// attribute after them, which it ignores.
+func TestParse(t *testing.T) {
+	msg := make([]byte, SizeofDiagMsg)
+	msg[0], msg[1] = unix.AF_INET6, StateTimeWait
+	id := msg[4:]
+	binary.BigEndian.PutUint16(id[0:], 40001)
+	binary.BigEndian.PutUint16(id[2:], 80)
+	src, dst := netip.MustParseAddr("::ffff:127.0.0.2").As16(), netip.MustParseAddr("2001:db8::9").As16()
+	copy(id[4:], src[:])
+	copy(id[20:], dst[:])
+	binary.NativeEndian.PutUint32(id[36:], 3)
+	binary.NativeEndian.PutUint64(id[40:], 0xc00c1e)
+	binary.NativeEndian.PutUint32(msg[52:], 1500) // idiag_expires, ms
+	binary.NativeEndian.PutUint32(msg[64:], 1000) // idiag_uid
+	attr := func(typ uint16, v ...byte) {
+		a := make([]byte, (unix.SizeofRtAttr+len(v)+3)&^3)
+		binary.NativeEndian.PutUint16(a[0:], uint16(unix.SizeofRtAttr+len(v)))
+		binary.NativeEndian.PutUint16(a[2:], typ)
+		copy(a[unix.SizeofRtAttr:], v)
+		msg = append(msg, a...)
+	}
+	noPort := byte(1) // bind_address_no_port, the second byte's first bit-field
+	if bigEndian {
+		noPort = 0x80
+	}
+	attr(AttrSockopt, 0, noPort)
+	attr(AttrSKV6Only, 1)
+	attr(AttrMark, binary.NativeEndian.AppendUint32(nil, 7)...)
+	msg = append(msg, 40, 0, 1, 0) // an attribute longer than what is left
+	got := Parse(msg)
+	want := Sock{
+		Family: unix.AF_INET6, State: StateTimeWait,
+		Src: netip.MustParseAddr("127.0.0.2"), Dst: netip.MustParseAddr("2001:db8::9"), SPort: 40001, DPort: 80,
+		IfIndex: 3, Cookie: 0xc00c1e, Expires: 1500 * time.Millisecond, UID: 1000,
+		HasSockopt: true, Sockopt: [2]byte{0, noPort}, V6Only: true, Mark: 7, HasMark: true,
+	}
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("Parse (-want +got):\n%s", diff)
+	}
+	if !got.NoPort() || got.RecvErr() || got.RFC4884() {
+		t.Errorf("NoPort %v RecvErr %v RFC4884 %v; want true false false", got.NoPort(), got.RecvErr(), got.RFC4884())
+	}
 }
