@@ -125,65 +125,11 @@ func reusePort(fd, v int) error {
 
 // udpOwner asks sock_diag which UDP socket of family would receive a
 // datagram from peer on local (bound to interface ifindex, for a link-local
-// address with a zone), and returns its cookie. An IPv4 address asked of
-// AF_INET6 is IPv4-mapped.
+// address with a zone), and returns its cookie (see sockdiag.UDPOwner).
 func udpOwner(ctx context.Context, nl int, family byte, local, peer netip.AddrPort, ifindex uint32) (cookie uint64, found bool, err error) {
-	m, req := sockdiag.Message(unix.SOCK_DIAG_BY_FAMILY, sockdiag.SizeofReqV2, nil) // no bytecode: one lookup
-	req[0], req[1] = family, unix.IPPROTO_UDP
-	binary.NativeEndian.PutUint32(req[4:], sockdiag.AllStates)
-	id := req[8:]
-	// The kernel's UDP lookup takes the datagram's source (the peer) as
-	// "src" and its destination (us) as "dst", "for historical reasons".
-	binary.BigEndian.PutUint16(id[0:], peer.Port())
-	binary.BigEndian.PutUint16(id[2:], local.Port())
-	copy(id[4:20], addrBytes(peer.Addr(), family))
-	copy(id[20:36], addrBytes(local.Addr(), family))
-	binary.NativeEndian.PutUint32(id[36:], ifindex)    // idiag_if: the kernel matches a socket bound to a device only with it
-	binary.NativeEndian.PutUint64(id[40:], ^uint64(0)) // INET_DIAG_NOCOOKIE
-	if err := unix.Sendto(nl, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return 0, false, os.NewSyscallError("sendto", err)
+	cookie, found, err = sockdiag.UDPOwner(ctx, nl, family, local, peer, ifindex)
+	if e, ok := err.(*sockdiag.Error); ok {
+		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: e.Err}
 	}
-	var buf [512]byte
-	n, err := unix.Read(nl, buf[:])
-	for err == unix.EINTR {
-		n, err = unix.Read(nl, buf[:])
-	}
-	if err == unix.EAGAIN {
-		if err := ctx.Err(); err != nil {
-			return 0, false, err
-		}
-		return 0, false, context.DeadlineExceeded
-	}
-	if err != nil {
-		return 0, false, os.NewSyscallError("read", err)
-	}
-	b := buf[:n]
-	if len(b) < unix.SizeofNlMsghdr {
-		return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-	}
-	switch binary.NativeEndian.Uint16(b[4:]) {
-	case unix.NLMSG_ERROR:
-		errno := unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:])))
-		if errno == unix.ENOENT {
-			return 0, false, nil
-		}
-		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: os.NewSyscallError("sock_diag", errno)}
-	case unix.SOCK_DIAG_BY_FAMILY:
-		if len(b) < unix.SizeofNlMsghdr+sockdiag.SizeofDiagMsg {
-			return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-		}
-		msg := b[unix.SizeofNlMsghdr:]
-		return binary.NativeEndian.Uint64(msg[4+40:]), true, nil
-	}
-	return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-}
-
-// addrBytes is a's address as a socket of family sees it: 16 bytes
-// (IPv4-mapped for an IPv4 address) for AF_INET6.
-func addrBytes(a netip.Addr, family byte) []byte {
-	if family == unix.AF_INET6 {
-		b := a.As16()
-		return b[:]
-	}
-	return a.AsSlice()
+	return cookie, found, err
 }

@@ -167,3 +167,41 @@ func TestParse(t *testing.T) {
 		t.Errorf("NoPort %v RecvErr %v RFC4884 %v; want true false false", got.NoPort(), got.RecvErr(), got.RFC4884())
 	}
 }
+
+// TestUDPOwner finds, in a private namespace, the UDP socket bound to a
+// port by its cookie, and nothing on a port no socket holds.
+func TestUDPOwner(t *testing.T) {
+	netnstest.Run(t, netns.Config{}, testUDPOwner)
+}
+
+func testUDPOwner(t *testing.T) {
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	rc, err := c.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want uint64
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { want, gerr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) }); err != nil || gerr != nil {
+		t.Fatal(err, gerr)
+	}
+	nl, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(nl)
+	peer := netip.MustParseAddrPort("127.0.0.9:53")
+	got, found, err := UDPOwner(context.Background(), nl, unix.AF_INET, local, peer, 0)
+	if err != nil || !found || got != want {
+		t.Errorf("UDPOwner(%v) = %#x, %v, %v; want %#x, true, nil", local, got, found, err, want)
+	}
+	free := netip.AddrPortFrom(local.Addr(), local.Port()+1)
+	if _, found, err := UDPOwner(context.Background(), nl, unix.AF_INET, free, peer, 0); err != nil || found {
+		t.Errorf("UDPOwner(%v), a port no socket holds = %v, %v; want false, nil", free, found, err)
+	}
+}
