@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"github.com/safedial/safedial/internal/sockdiag"
@@ -104,61 +102,13 @@ type rangeEntry struct {
 // Tests replace these to make the settings unreadable.
 var (
 	readPortRange = portRangeNow
-	readReserved  = reservedText
+	readReserved  = sysctl.ReservedText
 )
 
 // portRangeNow reads net.ipv4.ip_local_port_range as it is now.
 func portRangeNow() (PortRange, error) {
-	var buf [32]byte
-	b, err := readProc("/proc/sys/net/ipv4/ip_local_port_range", buf[:])
-	if err != nil {
-		return PortRange{}, err
-	}
-	lo, hi, ok := strings.Cut(strings.TrimSpace(string(b)), "\t")
-	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
-	z, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
-	if !ok || err1 != nil || err2 != nil {
-		return PortRange{}, fmt.Errorf("unexpected contents %q", b)
-	}
-	return PortRange{Lo: uint16(a), Hi: uint16(z)}, nil
-}
-
-// reservedText reads net.ipv4.ip_local_reserved_ports as it is now.
-func reservedText() (string, error) {
-	var buf [512]byte
-	b, err := readProc("/proc/sys/net/ipv4/ip_local_reserved_ports", buf[:])
-	if len(b) == len(buf) {
-		// A long list: read it whole.
-		bb, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_reserved_ports")
-		return string(bb), err
-	}
-	return string(b), err
-}
-
-// readProc reads a small /proc file into buf, with three system calls
-// (os.ReadFile costs several times as much: a shared dial reads two of
-// them each time).
-func readProc(path string, buf []byte) ([]byte, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer unix.Close(fd)
-	n := 0
-	for n < len(buf) {
-		m, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: path, Err: err}
-		}
-		if m == 0 {
-			break
-		}
-		n += m
-	}
-	return buf[:n], nil
+	lo, hi, err := sysctl.PortRangeNow()
+	return PortRange{Lo: lo, Hi: hi}, err
 }
 
 // sharedPorts lists, for each port of r, what holds it for a shared dial
