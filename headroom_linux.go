@@ -19,7 +19,7 @@ import (
 )
 
 // What the headroom probes ask sock_diag and read from its answers:
-// diag_linux.go has the requests, the bytecode and the dump loop,
+// internal/sockdiag has the requests, the bytecode and the dump loop,
 // headroom_count.go the counting.
 
 // diagSock is what a probe reads of one inet_diag_msg and its attributes.
