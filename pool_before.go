@@ -24,13 +24,7 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 		srcs, cursor = p.v6, &p.next6
 	}
 	if len(srcs) == 0 {
-		// The error the hook gives where it binds (on an IP literal:
-		// net.Dialer passes the hook the address).
-		where := address // a name, on a network of the other family
-		if dst.IsValid() {
-			where = dst.String()
-		}
-		return outcome{err: &net.OpError{Op: "dial", Net: network, Addr: opAddr(network, dst), Err: p.noFamily(where, v6)}}
+		return outcome{err: beforeNoFamily(network, address, dst, p, v6)}
 	}
 	start := cursor.Add(1) - 1
 	var (
@@ -107,6 +101,17 @@ func beforeFamily(network, address string, p *pool) (v6 bool, dst netip.AddrPort
 		}
 	}
 	return v6, dst
+}
+
+// beforeNoFamily is the error of a dial through p, which has no source of
+// the family: the one the hook gives where it binds (on an IP literal,
+// net.Dialer passes the hook the address).
+func beforeNoFamily(network, address string, dst netip.AddrPort, p *pool, v6 bool) error {
+	where := address // a name, on a network of the other family
+	if dst.IsValid() {
+		where = dst.String()
+	}
+	return &net.OpError{Op: "dial", Net: network, Addr: opAddr(network, dst), Err: p.noFamily(where, v6)}
 }
 
 // dialFrom is one step: net.Dialer with LocalAddr s and d's hook.
