@@ -351,21 +351,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 				}
 				return nil, err
 			}
-			var h Headroom
-			switch {
-			case d.ShareUDPPorts && strings.HasPrefix(network, "udp"):
-				// What a shared dial sees: the ports it can still take
-				// toward dst, and what holds the others.
-				h, err = sharedHeadroom(ctx, src, dst, d.PortRange)
-			case strings.HasPrefix(network, "udp") && d.unbound():
-				h, err = probeUnboundUDP(ctx, network, src, dst, r)
-			case d.DisableBindNoPort && !d.unbound():
-				// TCP dials that bind src:0 first: bind() takes a port
-				// no socket on src holds, whatever its destination.
-				h, err = probeBindFirst(ctx, src, dst, r)
-			default:
-				h, err = probeIn(ctx, network, src, dst, r)
-			}
+			h, err := d.probe(ctx, network, src, dst, r)
 			if err != nil {
 				return nil, err
 			}
@@ -379,6 +365,25 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 		return nil, fmt.Errorf("safedial: Headroom(%q, %q): no source of the family of %v", network, address, dsts)
 	}
 	return hs, nil
+}
+
+// probe counts the headroom of d's dials from src to dst, in range r, as
+// d's dials take their ports.
+func (d *Dialer) probe(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+	switch {
+	case d.ShareUDPPorts && strings.HasPrefix(network, "udp"):
+		// What a shared dial sees: the ports it can still take toward
+		// dst, and what holds the others.
+		return sharedHeadroom(ctx, src, dst, d.PortRange)
+	case strings.HasPrefix(network, "udp") && d.unbound():
+		return probeUnboundUDP(ctx, network, src, dst, r)
+	case d.DisableBindNoPort && !d.unbound():
+		// TCP dials that bind src:0 first: bind() takes a port no socket
+		// on src holds, whatever its destination.
+		return probeBindFirst(ctx, src, dst, r)
+	default:
+		return probeIn(ctx, network, src, dst, r)
+	}
 }
 
 // resolve returns the addresses of address for network, in the resolver's

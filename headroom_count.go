@@ -1,15 +1,17 @@
 package safedial
 
-import "slices"
+import (
+	"slices"
+
+	"github.com/safedial/safedial/internal/sysctl"
+)
 
 // How a probe counts the ports of a range, from what the kernel showed
 // (headroom_linux.go): each port once, in the first of InUse, TimeWait,
 // Reserved, Bound that applies, and Free for the rest.
 
 // portSet is a set of ports, one bit each.
-type portSet [65536 / 64]uint64
-
-func (s *portSet) has(p uint16) bool { return s != nil && s[p/64]&(1<<(p%64)) != 0 }
+type portSet = sysctl.PortSet
 
 // pairPorts is what the kernel's tables show of one pair's ports of a range.
 type pairPorts struct {
@@ -37,9 +39,9 @@ func (host *hostPorts) fill(h *Headroom, p *pairPorts) {
 	reserved, bound := host.nReserved, host.nBound
 	take := func(port uint16) { // a port counted before Reserved and Bound
 		switch {
-		case host.reserved.has(port):
+		case host.reserved.Has(port):
 			reserved--
-		case host.bound.has(port):
+		case host.bound.Has(port):
 			bound--
 		}
 	}
@@ -60,7 +62,7 @@ func (host *hostPorts) fill(h *Headroom, p *pairPorts) {
 	for _, port := range old {
 		switch {
 		case has(live, port), has(young, port):
-		case p.reusable && !host.reserved.has(port) && !host.bound.has(port):
+		case p.reusable && !host.reserved.Has(port) && !host.bound.Has(port):
 			// Free
 		default:
 			h.TimeWait++
@@ -68,7 +70,7 @@ func (host *hostPorts) fill(h *Headroom, p *pairPorts) {
 		}
 	}
 	for _, port := range host.unreached {
-		if !has(live, port) && !has(young, port) && !host.reserved.has(port) && !host.bound.has(port) &&
+		if !has(live, port) && !has(young, port) && !host.reserved.Has(port) && !host.bound.Has(port) &&
 			(!has(old, port) || p.reusable) {
 			reserved++ // free, but connect() may never try it
 			break

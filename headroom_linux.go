@@ -12,11 +12,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/safedial/safedial/internal/route"
+	"github.com/safedial/safedial/internal/sockdiag"
+	"github.com/safedial/safedial/internal/sysctl"
 	"golang.org/x/sys/unix"
 )
 
 // What the headroom probes ask sock_diag and read from its answers:
-// diag_linux.go has the requests, the bytecode and the dump loop,
+// internal/sockdiag has the requests, the bytecode and the dump loop,
 // headroom_count.go the counting.
 
 // diagSock is what a probe reads of one inet_diag_msg and its attributes.
@@ -39,51 +42,19 @@ type diagSock struct {
 // routeCtx is what of m changes the route, and so the source, the kernel
 // picks for it. Without its mark (unprivileged callers are not told), the
 // lookup is as for an unmarked socket.
-func (m diagSock) routeCtx() routeCtx {
-	return routeCtx{mark: m.mark, oif: m.ifindex, uid: m.uid, hasUID: true}
+func (m diagSock) routeCtx() route.Ctx {
+	return route.Ctx{Mark: m.mark, OIF: m.ifindex, UID: m.uid, HasUID: true}
 }
 
-// bigEndian tells how the compiler lays out C bit-fields: from the low bit
-// of a byte on little-endian machines, from the high bit on big-endian ones.
-var bigEndian = binary.NativeEndian.Uint16([]byte{0, 1}) == 1
-
+// parseSock reads one inet_diag_msg as a probe needs it.
 func parseSock(msg []byte) diagSock {
-	id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie
-	m := diagSock{family: msg[0], state: msg[1], sport: binary.BigEndian.Uint16(id[0:2]), dport: binary.BigEndian.Uint16(id[2:4])}
-	if m.family == unix.AF_INET {
-		m.src, m.dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
-	} else {
-		m.src, m.dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	s := sockdiag.Parse(msg)
+	return diagSock{
+		family: s.Family, state: s.State,
+		src: s.Src, dst: s.Dst, sport: s.SPort, dport: s.DPort,
+		expires: s.Expires, sockopt: s.HasSockopt, noPort: s.NoPort(), v6only: s.V6Only,
+		ifindex: s.IfIndex, uid: s.UID, mark: s.Mark, hasMark: s.HasMark,
 	}
-	m.ifindex = binary.NativeEndian.Uint32(id[36:40])
-	m.expires = time.Duration(binary.NativeEndian.Uint32(msg[52:56])) * time.Millisecond
-	m.uid = binary.NativeEndian.Uint32(msg[64:68])
-	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
-		l := int(binary.NativeEndian.Uint16(a[0:]))
-		if l < unix.SizeofRtAttr || l > len(a) {
-			break
-		}
-		v := a[unix.SizeofRtAttr:l]
-		switch binary.NativeEndian.Uint16(a[2:]) {
-		case inetDiagSockopt:
-			if len(v) >= 2 {
-				// The second byte's first bit-field is bind_address_no_port.
-				bit := byte(1)
-				if bigEndian {
-					bit = 0x80
-				}
-				m.sockopt, m.noPort = true, v[1]&bit != 0
-			}
-		case inetDiagSKV6Only:
-			m.v6only = len(v) >= 1 && v[0] != 0
-		case inetDiagMark:
-			if len(v) >= 4 {
-				m.mark, m.hasMark = binary.NativeEndian.Uint32(v), true
-			}
-		}
-		a = a[min((l+3)&^3, len(a)):]
-	}
-	return m
 }
 
 // hostOf reads the reserved ports and returns what holds ports of r for
@@ -91,15 +62,15 @@ func parseSock(msg []byte) diagSock {
 // range (a Dialer's PortRange wider than it: the kernel uses the
 // intersection) count as reserved: the kernel never hands them out either.
 func hostOf(r PortRange, bound *portSet) (hostPorts, error) {
-	reserved, err := reservedPorts()
+	reserved, err := sysctl.ReservedPorts()
 	if err != nil {
 		return hostPorts{}, err
 	}
 	if ns, ok := namespaceRange(); ok && (r.Lo < ns.Lo || r.Hi > ns.Hi) {
-		off := *reserved // reservedPorts' set is shared: add to a copy
+		off := *reserved // sysctl.ReservedPorts' set is shared: add to a copy
 		for p := int(r.Lo); p <= int(r.Hi); p++ {
 			if p < int(ns.Lo) || p > int(ns.Hi) {
-				off.add(uint16(p))
+				off.Add(uint16(p))
 			}
 		}
 		reserved = &off
@@ -112,9 +83,9 @@ func newHostPorts(r PortRange, reserved, bound *portSet) hostPorts {
 	h := hostPorts{r: r, reserved: reserved, bound: bound}
 	for p := int(r.Lo); p <= int(r.Hi) && r.Lo != 0; p++ {
 		switch {
-		case reserved.has(uint16(p)):
+		case reserved.Has(uint16(p)):
 			h.nReserved++
-		case bound.has(uint16(p)):
+		case bound.Has(uint16(p)):
 			h.nBound++
 		}
 	}
@@ -135,7 +106,7 @@ func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort
 	tw := readTWReuse()
 	p := pairPorts{reusable: tw.reuses(src, dst.Addr())}
 	isPair := func(m diagSock) bool {
-		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != tcpListen && m.state != tcpClose &&
+		return m.src == src && m.dst == dst.Addr() && m.dport == dst.Port() && m.state != sockdiag.StateListen && m.state != sockdiag.StateClose &&
 			sameLink(m, src, oif)
 	}
 	b := bindings{bound: new(portSet)}
@@ -153,10 +124,10 @@ func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort
 		own := new(portSet)
 		for _, ps := range [][]uint16{p.live, p.tw, p.old} {
 			for _, port := range ps {
-				own.add(port)
+				own.Add(port)
 			}
 		}
-		err = b.judge(ctx, own.has)
+		err = b.judge(ctx, own.Has)
 	}
 	if err == nil {
 		err = b.explicit(ctx, r)
@@ -215,16 +186,16 @@ var noCgroupCond atomic.Bool
 // 0) or of the pair src -> dst. Where the kernel lacks the cgroup condition,
 // it dumps every socket in r.
 func fullOrPair(ctx context.Context, r PortRange, src netip.Addr, dst netip.AddrPort, states uint32, each func(diagSock)) error {
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
+	var b sockdiag.Bytecode
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
 	if !noCgroupCond.Load() {
-		b.cgroup(0)  // a mini socket: the pair's only
-		b.orAccept() // a full socket: any
-		b.cond(bcSCond, src, -1)
-		b.cond(bcDCond, dst.Addr(), int32(dst.Port()))
+		b.Cgroup(0)  // a mini socket: the pair's only
+		b.OrAccept() // a full socket: any
+		b.Cond(sockdiag.SCond, src, -1)
+		b.Cond(sockdiag.DCond, dst.Addr(), int32(dst.Port()))
 	}
-	err := dump(ctx, [][]byte{tcpRequest(states, b.bytes())}, func(msg []byte) { each(parseSock(msg)) })
+	err := dump(ctx, [][]byte{sockdiag.TCPRequest(states, b.Bytes())}, func(msg []byte) { each(parseSock(msg)) })
 	if errors.Is(err, unix.EINVAL) && !noCgroupCond.Load() {
 		noCgroupCond.Store(true)
 		return fullOrPair(ctx, r, src, dst, states, each)
@@ -256,17 +227,17 @@ func idleStates(r PortRange, bound *portSet) (uint32, idlePorts) {
 	idleCache.mu.Lock()
 	defer idleCache.mu.Unlock()
 	if idleCache.set == nil || idleCache.r != r || time.Since(idleCache.at) >= time.Second {
-		return allStates | boundInactive, idlePorts{fresh: new(portSet)}
+		return sockdiag.AllStates | sockdiag.BoundInactive, idlePorts{fresh: new(portSet)}
 	}
 	for i, w := range idleCache.set {
 		bound[i] |= w
 	}
-	return allStates, idlePorts{}
+	return sockdiag.AllStates, idlePorts{}
 }
 
 func (ip idlePorts) see(m diagSock) {
-	if ip.fresh != nil && m.state == tcpClose {
-		ip.fresh.add(m.sport)
+	if ip.fresh != nil && m.state == sockdiag.StateClose {
+		ip.fresh.Add(m.sport)
 	}
 }
 
@@ -293,18 +264,18 @@ type bindings struct {
 type doubtful struct {
 	port uint16
 	src  netip.Addr
-	key  routeKey
+	key  route.Key
 }
 
 // see classifies m, a socket not of the pair in question.
 func (b *bindings) see(m diagSock) {
 	switch {
-	case m.state == tcpListen, m.state == tcpClose:
-		b.bound.add(m.sport) // listen() and bind() take the port at once
+	case m.state == sockdiag.StateListen, m.state == sockdiag.StateClose:
+		b.bound.Add(m.sport) // listen() and bind() take the port at once
 	case !m.sockopt, m.noPort:
 		// a mini socket, or a port chosen at connect()
 	default:
-		b.asked = append(b.asked, doubtful{port: m.sport, src: m.src, key: routeKey{dst: m.dst, rc: m.routeCtx()}})
+		b.asked = append(b.asked, doubtful{port: m.sport, src: m.src, key: route.Key{Dst: m.dst, Ctx: m.routeCtx()}})
 	}
 }
 
@@ -315,23 +286,23 @@ func (b *bindings) see(m diagSock) {
 // A socket on a port already known bound, or on a port skip reports (the
 // pair's own, counted before Bound), costs no lookup.
 func (b *bindings) judge(ctx context.Context, skip func(port uint16) bool) error {
-	keys := make([]routeKey, 0, len(b.asked))
+	keys := make([]route.Key, 0, len(b.asked))
 	asked := b.asked[:0]
 	for _, d := range b.asked {
-		if !b.bound.has(d.port) && (skip == nil || !skip(d.port)) {
+		if !b.bound.Has(d.port) && (skip == nil || !skip(d.port)) {
 			asked = append(asked, d)
 			keys = append(keys, d.key)
 		}
 	}
-	srcs, err := rememberedSources(ctx, keys)
+	srcs, err := route.Remembered(ctx, keys)
 	if err != nil {
 		return err
 	}
 	for i, d := range asked {
 		switch {
-		case b.bound.has(d.port):
+		case b.bound.Has(d.port):
 		case srcs[i].IsValid() && srcs[i] != d.src:
-			b.bound.add(d.port) // bound to a source connect() would not pick
+			b.bound.Add(d.port) // bound to a source connect() would not pick
 		default:
 			b.doubt = true // the routed source, or no route now
 		}
@@ -346,23 +317,23 @@ func (b *bindings) explicit(ctx context.Context, r PortRange) error {
 	if !b.doubt {
 		return nil
 	}
-	var bc bytecode
-	bc.port(bcSGE, r.Lo)
-	bc.port(bcSLE, r.Hi)
-	bc.auto()
-	bc.orAccept()
-	bc.reject()
-	return dump(ctx, [][]byte{tcpRequest(allStates&^(1<<tcpTimeWait), bc.bytes())}, func(msg []byte) {
-		b.bound.add(binary.BigEndian.Uint16(msg[4:6]))
+	var bc sockdiag.Bytecode
+	bc.Port(sockdiag.SGE, r.Lo)
+	bc.Port(sockdiag.SLE, r.Hi)
+	bc.Auto()
+	bc.OrAccept()
+	bc.Reject()
+	return dump(ctx, [][]byte{sockdiag.TCPRequest(sockdiag.AllStates&^(1<<sockdiag.StateTimeWait), bc.Bytes())}, func(msg []byte) {
+		b.bound.Add(binary.BigEndian.Uint16(msg[4:6]))
 	})
 }
 
 // add counts m, a socket of the pair.
 func (p *pairPorts) add(m diagSock, tw twReuse) {
 	switch {
-	case m.state != tcpTimeWait:
+	case m.state != sockdiag.StateTimeWait:
 		p.live = append(p.live, m.sport)
-	case twLen-m.expires > tw.delay:
+	case sockdiag.TimeWaitLen-m.expires > tw.delay:
 		p.old = append(p.old, m.sport)
 	default:
 		p.tw = append(p.tw, m.sport)
@@ -373,7 +344,7 @@ func (p *pairPorts) add(m diagSock, tw twReuse) {
 // its family's wildcard address, and for IPv4 on [::] unless IPv6-only.
 func diagUDP(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
 	var p pairPorts
-	err := dump(ctx, requests(true, src.Is4(), src.Is6(), allStates, onSource(src, r)), func(msg []byte) {
+	err := dump(ctx, sockdiag.Requests(true, src.Is4(), src.Is6(), sockdiag.AllStates, onSource(src, r)), func(msg []byte) {
 		if m := parseSock(msg); m.src == src || m.src.IsUnspecified() && holdsFor(m, src) {
 			p.live = append(p.live, m.sport)
 		}
@@ -403,23 +374,23 @@ func diagPairs(ctx context.Context, udp, v4, v6 bool, r PortRange) (map[pairKey]
 	if udp {
 		return udpPairs(ctx, v4, v6, r)
 	}
-	var all bytecode
-	all.port(bcSGE, r.Lo)
-	all.port(bcSLE, r.Hi)
+	var all sockdiag.Bytecode
+	all.Port(sockdiag.SGE, r.Lo)
+	all.Port(sockdiag.SLE, r.Hi)
 	tw := readTWReuse()
 	pairs := map[pairKey]*pairPorts{}
 	b := bindings{bound: new(portSet)}
 	var ls listeners
 	zones := map[uint32]string{}
 	states, idle := idleStates(r, b.bound)
-	err := dump(ctx, [][]byte{tcpRequest(states, all.bytes())}, func(msg []byte) {
+	err := dump(ctx, [][]byte{sockdiag.TCPRequest(states, all.Bytes())}, func(msg []byte) {
 		m := parseSock(msg)
 		b.see(m)
 		idle.see(m)
-		if m.state == tcpListen {
+		if m.state == sockdiag.StateListen {
 			ls.add(m)
 		}
-		if m.state == tcpListen || m.state == tcpClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
+		if m.state == sockdiag.StateListen || m.state == sockdiag.StateClose || m.src.Is4() && !v4 || m.src.Is6() && !v6 {
 			return
 		}
 		k := pairKey{src: m.src, dst: netip.AddrPortFrom(m.dst, m.dport)}
@@ -517,12 +488,12 @@ func (ls *listeners) dropAccepted(pairs map[pairKey]*pairPorts) {
 // udpPairs reads every UDP source with sockets on ports of r, wildcard
 // sockets counted against each source of the family they cover.
 func udpPairs(ctx context.Context, v4, v6 bool, r PortRange) (map[pairKey]*pairPorts, hostPorts, error) {
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
+	var b sockdiag.Bytecode
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
 	own := map[netip.Addr][]uint16{}
 	var wild4, wild6 []uint16
-	err := dump(ctx, requests(true, v4, true, allStates, b.bytes()), func(msg []byte) {
+	err := dump(ctx, sockdiag.Requests(true, v4, true, sockdiag.AllStates, b.Bytes()), func(msg []byte) {
 		m := parseSock(msg)
 		switch {
 		case !m.src.IsUnspecified():
@@ -615,11 +586,11 @@ func onInterface(a netip.Addr) bool {
 // the IPv6 sockets on IPv6 addresses; for a dual-stack IPv6 socket, every
 // one.
 func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, hostPorts, error) {
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
+	var b sockdiag.Bytecode
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
 	var p pairPorts
-	err := dump(ctx, requests(true, true, true, allStates, b.bytes()), func(msg []byte) {
+	err := dump(ctx, sockdiag.Requests(true, true, true, sockdiag.AllStates, b.Bytes()), func(msg []byte) {
 		m := parseSock(msg)
 		var takes bool
 		switch {
@@ -650,15 +621,15 @@ func diagUDPAny(ctx context.Context, v4, v6only bool, r PortRange) (pairPorts, h
 func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPorts, hostPorts, error) {
 	var p pairPorts
 	bound := new(portSet)
-	err := dump(ctx, [][]byte{tcpRequest(allStates|boundInactive, onSource(src, r))}, func(msg []byte) {
+	err := dump(ctx, [][]byte{sockdiag.TCPRequest(sockdiag.AllStates|sockdiag.BoundInactive, onSource(src, r))}, func(msg []byte) {
 		m := parseSock(msg)
 		if m.src != src && !(m.src.IsUnspecified() && holdsFor(m, src)) {
 			return
 		}
 		switch m.state {
-		case tcpListen, tcpClose:
-			bound.add(m.sport)
-		case tcpTimeWait:
+		case sockdiag.StateListen, sockdiag.StateClose:
+			bound.Add(m.sport)
+		case sockdiag.StateTimeWait:
 			p.tw = append(p.tw, m.sport)
 		default:
 			p.live = append(p.live, m.sport)
@@ -675,13 +646,13 @@ func diagTCPBindFirst(ctx context.Context, src netip.Addr, r PortRange) (pairPor
 // those on src, on its family's wildcard address and, for IPv4, on [::]
 // (dual-stack), with a local port in r.
 func onSource(src netip.Addr, r PortRange) []byte {
-	var b bytecode
+	var b sockdiag.Bytecode
 	conds := []netip.Addr{src, unspecified(src)}
 	if src.Is4() {
 		conds = append(conds, netip.IPv6Unspecified())
 	}
-	b.anyOf(conds)
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
-	return b.bytes()
+	b.AnyOf(conds)
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
+	return b.Bytes()
 }

@@ -18,31 +18,13 @@ import (
 // lasts; a source not local is counted, and its error returned only when no
 // source was exhausted.
 func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p *pool) outcome {
-	// The family: the network's (tcp4, udp6), an IP literal's, or for a
-	// name IPv4 when the pool has IPv4 sources.
-	v6, dst := strings.HasSuffix(network, "6"), netip.AddrPort{}
-	if host, port, err := net.SplitHostPort(address); err == nil {
-		if a, err := netip.ParseAddr(host); err == nil {
-			v6 = a.Unmap().Is6()
-			if n, err := strconv.ParseUint(port, 10, 16); err == nil {
-				dst = netip.AddrPortFrom(a.Unmap(), uint16(n))
-			}
-		} else if !strings.HasSuffix(network, "4") && !v6 {
-			v6 = len(p.v4) == 0
-		}
-	}
+	v6, dst := beforeFamily(network, address, p)
 	srcs, cursor := p.v4, &p.next4
 	if v6 {
 		srcs, cursor = p.v6, &p.next6
 	}
 	if len(srcs) == 0 {
-		// The error the hook gives where it binds (on an IP literal:
-		// net.Dialer passes the hook the address).
-		where := address // a name, on a network of the other family
-		if dst.IsValid() {
-			where = dst.String()
-		}
-		return outcome{err: &net.OpError{Op: "dial", Net: network, Addr: opAddr(network, dst), Err: p.noFamily(where, v6)}}
+		return outcome{err: beforeNoFamily(network, address, dst, p, v6)}
 	}
 	start := cursor.Add(1) - 1
 	var (
@@ -63,12 +45,7 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 			d.counters.failovers.Add(1)
 		}
 		prev = s
-		nd := d.Base
-		nd.ControlContext = d.control(true)
-		nd.LocalAddr = opAddr(network, netip.AddrPortFrom(s.addr, 0))
-		s.dials.Add(1)
-		c, err := nd.DialContext(ctx, network, address)
-		r := d.result(c, err, d.options(true), network)
+		r := d.dialFrom(ctx, network, address, s)
 		out.refused |= r.refused
 		out.events = append(out.events, r.events...)
 		if op, ok := r.err.(*net.OpError); ok {
@@ -106,4 +83,43 @@ func (d *Dialer) dialPoolBefore(ctx context.Context, network, address string, p 
 		out.err = notLocal.err
 	}
 	return out
+}
+
+// beforeFamily returns the family of a dial through p (the network's, as
+// tcp4 or udp6, an IP literal's, or for a name IPv4 when p has IPv4
+// sources) and its destination when address is an IP literal.
+func beforeFamily(network, address string, p *pool) (v6 bool, dst netip.AddrPort) {
+	v6 = strings.HasSuffix(network, "6")
+	if host, port, err := net.SplitHostPort(address); err == nil {
+		if a, err := netip.ParseAddr(host); err == nil {
+			v6 = a.Unmap().Is6()
+			if n, err := strconv.ParseUint(port, 10, 16); err == nil {
+				dst = netip.AddrPortFrom(a.Unmap(), uint16(n))
+			}
+		} else if !strings.HasSuffix(network, "4") && !v6 {
+			v6 = len(p.v4) == 0
+		}
+	}
+	return v6, dst
+}
+
+// beforeNoFamily is the error of a dial through p, which has no source of
+// the family: the one the hook gives where it binds (on an IP literal,
+// net.Dialer passes the hook the address).
+func beforeNoFamily(network, address string, dst netip.AddrPort, p *pool, v6 bool) error {
+	where := address // a name, on a network of the other family
+	if dst.IsValid() {
+		where = dst.String()
+	}
+	return &net.OpError{Op: "dial", Net: network, Addr: opAddr(network, dst), Err: p.noFamily(where, v6)}
+}
+
+// dialFrom is one step: net.Dialer with LocalAddr s and d's hook.
+func (d *Dialer) dialFrom(ctx context.Context, network, address string, s *source) outcome {
+	nd := d.Base
+	nd.ControlContext = d.control(true)
+	nd.LocalAddr = opAddr(network, netip.AddrPortFrom(s.addr, 0))
+	s.dials.Add(1)
+	c, err := nd.DialContext(ctx, network, address)
+	return d.result(c, err, d.options(true), network)
 }

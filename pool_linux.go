@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/safedial/safedial/internal/sysctl"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,8 +64,8 @@ func nonlocalBind(v6, fresh bool) bool {
 	now := time.Since(epoch)
 	c := nonlocalBinds.Load()
 	if fresh || c == nil || now-c.at >= time.Second {
-		v4, _ := readSysctl("net/ipv4/ip_nonlocal_bind")
-		v6, _ := readSysctl("net/ipv6/ip_nonlocal_bind")
+		v4, _ := sysctl.ReadInt("net/ipv4/ip_nonlocal_bind")
+		v6, _ := sysctl.ReadInt("net/ipv6/ip_nonlocal_bind")
 		c = &struct {
 			at     time.Duration
 			v4, v6 bool

@@ -93,30 +93,11 @@ const smallPool = 16
 func (pd *poolDial) control(ctx context.Context, network, address string, c syscall.RawConn) error {
 	dst := destination(network, address)
 	udp := strings.HasPrefix(network, "udp")
-	var (
-		srcs   []*source
-		cursor *atomic.Uint32
-		mem    *fullMemory
-	)
-	if pd.p != nil {
-		srcs, cursor, mem = pd.p.v4, &pd.p.next4, &pd.p.full
-		if strings.HasSuffix(network, "6") {
-			srcs, cursor = pd.p.v6, &pd.p.next6
-		}
-	} else {
-		src, err := routeSource(dst.Addr())
-		if err != nil {
-			return err
-		}
-		srcs, cursor = []*source{{addr: src}}, new(atomic.Uint32) // no memory
+	srcs, cursor, mem, err := pd.sources(network, address, dst)
+	if err != nil {
+		return err
 	}
 	n := len(srcs)
-	if n == 0 {
-		if pd.p == pd.d.shared.Load() { // a pool of one, of Base.LocalAddr (ShareUDPPorts)
-			return errConfig("no source address of the destination's family for %s: Base.LocalAddr is %s", address, joinAddrs(pd.p.addrs))
-		}
-		return pd.p.noFamily(address, strings.HasSuffix(network, "6")) // pd.p is not nil: a routed source is always of the family
-	}
 	var (
 		markBuf [smallPool]uint64
 		ordBuf  [smallPool]int
@@ -132,21 +113,19 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 	allKnown := marks[order[0]] != 0
 
 	var (
-		tried    []netip.Addr
-		last     *ExhaustedError // the last exhaustion the kernel reported
-		notLocal *sourceError    // the first source found not local
-		bound    bool            // the socket in net's place is bound: the next source needs a fresh one
-		prev     *source
+		f     failover
+		bound bool // the socket in net's place is bound: the next source needs a fresh one
+		prev  *source
 	)
 	for k, i := range order {
 		s := srcs[i]
-		if allKnown && last != nil {
+		if allKnown && f.last != nil {
 			// Every source was known full and the kernel confirmed it
 			// for one: the others are not asked.
 			pd.d.counters.failovers.Add(1)
 			s.skipped.Add(1)
 			if marks[i]&notLocalMark == 0 {
-				tried = append(tried, s.addr)
+				f.tried = append(f.tried, s.addr)
 			}
 			continue
 		}
@@ -165,37 +144,91 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		bound = true
 		prev = s
 		err := pd.attempt(ctx, network, address, c, s, dst)
-		key := fullKey{src: s, dst: dst, udp: udp}
-		switch e := err.(type) {
-		case nil:
-			pd.record(s, dst, true)
-			mem.clear(key, marks[i] != 0) // also a mark made since the plan; one atomic load when empty
-			return nil
-		case *ExhaustedError:
-			pd.record(s, dst, false)
-			s.exhausted.Add(1)
-			mem.mark(key, false)
-			pd.event(e)
-			tried = append(tried, s.addr)
-			last = e
-		case *sourceError:
-			s.notLocal.Add(1)
-			mem.mark(key, true)
-			if notLocal == nil {
-				notLocal = e
-			}
-		default:
-			pd.record(s, dst, false) // the error names s, as net.Dialer{LocalAddr: s}'s would
+		if end, err := pd.settle(&f, mem, fullKey{src: s, dst: dst, udp: udp}, marks[i] != 0, err); end {
 			return err
 		}
 	}
-	if last != nil {
-		final := *last
-		final.Tried = tried
+	return f.err(address)
+}
+
+// sources returns the sources of the attempt's family toward dst, the
+// cursor that spreads dials over them and the pool's memory of full ones
+// (nil without a pool: the source is the one the routing picks).
+func (pd *poolDial) sources(network, address string, dst netip.AddrPort) ([]*source, *atomic.Uint32, *fullMemory, error) {
+	var (
+		srcs   []*source
+		cursor *atomic.Uint32
+		mem    *fullMemory
+	)
+	if pd.p != nil {
+		srcs, cursor, mem = pd.p.v4, &pd.p.next4, &pd.p.full
+		if strings.HasSuffix(network, "6") {
+			srcs, cursor = pd.p.v6, &pd.p.next6
+		}
+	} else {
+		src, err := routeSource(dst.Addr())
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		srcs, cursor = []*source{{addr: src}}, new(atomic.Uint32) // no memory
+	}
+	if len(srcs) == 0 {
+		if pd.p == pd.d.shared.Load() { // a pool of one, of Base.LocalAddr (ShareUDPPorts)
+			return nil, nil, nil, errConfig("no source address of the destination's family for %s: Base.LocalAddr is %s", address, joinAddrs(pd.p.addrs))
+		}
+		return nil, nil, nil, pd.p.noFamily(address, strings.HasSuffix(network, "6")) // pd.p is not nil: a routed source is always of the family
+	}
+	return srcs, cursor, mem, nil
+}
+
+// failover is what the attempts of one dial found, for its error when no
+// source got a port.
+type failover struct {
+	tried    []netip.Addr
+	last     *ExhaustedError // the last exhaustion the kernel reported
+	notLocal *sourceError    // the first source found not local
+}
+
+// settle records the outcome err of the attempt from key.src (marked: the
+// plan found it known full) and reports whether the dial ends with it, and
+// with what error.
+func (pd *poolDial) settle(f *failover, mem *fullMemory, key fullKey, marked bool, err error) (bool, error) {
+	s := key.src
+	switch e := err.(type) {
+	case nil:
+		pd.record(s, key.dst, true)
+		mem.clear(key, marked) // also a mark made since the plan; one atomic load when empty
+		return true, nil
+	case *ExhaustedError:
+		pd.record(s, key.dst, false)
+		s.exhausted.Add(1)
+		mem.mark(key, false)
+		pd.event(e)
+		f.tried = append(f.tried, s.addr)
+		f.last = e
+	case *sourceError:
+		s.notLocal.Add(1)
+		mem.mark(key, true)
+		if f.notLocal == nil {
+			f.notLocal = e
+		}
+	default:
+		pd.record(s, key.dst, false) // the error names s, as net.Dialer{LocalAddr: s}'s would
+		return true, err
+	}
+	return false, nil
+}
+
+// err is the dial's error when every source was tried or skipped: the last
+// exhaustion, naming every source tried, else the first source not local.
+func (f *failover) err(address string) error {
+	if f.last != nil {
+		final := *f.last
+		final.Tried = f.tried
 		return &final
 	}
-	if notLocal != nil {
-		return notLocal
+	if f.notLocal != nil {
+		return f.notLocal
 	}
 	return errConfig("no source of the pool could be tried for %s", address) // not reached: every plan has an attempt
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/safedial/safedial/internal/sockdiag"
 	"golang.org/x/sys/unix"
 )
 
@@ -77,7 +78,7 @@ func (s *search) claim(fd int, port uint16) (claimResult, error) {
 // lookup from the peer answering fd (its cookie is returned).
 func (s *search) bindAlone(fd int, port uint16) (uint64, claimResult, error) {
 	local := netip.AddrPortFrom(s.src, port)
-	if _, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone); err != nil || found {
+	if _, found, err := udpOwner(s.ctx, s.nl, sockdiag.FamilyOf(s.src), local, s.peer, s.zone); err != nil || found {
 		return 0, taken, err
 	}
 	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
@@ -101,7 +102,7 @@ func (s *search) bindAlone(fd int, port uint16) (uint64, claimResult, error) {
 	if err := s.ctx.Err(); err != nil {
 		return 0, lost, err // the dial's time is up: back out
 	}
-	owner, found, err := udpOwner(s.ctx, s.nl, familyOf(s.src), local, s.peer, s.zone)
+	owner, found, err := udpOwner(s.ctx, s.nl, sockdiag.FamilyOf(s.src), local, s.peer, s.zone)
 	if err != nil {
 		return 0, lost, err
 	}

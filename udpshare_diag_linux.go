@@ -6,22 +6,11 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/safedial/safedial/internal/sockdiag"
 	"golang.org/x/sys/unix"
 )
 
 // sock_diag and socket calls of shared UDP dials.
-
-// sockopt bit positions in struct inet_diag_sockopt, a pair of bit-field
-// bytes: the first field is the lowest bit on little-endian machines, the
-// highest on big-endian ones.
-var recverrBit, rfc4884Bit = func() (uint16, uint16) {
-	var probe [2]byte
-	binary.NativeEndian.PutUint16(probe[:], 1)
-	if probe[0] == 1 { // little-endian
-		return 1 << 0, 1 << (8 + 1)
-	}
-	return 1 << 7, 1 << (8 + 6)
-}()
 
 // diagSocket is what a dump says about one UDP socket.
 type diagSocket struct {
@@ -38,37 +27,19 @@ type diagSocket struct {
 }
 
 func parseDiag(msg []byte) diagSocket {
-	id := msg[4:] // struct inet_diag_sockid: sport, dport, src[16], dst[16], if, cookie
-	s := diagSocket{family: msg[0], connected: msg[1] == tcpEstablished}
-	var src, dst netip.Addr
-	if s.family == unix.AF_INET {
-		src, dst = netip.AddrFrom4([4]byte(id[4:8])), netip.AddrFrom4([4]byte(id[20:24]))
-	} else {
-		src, dst = netip.AddrFrom16([16]byte(id[4:20])).Unmap(), netip.AddrFrom16([16]byte(id[20:36])).Unmap()
+	s := sockdiag.Parse(msg)
+	return diagSocket{
+		family:    s.Family,
+		connected: s.State == sockdiag.StateEstablished,
+		ifindex:   s.IfIndex,
+		local:     netip.AddrPortFrom(s.Src, s.SPort),
+		remote:    netip.AddrPortFrom(s.Dst, s.DPort),
+		uid:       s.UID,
+		cookie:    s.Cookie,
+		marked:    s.RFC4884() && !s.RecvErr(),
+		hasOpts:   s.HasSockopt,
+		v6only:    s.V6Only,
 	}
-	s.local = netip.AddrPortFrom(src, binary.BigEndian.Uint16(id[0:2]))
-	s.remote = netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4]))
-	s.ifindex = binary.NativeEndian.Uint32(id[36:40])
-	s.cookie = binary.NativeEndian.Uint64(id[40:48])
-	s.uid = binary.NativeEndian.Uint32(msg[64:68])
-	for a := msg[sizeofDiagMsg:]; len(a) >= unix.SizeofRtAttr; {
-		l := int(binary.NativeEndian.Uint16(a[0:]))
-		if l < unix.SizeofRtAttr || l > len(a) {
-			break
-		}
-		switch binary.NativeEndian.Uint16(a[2:]) {
-		case inetDiagSockopt:
-			if l >= unix.SizeofRtAttr+2 {
-				bits := uint16(a[unix.SizeofRtAttr]) | uint16(a[unix.SizeofRtAttr+1])<<8
-				s.hasOpts = true
-				s.marked = bits&rfc4884Bit != 0 && bits&recverrBit == 0
-			}
-		case inetDiagSKV6Only:
-			s.v6only = l > unix.SizeofRtAttr && a[unix.SizeofRtAttr] != 0
-		}
-		a = a[min((l+3)&^3, len(a)):]
-	}
-	return s
 }
 
 // peerOf returns the address fd is connected to, unmapped and without zone.
@@ -109,12 +80,12 @@ func drain(fd int) {
 // socket that would receive from the peer on that port, which any of them
 // would. Claims use it only when another user holds their 4-tuple's lock.
 func othersConnected(ctx context.Context, nl int, src netip.Addr, zone uint32, port uint16, peer netip.AddrPort, cookie uint64) (bool, error) {
-	var b bytecode
-	b.cond(bcSCond, src, int32(port))
-	b.cond(bcDCond, peer.Addr(), int32(peer.Port()))
+	var b sockdiag.Bytecode
+	b.Cond(sockdiag.SCond, src, int32(port))
+	b.Cond(sockdiag.DCond, peer.Addr(), int32(peer.Port()))
 	// Connected sockets only, and the ports in the request itself: the
 	// kernel's UDP dump compares those before running the bytecode.
-	reqs := requests(true, src.Is4(), src.Is6(), 1<<tcpEstablished, b.bytes())
+	reqs := sockdiag.Requests(true, src.Is4(), src.Is6(), 1<<sockdiag.StateEstablished, b.Bytes())
 	if src.Is4() {
 		_, v6, err := udpOwner(ctx, nl, unix.AF_INET6, netip.AddrPortFrom(src, port), peer, 0)
 		if err != nil {
@@ -142,17 +113,7 @@ func othersConnected(ctx context.Context, nl int, src netip.Addr, zone uint32, p
 // dumpOn is dump on the dial's own NETLINK_SOCK_DIAG socket nl (with its
 // read deadline set), which saves making one per dump.
 func dumpOn(ctx context.Context, nl int, reqs [][]byte, each func(msg []byte)) error {
-	bp := diagBufs.Get().(*[]byte)
-	defer diagBufs.Put(bp)
-	for _, req := range reqs {
-		if err := unix.Sendto(nl, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return os.NewSyscallError("sendto", err)
-		}
-		if err := answers(ctx, nl, *bp, each); err != nil {
-			return err
-		}
-	}
-	return nil
+	return diagErr(sockdiag.DumpOn(ctx, nl, reqs, each))
 }
 
 func reusePort(fd, v int) error {
@@ -164,65 +125,11 @@ func reusePort(fd, v int) error {
 
 // udpOwner asks sock_diag which UDP socket of family would receive a
 // datagram from peer on local (bound to interface ifindex, for a link-local
-// address with a zone), and returns its cookie. An IPv4 address asked of
-// AF_INET6 is IPv4-mapped.
+// address with a zone), and returns its cookie (see sockdiag.UDPOwner).
 func udpOwner(ctx context.Context, nl int, family byte, local, peer netip.AddrPort, ifindex uint32) (cookie uint64, found bool, err error) {
-	m, req := message(unix.SOCK_DIAG_BY_FAMILY, sizeofReqV2, nil) // no bytecode: one lookup
-	req[0], req[1] = family, unix.IPPROTO_UDP
-	binary.NativeEndian.PutUint32(req[4:], allStates)
-	id := req[8:]
-	// The kernel's UDP lookup takes the datagram's source (the peer) as
-	// "src" and its destination (us) as "dst", "for historical reasons".
-	binary.BigEndian.PutUint16(id[0:], peer.Port())
-	binary.BigEndian.PutUint16(id[2:], local.Port())
-	copy(id[4:20], addrBytes(peer.Addr(), family))
-	copy(id[20:36], addrBytes(local.Addr(), family))
-	binary.NativeEndian.PutUint32(id[36:], ifindex)    // idiag_if: the kernel matches a socket bound to a device only with it
-	binary.NativeEndian.PutUint64(id[40:], ^uint64(0)) // INET_DIAG_NOCOOKIE
-	if err := unix.Sendto(nl, m, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return 0, false, os.NewSyscallError("sendto", err)
+	cookie, found, err = sockdiag.UDPOwner(ctx, nl, family, local, peer, ifindex)
+	if e, ok := err.(*sockdiag.Error); ok {
+		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: e.Err}
 	}
-	var buf [512]byte
-	n, err := unix.Read(nl, buf[:])
-	for err == unix.EINTR {
-		n, err = unix.Read(nl, buf[:])
-	}
-	if err == unix.EAGAIN {
-		if err := ctx.Err(); err != nil {
-			return 0, false, err
-		}
-		return 0, false, context.DeadlineExceeded
-	}
-	if err != nil {
-		return 0, false, os.NewSyscallError("read", err)
-	}
-	b := buf[:n]
-	if len(b) < unix.SizeofNlMsghdr {
-		return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-	}
-	switch binary.NativeEndian.Uint16(b[4:]) {
-	case unix.NLMSG_ERROR:
-		errno := unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.SizeofNlMsghdr:])))
-		if errno == unix.ENOENT {
-			return 0, false, nil
-		}
-		return 0, false, &unsupportedError{what: "ShareUDPPorts needs sock_diag lookups of UDP sockets", err: os.NewSyscallError("sock_diag", errno)}
-	case unix.SOCK_DIAG_BY_FAMILY:
-		if len(b) < unix.SizeofNlMsghdr+sizeofDiagMsg {
-			return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-		}
-		msg := b[unix.SizeofNlMsghdr:]
-		return binary.NativeEndian.Uint64(msg[4+40:]), true, nil
-	}
-	return 0, false, os.NewSyscallError("read", unix.EBADMSG)
-}
-
-// addrBytes is a's address as a socket of family sees it: 16 bytes
-// (IPv4-mapped for an IPv4 address) for AF_INET6.
-func addrBytes(a netip.Addr, family byte) []byte {
-	if family == unix.AF_INET6 {
-		b := a.As16()
-		return b[:]
-	}
-	return a.AsSlice()
+	return cookie, found, err
 }

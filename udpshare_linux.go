@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/safedial/safedial/internal/sockdiag"
 	"golang.org/x/sys/unix"
 )
 
@@ -148,7 +149,7 @@ func newSearch(ctx context.Context, src netip.Addr, zone uint32, dst netip.AddrP
 	if err != nil {
 		return nil, &unsupportedError{what: "ShareUDPPorts needs sock_diag (NETLINK_SOCK_DIAG)", err: os.NewSyscallError("socket", err)}
 	}
-	if err := deadline(ctx, nl); err != nil {
+	if err := sockdiag.Deadline(ctx, nl); err != nil {
 		unix.Close(nl)
 		return nil, err
 	}

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"sync/atomic"
 
+	"github.com/safedial/safedial/internal/sockdiag"
+	"github.com/safedial/safedial/internal/sysctl"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,14 +75,14 @@ func shareRange(r PortRange) (PortRange, *portSet, error) {
 	if in.Lo > in.Hi {
 		return r, nil, errConfig("ShareUDPPorts: PortRange %v does not intersect this network namespace's net.ipv4.ip_local_port_range %v", r, ns)
 	}
-	list, err := parsePortList(reserved)
+	list, err := sysctl.ParsePortList(reserved)
 	if err != nil {
 		return r, nil, fmt.Errorf("safedial: ShareUDPPorts: cannot read net.ipv4.ip_local_reserved_ports, ports the kernel never hands out: %w", err)
 	}
 	off := new(portSet)
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
-		if p < int(in.Lo) || p > int(in.Hi) || list.has(uint16(p)) {
-			off.add(uint16(p))
+		if p < int(in.Lo) || p > int(in.Hi) || list.Has(uint16(p)) {
+			off.Add(uint16(p))
 		}
 	}
 	shareRanges.Store(&rangeEntry{asked: asked, ns: ns, reserved: reserved, r: r, off: off})
@@ -102,61 +102,13 @@ type rangeEntry struct {
 // Tests replace these to make the settings unreadable.
 var (
 	readPortRange = portRangeNow
-	readReserved  = reservedText
+	readReserved  = sysctl.ReservedText
 )
 
 // portRangeNow reads net.ipv4.ip_local_port_range as it is now.
 func portRangeNow() (PortRange, error) {
-	var buf [32]byte
-	b, err := readProc("/proc/sys/net/ipv4/ip_local_port_range", buf[:])
-	if err != nil {
-		return PortRange{}, err
-	}
-	lo, hi, ok := strings.Cut(strings.TrimSpace(string(b)), "\t")
-	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
-	z, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
-	if !ok || err1 != nil || err2 != nil {
-		return PortRange{}, fmt.Errorf("unexpected contents %q", b)
-	}
-	return PortRange{Lo: uint16(a), Hi: uint16(z)}, nil
-}
-
-// reservedText reads net.ipv4.ip_local_reserved_ports as it is now.
-func reservedText() (string, error) {
-	var buf [512]byte
-	b, err := readProc("/proc/sys/net/ipv4/ip_local_reserved_ports", buf[:])
-	if len(b) == len(buf) {
-		// A long list: read it whole.
-		bb, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_reserved_ports")
-		return string(bb), err
-	}
-	return string(b), err
-}
-
-// readProc reads a small /proc file into buf, with three system calls
-// (os.ReadFile costs several times as much: a shared dial reads two of
-// them each time).
-func readProc(path string, buf []byte) ([]byte, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer unix.Close(fd)
-	n := 0
-	for n < len(buf) {
-		m, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: path, Err: err}
-		}
-		if m == 0 {
-			break
-		}
-		n += m
-	}
-	return buf[:n], nil
+	lo, hi, err := sysctl.PortRangeNow()
+	return PortRange{Lo: lo, Hi: hi}, err
 }
 
 // sharedPorts lists, for each port of r, what holds it for a shared dial
@@ -179,14 +131,14 @@ func readProc(path string, buf []byte) ([]byte, error) {
 func sharedPorts(ctx context.Context, src netip.Addr, zone uint32, peer netip.Addr, peerPort uint16, r PortRange, off *portSet, inFlight func(port uint16, cookie uint64)) ([]portState, error) {
 	states := make([]portState, r.size())
 	for p := int(r.Lo); p <= int(r.Hi); p++ {
-		if off.has(uint16(p)) {
+		if off.Has(uint16(p)) {
 			states[p-int(r.Lo)] = portOff
 		}
 	}
-	var b bytecode
-	b.port(bcSGE, r.Lo)
-	b.port(bcSLE, r.Hi)
-	reqs := requests(true, src.Is4(), src.Is6(), allStates, b.bytes())
+	var b sockdiag.Bytecode
+	b.Port(sockdiag.SGE, r.Lo)
+	b.Port(sockdiag.SLE, r.Hi)
+	reqs := sockdiag.Requests(true, src.Is4(), src.Is6(), sockdiag.AllStates, b.Bytes())
 	if src.Is6() {
 		reqs = reqs[:1] // AF_INET6 only: IPv4 sockets never hold an IPv6 address's port
 	}

@@ -172,7 +172,7 @@ func (s *search) ranking(states []portState, skipTried bool) []uint16 {
 func (s *search) randomPort() (uint16, bool) {
 	for range 4 * shareCandidates {
 		p := s.rng.Lo + uint16(rand.IntN(s.rng.size()))
-		if !s.tried[p] && !s.off.has(p) {
+		if !s.tried[p] && !s.off.Has(p) {
 			return p, true
 		}
 	}
