@@ -361,3 +361,22 @@ func waitLocal(t *testing.T, addr string, routeArgs ...string) {
 		}
 	}
 }
+
+// ipCommand returns a function that runs iproute2's ip with its arguments
+// and fails t if it fails. Without ip, t skips, or fails when CI=true.
+func ipCommand(t *testing.T) func(args ...string) {
+	t.Helper()
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("iproute2's ip is needed to add and remove an address (CI=true, so this fails instead of skipping): %v", err)
+		}
+		t.Skipf("iproute2's ip is needed to add and remove an address: %v", err)
+	}
+	return func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(ip, args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+}

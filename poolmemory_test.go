@@ -172,19 +172,7 @@ func TestPoolFullAttempts(t *testing.T) {
 func TestPoolSourceReadded(t *testing.T) {
 	inNamespace(t, 40000, 40099, func(t *testing.T) {
 		advance := stopClock(t)
-		ip, err := exec.LookPath("ip")
-		if err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("iproute2's ip is needed to add and remove an address (CI=true, so this fails instead of skipping): %v", err)
-			}
-			t.Skipf("iproute2's ip is needed to add and remove an address: %v", err)
-		}
-		ipCmd := func(args ...string) {
-			t.Helper()
-			if out, err := exec.Command(ip, args...).CombinedOutput(); err != nil {
-				t.Fatalf("ip %v: %v: %s", args, err, out)
-			}
-		}
+		ipCmd := ipCommand(t)
 		ipCmd("addr", "add", "10.9.9.9/32", "dev", "lo")
 		waitLocal(t, "10.9.9.9")
 		dst := servers(t, "tcp", []string{"127.0.1.1"}, []int{8080})[0]
