@@ -153,7 +153,7 @@ func startExporter(t *testing.T, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan string, 1), make(chan error, 1)
-	var logs strings.Builder
+	var logs lockedBuffer
 	go func() { done <- exporter(ctx, args, io.Discard, &logs, ready) }()
 	select {
 	case addr := <-ready:
@@ -261,6 +261,25 @@ func TestExporterStalledClients(t *testing.T) {
 	})
 }
 
+// lockedBuffer is a strings.Builder that goroutines may write and read at
+// once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 // TestExporterSIGTERMWhileStalled: SIGTERM while a client stalls a scrape
 // ends the exporter with status 0 after the bounded drain.
 func TestExporterSIGTERMWhileStalled(t *testing.T) {
@@ -274,7 +293,11 @@ func TestExporterSIGTERMWhileStalled(t *testing.T) {
 		big := newBigCollector(600)
 		states := newConnStates()
 		ready := make(chan string, 1)
-		var stderr strings.Builder
+		// The exporter's log, read here while a handler goroutine that
+		// net/http's TimeoutHandler left behind may still write to it (the
+		// stalled write fails after the exporter returns, and promhttp logs
+		// that).
+		var stderr lockedBuffer
 		oldExtra, oldState, oldReady, oldWrite, oldDrain, oldLog := exporterExtra, exporterConnState, exporterReady, exporterWriteTimeout, exporterDrainTimeout, exporterLog
 		exporterExtra, exporterConnState, exporterReady, exporterLog = big, states.hook, ready, &stderr
 		exporterWriteTimeout = time.Hour // the drain, not the write timeout, ends the stall
