@@ -38,6 +38,10 @@ type fake struct {
 	tcp, udp   []safedial.Headroom
 	udpErr     error
 	calls, one atomic.Int64
+	// oneUsed is the used count of a named pair's own probe; oneErr, when
+	// set, is its error.
+	oneUsed int
+	oneErr  error
 }
 
 func (f *fake) all(_ context.Context, network string) ([]safedial.Headroom, error) {
@@ -56,7 +60,10 @@ func (f *fake) probe(_ context.Context, network string, src netip.Addr, dst neti
 	if src == netip.MustParseAddr("192.0.2.99") {
 		return safedial.Headroom{}, errors.New("bad pair")
 	}
-	h := pair(src.String(), dst.String(), 0, 0, 0, 0)
+	if f.oneErr != nil {
+		return safedial.Headroom{}, f.oneErr
+	}
+	h := pair(src.String(), dst.String(), f.oneUsed, 0, 0, 0)
 	return h, nil
 }
 
@@ -335,6 +342,61 @@ safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="1
 	}
 }
 
+// TestHeadroomCollectorNamedPairKept: a named pair (without sockets, so
+// probed on its own) whose probe fails keeps its last good answer for
+// MaxStale, and the protocol's age says how old the oldest answer is; past
+// MaxStale the pair is left out; a good probe brings it back at age 0.
+func TestHeadroomCollectorNamedPairKept(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}, oneUsed: 90}
+	c := collector(f, safedialprom.HeadroomOpts{MinInterval: -1, MaxStale: 5 * time.Minute, Top: -1,
+		Sources: []netip.Addr{netip.MustParseAddr("192.0.2.1")},
+		Dests:   []netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:80")},
+	})
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	safedialprom.SetClock(c, func() time.Time { return now })
+	names := []string{"safedial_headroom_probe_errors_total", "safedial_headroom_probe_age_seconds", "safedial_headroom_used_ratio"}
+	const kept = `safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="192.0.2.1"} 0.9
+`
+	for _, step := range []struct {
+		name  string
+		after time.Duration
+		err   error
+		want  string
+	}{
+		{"good", 0, nil, `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+` + kept},
+		{"its probe fails 4 minutes later: kept, 240 s old", 4 * time.Minute, errors.New("boom"), `safedial_headroom_probe_age_seconds{protocol="tcp"} 240
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 1
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+` + kept},
+		{"at 5 minutes: still kept", time.Minute, errors.New("boom"), `safedial_headroom_probe_age_seconds{protocol="tcp"} 300
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 2
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+` + kept},
+		{"past MaxStale: left out", time.Second, errors.New("boom"), `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 3
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+`},
+		{"good again", time.Second, nil, `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 3
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+` + kept},
+	} {
+		now = now.Add(step.after)
+		f.oneErr = step.err
+		if diff := cmp.Diff(step.want, exposition(t, c, names...)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", step.name, diff)
+		}
+	}
+}
+
 // TestHeadroomCollectorSlowProbe: a scrape that arrives during a probe
 // slower than MinInterval waits for it and gets its answer, instead of
 // probing again once it has the lock (which would turn a scrape storm into
@@ -514,11 +576,32 @@ safedial_headroom_probe_errors_total{protocol="udp"} 0
 		t.Errorf("the name does not resolve: -src and -dst name no pair (-want +got):\n%s", diff)
 	}
 	resolved, resolveErr = []netip.AddrPort{netip.MustParseAddrPort("127.0.0.3:80")}, nil
+	const pair3 = `safedial_headroom_used_ratio{destination="127.0.0.3:80",protocol="tcp",source="127.0.0.1"} 0.02
+`
 	if diff := cmp.Diff(`safedial_headroom_probe_errors_total{protocol="tcp"} 1
 safedial_headroom_probe_errors_total{protocol="udp"} 0
-safedial_headroom_used_ratio{destination="127.0.0.3:80",protocol="tcp",source="127.0.0.1"} 0.02
-`, exposition(t, c, names...)); diff != "" {
+`+pair3, exposition(t, c, names...)); diff != "" {
 		t.Errorf("the name resolves (-want +got):\n%s", diff)
+	}
+
+	// The name stops resolving: its last addresses are kept for MaxStale
+	// (5 minutes), their pairs probed afresh; then they are dropped.
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	safedialprom.SetClock(c, func() time.Time { return now })
+	resolveErr = nil
+	exposition(t, c) // resolved at now
+	resolved, resolveErr = nil, errors.New("no such host")
+	now = now.Add(5 * time.Minute)
+	if diff := cmp.Diff(`safedial_headroom_probe_errors_total{protocol="tcp"} 2
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+`+pair3, exposition(t, c, names...)); diff != "" {
+		t.Errorf("the name no longer resolves, 5 minutes on (-want +got):\n%s", diff)
+	}
+	now = now.Add(time.Second)
+	if diff := cmp.Diff(`safedial_headroom_probe_errors_total{protocol="tcp"} 3
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+`, exposition(t, c, names...)); diff != "" {
+		t.Errorf("the name no longer resolves, past MaxStale (-want +got):\n%s", diff)
 	}
 }
 

@@ -3,6 +3,7 @@ package safedialprom
 import (
 	"cmp"
 	"context"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -40,7 +41,8 @@ type HeadroomOpts struct {
 	// both, the TCP pairs from one of Sources to one of Dests of the same
 	// family are always exported, even without sockets (probed then with
 	// [safedial.ProbeHeadroom], one more walk of the kernel's table each;
-	// should that probe fail, the pair is left out and the error counted).
+	// should that probe fail, the error is counted and the pair's last good
+	// answer kept for MaxStale, as for a failed probe of every pair).
 	// A source or destination named alone (Sources only: TCP and UDP pairs
 	// from it; Dests only: TCP pairs toward it; UDP pairs always go by
 	// source) may have many pairs: those come first, the most used first,
@@ -50,7 +52,9 @@ type HeadroomOpts struct {
 	// ResolveDests, when set, is called at each probe for more Dests (for
 	// example a host name's addresses, which may change or not resolve
 	// yet). An error is counted as a TCP probe error and reported to
-	// OnError; the addresses it returned are used all the same.
+	// OnError; the addresses it returned are used all the same, with those
+	// of its last answer without error (for MaxStale), so that a name that
+	// fails to resolve for a while keeps its pairs.
 	ResolveDests func(ctx context.Context) ([]netip.AddrPort, error)
 	// MinInterval is the least time between two probes, less a quarter
 	// of it for scrape jitter: a scrape within 3/4 MinInterval of the last
@@ -99,12 +103,18 @@ type HeadroomCollector struct {
 	probe    func(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort) (safedial.Headroom, error)
 	now      func() time.Time
 
-	mu     sync.Mutex // held for a probe and while reading its result
-	at     time.Time  // of the last probe; zero before the first
-	last   [2]protoResult
-	errors [2]uint64
-	rng    int // size of ip_local_port_range; -1 when unknown
-	twRe   int // net.ipv4.tcp_tw_reuse; -1 when unknown
+	mu   sync.Mutex // held for a probe and while reading its result
+	at   time.Time  // of the last probe; zero before the first
+	last [2]protoResult
+	// named holds each named TCP pair's last good answer, kept for
+	// MaxStale when its own probe fails.
+	named map[pairKey]keptPair
+	// resolved is ResolveDests' last answer without error, at resolvedAt.
+	resolved   []netip.AddrPort
+	resolvedAt time.Time
+	errors     [2]uint64
+	rng        int // size of ip_local_port_range; -1 when unknown
+	twRe       int // net.ipv4.tcp_tw_reuse; -1 when unknown
 }
 
 // protoResult is what the last probe of one protocol found.
@@ -113,7 +123,22 @@ type protoResult struct {
 	seen     int                 // pairs probed
 	duration time.Duration
 	at       time.Time // of the probe that found pairs; zero if none
-	failed   bool      // no good answer to export
+	// oldest is when the oldest answer among pairs was found, at or
+	// before at: a named pair's kept answer may be older.
+	oldest time.Time
+	failed bool // no good answer to export
+}
+
+// pairKey names a (source, destination) pair.
+type pairKey struct {
+	src netip.Addr
+	dst netip.AddrPort
+}
+
+// keptPair is a named pair's last good answer and when it was found.
+type keptPair struct {
+	h  safedial.Headroom
+	at time.Time
 }
 
 // networks are the networks probed, in the order of HeadroomCollector.last.
@@ -133,7 +158,7 @@ var (
 		"Pairs exported in safedial_headroom_ports: the top N by used ratio plus the named ones; safedial_headroom_pairs minus this many were cut.",
 		[]string{"protocol"}, nil)
 	ageDesc = prometheus.NewDesc("safedial_headroom_probe_age_seconds",
-		"Age of the answer exported for the protocol: 0 after a good probe, growing while probes fail and the last good answer is kept (for MaxStale; then the pairs are dropped).",
+		"Age of the oldest answer exported for the protocol: 0 after a good probe, growing while probes (of every pair, or of a named pair) fail and the last good answer is kept (for MaxStale; then the pairs are dropped).",
 		[]string{"protocol"}, nil)
 	durationDesc = prometheus.NewDesc("safedial_headroom_probe_duration_seconds",
 		"Duration of the last headroom probe (a sock_diag dump per address family, filtered by the kernel to the ephemeral range).",
@@ -160,6 +185,7 @@ func NewHeadroomCollector(opts HeadroomOpts) *HeadroomCollector {
 		opts:     opts,
 		sources:  make(map[netip.Addr]bool),
 		dests:    make(map[netip.AddrPort]bool),
+		named:    make(map[pairKey]keptPair),
 		probeAll: safedial.ProbeAllHeadroom,
 		probe:    safedial.ProbeHeadroom,
 		now:      time.Now,
@@ -213,7 +239,7 @@ func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
 		if r.failed {
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, max(asked.Sub(r.at), 0).Seconds(), network)
+		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, max(asked.Sub(r.oldest), 0).Seconds(), network)
 		ch <- prometheus.MustNewConstMetric(pairsDesc, prometheus.GaugeValue, float64(r.seen), network)
 		ch <- prometheus.MustNewConstMetric(exportedDesc, prometheus.GaugeValue, float64(len(r.pairs)), network)
 		for j := range r.pairs {
@@ -235,19 +261,15 @@ func (c *HeadroomCollector) probeLocked() {
 		}
 		start := c.now()
 		if network == "tcp" && c.opts.ResolveDests != nil {
-			ds, err := c.opts.ResolveDests(ctx)
-			if err != nil {
-				fail(err)
-			}
-			c.setDests(ds)
+			c.resolve(ctx, start, fail)
 		}
 		prev := &c.last[i]
 		var buf []safedial.Headroom
 		if prev.failed {
 			buf = prev.pairs[:0] // nothing kept: reuse the memory
 		}
-		pairs, seen, err := c.pick(ctx, network, buf, fail)
-		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start), at: start}
+		pairs, seen, oldest, err := c.pick(ctx, network, buf, start, fail)
+		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start), at: start, oldest: oldest}
 		cancel()
 		if err != nil {
 			fail(err)
@@ -262,17 +284,35 @@ func (c *HeadroomCollector) probeLocked() {
 	}
 }
 
-// pick probes network and appends the pairs to export to out: the named
-// ones and the Top others with the highest used ratio. A named pair whose
-// own probe fails is left out and reported to fail; an error of the probe
-// of every pair is returned.
-func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safedial.Headroom, fail func(error)) ([]safedial.Headroom, int, error) {
+// resolve calls ResolveDests and sets c.dests to Dests and its answer. On
+// an error, reported to fail, the addresses of its last answer without
+// error are kept as well, for MaxStale after it.
+func (c *HeadroomCollector) resolve(ctx context.Context, now time.Time, fail func(error)) {
+	ds, err := c.opts.ResolveDests(ctx)
+	if err == nil {
+		c.resolved, c.resolvedAt = append(c.resolved[:0], ds...), now
+	} else {
+		fail(err)
+		if c.opts.MaxStale > 0 && now.Sub(c.resolvedAt) <= c.opts.MaxStale {
+			ds = append(slices.Clone(ds), c.resolved...)
+		}
+	}
+	c.setDests(ds)
+}
+
+// pick probes network (at now) and appends the pairs to export to out:
+// the named ones and the Top others with the highest used ratio. A named
+// pair whose own probe fails is reported to fail and its last good answer
+// kept for MaxStale; oldest is when the oldest answer exported was found.
+// An error of the probe of every pair is returned.
+func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safedial.Headroom, now time.Time, fail func(error)) (_ []safedial.Headroom, seen int, oldest time.Time, _ error) {
+	oldest = now
 	all, err := c.probeAll(ctx, network)
 	if err != nil {
-		return out, 0, err
+		return out, 0, oldest, err
 	}
 	udp := network == "udp"
-	seen := len(all)
+	seen = len(all)
 	bySrc := len(c.sources) > 0
 	// exact: a pair named by a source and a destination, always exported;
 	// wide: a pair of a source or destination named alone, capped at Top.
@@ -296,6 +336,7 @@ func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safe
 		switch exact, w := match(&all[i]); {
 		case exact:
 			out = append(out, all[i])
+			c.named[pairKey{all[i].Source, all[i].Dest}] = keptPair{all[i], now}
 		case w:
 			wide = append(wide, all[i])
 		default:
@@ -318,20 +359,31 @@ func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safe
 					continue
 				}
 				seen++
+				k := pairKey{s, d}
 				h, err := c.probe(ctx, network, s, d)
 				if err != nil {
 					fail(err)
+					if kept, ok := c.named[k]; ok && c.opts.MaxStale > 0 && now.Sub(kept.at) <= c.opts.MaxStale {
+						out = append(out, kept.h)
+						if kept.at.Before(oldest) {
+							oldest = kept.at
+						}
+					}
 					continue
 				}
+				c.named[k] = keptPair{h, now}
 				out = append(out, h)
 			}
 		}
+		// Forget the answers too old to be kept (and those of pairs no
+		// longer named).
+		maps.DeleteFunc(c.named, func(_ pairKey, kept keptPair) bool { return now.Sub(kept.at) > max(c.opts.MaxStale, 0) })
 	}
 	if n := min(c.opts.Top, len(rest)); n > 0 {
 		slices.SortFunc(rest, byUsed)
 		out = append(out, rest[:n]...)
 	}
-	return out, seen, nil
+	return out, seen, oldest, nil
 }
 
 // byUsed orders pairs by used ratio, highest first, then by source and
