@@ -85,7 +85,14 @@ type classified struct {
 	ee  *ExhaustedError
 }
 
-func (c *classified) Error() string   { return c.err.Error() + ": " + ErrEphemeralExhausted.Error() }
+// Error is the wrapped error's message followed by the exhaustion's
+// explanation and advice (without the system call's error again: the
+// wrapped message has it).
+func (c *classified) Error() string {
+	ee := *c.ee
+	ee.Err = nil
+	return c.err.Error() + ": " + ee.Error()
+}
 func (c *classified) Unwrap() []error { return []error{c.ee, c.err} }
 
 // withErr returns a copy of op with Err replaced.

@@ -127,12 +127,18 @@ func TestClassifyWrapping(t *testing.T) {
 	if safedial.Classify(got) != got {
 		t.Error("Classify of a classified error is not the same error")
 	}
+	// The wrapped error's message gains the explanation and the advice,
+	// not the system call's error a second time.
+	msg := got.Error()
+	if want := "pool: dial tcp 127.0.0.2:80: connect: cannot assign requested address: ephemeral ports exhausted; "; !strings.HasPrefix(msg, want) || strings.Count(msg, "cannot assign requested address") != 1 || !strings.Contains(msg, "add source addresses") {
+		t.Errorf("Classify(fmt.Errorf(%%w)).Error() = %q: want it to start %q, then say what to do", msg, want)
+	}
 	if w := fmt.Errorf("pool: %w", refused); safedial.Classify(w) != w {
 		t.Error("Classify changed a wrapped non-exhaustion error")
 	}
 
 	// The message says what happened and what to do.
-	msg := safedial.Classify(opErr("tcp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.2:80")).Error()
+	msg = safedial.Classify(opErr("tcp", "bind", syscall.EADDRINUSE, "127.0.0.1:0", "127.0.0.2:80")).Error()
 	for _, want := range []string{"dial tcp 127.0.0.1:0->127.0.0.2:80: ephemeral ports exhausted (bind: ", "bound on 127.0.0.1", "IP_BIND_ADDRESS_NO_PORT"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("bind exhaustion message %q lacks %q", msg, want)
