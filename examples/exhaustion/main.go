@@ -119,7 +119,7 @@ func main() {
 	flag.IntVar(&c.Samples, "samples", 1000, "connects measured per fill level (latency)")
 	flag.IntVar(&c.LatencyPort, "latency-ports", 4000, "range size for the latency mode")
 	flag.IntVar(&c.PoolPorts, "pool-ports", 4000, "range size for the pool mode")
-	flag.IntVar(&c.Pairs, "pairs", 2000, "interleaved dial pairs measured in the pool mode")
+	flag.IntVar(&c.Pairs, "pairs", 20000, "interleaved dial pairs measured in the pool mode")
 	flag.IntVar(&c.Sockets, "sockets", 0, "probe mode: measure at this many sockets only (default 1000, 20000 and 45000)")
 	flag.StringVar(&c.UDPSockets, "udp-sockets", "", "udp mode: only the cost of a dial with this many unrelated UDP sockets held, comma-separated (e.g. 0,1000,15000)")
 	asJSON := flag.Bool("json", false, "print JSON instead of a table")
