@@ -1,7 +1,9 @@
 package safedial
 
 import (
+	"cmp"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,9 +41,12 @@ const (
 
 // fullDests bounds the destinations a pool's memory holds; each holds a mark
 // per source at most, so a pool of any size has room for the marks of
-// fullDests destinations. When a new destination needs room, the one marked
-// longest ago gives up its marks together.
-const fullDests = 64
+// fullDests destinations (at most 32 bytes a source each: 1 MiB for 32
+// sources full toward every one). When a new destination needs room, the
+// quarter marked longest ago give up their marks together, so that making
+// room costs a sort per fullDests/4 new destinations, not a walk of the
+// memory per new destination.
+const fullDests = 1024
 
 // notLocalMark is set in the mark of a source found not local, so that it
 // orders after every source found full: a full source frees ports as its
@@ -71,7 +76,7 @@ type fullDest struct {
 
 // destMarks are the marks toward one destination, one per source at most.
 type destMarks struct {
-	newest int64 // nanotime of the newest mark
+	newest uint64 // seq of the newest mark
 	marks  []fullMark
 }
 
@@ -154,7 +159,7 @@ func (m *fullMemory) mark(k fullKey, notLocal bool) {
 	if notLocal {
 		e.mark |= notLocalMark
 	}
-	dm.newest = now
+	dm.newest = m.seq
 	for i := range dm.marks {
 		if old := &dm.marks[i]; old.src == k.src {
 			e.ttl = old.ttl
@@ -168,22 +173,21 @@ func (m *fullMemory) mark(k fullKey, notLocal bool) {
 	dm.marks = append(dm.marks, e)
 }
 
-// evict forgets the destination marked longest ago.
+// evict forgets the quarter of the destinations marked longest ago.
 func (m *fullMemory) evict() {
-	var (
-		oldest fullDest
-		at     int64
-		found  bool
-	)
+	type aged struct {
+		k      fullDest
+		newest uint64
+	}
+	all := make([]aged, 0, len(m.dsts))
 	for k, dm := range m.dsts {
-		if !found || dm.newest < at {
-			oldest, at, found = k, dm.newest, true
-		}
+		all = append(all, aged{k, dm.newest})
 	}
-	if found {
-		delete(m.dsts, oldest)
-		m.used.Add(-1)
+	slices.SortFunc(all, func(a, b aged) int { return cmp.Compare(a.newest, b.newest) })
+	for _, a := range all[:max(len(all)/4, 1)] {
+		delete(m.dsts, a.k)
 	}
+	m.used.Store(int32(len(m.dsts)))
 }
 
 // clear forgets k: an attempt through its source found a port. When the

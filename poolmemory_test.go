@@ -113,10 +113,11 @@ func TestPoolBurstFull(t *testing.T) {
 // TestPoolFullAttempts: with every port of the range bound (so every source
 // is full toward every destination), a failing dial costs one kernel
 // attempt, for a pool of 32 sources dialing 3 destinations and of 8 dialing
-// 9, on the real clock (marks that expire still ask one source). v0.3.0's 64
-// slots could not hold 96 or 72 marks: 32.0 and 8.0 attempts per dial.
+// 9, and of 4 dialing 300, on the real clock (marks that expire still ask
+// one source). v0.3.0's 64 slots could not hold 96 or 72 marks: 32.0 and 8.0
+// attempts per dial; a memory of 64 destinations, 4.0 at 4 x 300.
 func TestPoolFullAttempts(t *testing.T) {
-	for _, size := range []struct{ srcs, dsts int }{{32, 3}, {8, 9}} {
+	for _, size := range []struct{ srcs, dsts int }{{32, 3}, {8, 9}, {4, 300}} {
 		t.Run(fmt.Sprintf("%dx%d", size.srcs, size.dsts), func(t *testing.T) {
 			inNamespace(t, 40000, 40003, func(t *testing.T) {
 				for range 4 { // the whole range: 40000-40003
@@ -132,7 +133,7 @@ func TestPoolFullAttempts(t *testing.T) {
 				}
 				var dsts []string
 				for i := range size.dsts {
-					dsts = append(dsts, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)}), 8080).String())
+					dsts = append(dsts, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, byte(1 + i/250), byte(1 + i%250)}), 8080).String())
 				}
 				d := &safedial.Dialer{Sources: srcs}
 				attempts := func() (n uint64) {
