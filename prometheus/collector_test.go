@@ -352,17 +352,9 @@ func TestHeadroomCollectorNamedPairKept(t *testing.T) {
 		Sources: []netip.Addr{netip.MustParseAddr("192.0.2.1")},
 		Dests:   []netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:80")},
 	})
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	safedialprom.SetClock(c, func() time.Time { return now })
-	names := []string{"safedial_headroom_probe_errors_total", "safedial_headroom_probe_age_seconds", "safedial_headroom_used_ratio"}
 	const kept = `safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="192.0.2.1"} 0.9
 `
-	for _, step := range []struct {
-		name  string
-		after time.Duration
-		err   error
-		want  string
-	}{
+	staleSteps(t, c, func(err error) { f.oneErr = err }, []staleStep{
 		{"good", 0, nil, `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
 safedial_headroom_probe_age_seconds{protocol="udp"} 0
 safedial_headroom_probe_errors_total{protocol="tcp"} 0
@@ -388,9 +380,29 @@ safedial_headroom_probe_age_seconds{protocol="udp"} 0
 safedial_headroom_probe_errors_total{protocol="tcp"} 3
 safedial_headroom_probe_errors_total{protocol="udp"} 0
 ` + kept},
-	} {
+	})
+}
+
+// staleStep is a step of staleSteps: after time, the probe's error, and the
+// exposition wanted.
+type staleStep struct {
+	name  string
+	after time.Duration
+	err   error
+	want  string
+}
+
+// staleSteps runs steps on c: each moves c's clock on, makes the probe
+// fail with its error (through setErr), and compares the errors, ages and
+// used ratios exported with its want.
+func staleSteps(t *testing.T, c *safedialprom.HeadroomCollector, setErr func(error), steps []staleStep) {
+	t.Helper()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	safedialprom.SetClock(c, func() time.Time { return now })
+	names := []string{"safedial_headroom_probe_errors_total", "safedial_headroom_probe_age_seconds", "safedial_headroom_used_ratio"}
+	for _, step := range steps {
 		now = now.Add(step.after)
-		f.oneErr = step.err
+		setErr(step.err)
 		if diff := cmp.Diff(step.want, exposition(t, c, names...)); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", step.name, diff)
 		}
@@ -496,15 +508,7 @@ safedial_source_attempts_total{source="127.0.0.3"} 0
 func TestHeadroomCollectorKeepsLastGoodAnswer(t *testing.T) {
 	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 95, 0, 0, 0)}, udp: []safedial.Headroom{pair("127.0.0.1", "*", 1, 0, 0, 0)}}
 	c := collector(f, safedialprom.HeadroomOpts{MinInterval: -1, MaxStale: 5 * time.Minute})
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	safedialprom.SetClock(c, func() time.Time { return now })
-	names := []string{"safedial_headroom_probe_errors_total", "safedial_headroom_probe_age_seconds", "safedial_headroom_used_ratio"}
-	for _, step := range []struct {
-		name  string
-		after time.Duration
-		err   error
-		want  string
-	}{
+	staleSteps(t, c, func(err error) { f.udpErr = err }, []staleStep{
 		{"good", 0, nil, `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
 safedial_headroom_probe_age_seconds{protocol="udp"} 0
 safedial_headroom_probe_errors_total{protocol="tcp"} 0
@@ -538,13 +542,7 @@ safedial_headroom_probe_errors_total{protocol="udp"} 3
 safedial_headroom_used_ratio{destination="*",protocol="udp",source="127.0.0.1"} 0.01
 safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.95
 `},
-	} {
-		now = now.Add(step.after)
-		f.udpErr = step.err
-		if diff := cmp.Diff(step.want, exposition(t, c, names...)); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", step.name, diff)
-		}
-	}
+	})
 
 	// MaxStale < 0: dropped at the first failure.
 	f.udpErr = nil
