@@ -32,9 +32,10 @@ type DialerOpts struct {
 	// alert covers both: a registry holds one or the other (Register
 	// refuses the second).
 	Headroom []Target
-	// MinInterval is the least time between two headroom probes, as in
-	// [HeadroomOpts]. Zero means DefaultMinInterval; negative, every
-	// scrape. The statistics are read at every scrape.
+	// MinInterval is the least time between two headroom probes, less a
+	// quarter of it for scrape jitter, as in [HeadroomOpts]. Zero means
+	// DefaultMinInterval; negative, every scrape. The statistics are read
+	// at every scrape.
 	MinInterval time.Duration
 	// Timeout bounds the probes of one scrape. Zero means 10 seconds.
 	Timeout time.Duration
@@ -176,7 +177,8 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	asked := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval {
+	// The same quarter of slack for scrape jitter.
+	if c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4 {
 		c.at = c.now()
 		c.probeLocked()
 	}
