@@ -397,11 +397,18 @@ type staleStep struct {
 // used ratios exported with its want.
 func staleSteps(t *testing.T, c *safedialprom.HeadroomCollector, setErr func(error), steps []staleStep) {
 	t.Helper()
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var now time.Time
 	safedialprom.SetClock(c, func() time.Time { return now })
+	runStaleSteps(t, c, &now, setErr, steps)
+}
+
+// runStaleSteps runs steps on c, whose clock reads *now.
+func runStaleSteps(t *testing.T, c prometheus.Collector, now *time.Time, setErr func(error), steps []staleStep) {
+	t.Helper()
+	*now = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	names := []string{"safedial_headroom_probe_errors_total", "safedial_headroom_probe_age_seconds", "safedial_headroom_used_ratio"}
 	for _, step := range steps {
-		now = now.Add(step.after)
+		*now = now.Add(step.after)
 		setErr(step.err)
 		if diff := cmp.Diff(step.want, exposition(t, c, names...)); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", step.name, diff)
@@ -634,6 +641,55 @@ func TestDialerCollectorScrapeJitter(t *testing.T) {
 	if scrapes := jitteredScrapes(c, &now); probes != scrapes {
 		t.Errorf("%d scrapes at 0.82-1.18 s: %d probes, want %d (one per scrape)", scrapes, probes, scrapes)
 	}
+}
+
+// TestDialerCollectorKeepsLastGoodAnswer: a target whose probe fails keeps
+// its last good answer for MaxStale, with its age, and counts the failure;
+// past MaxStale its pairs are dropped; a good probe brings the age back to
+// 0. Another target's good answer is not held back.
+func TestDialerCollectorKeepsLastGoodAnswer(t *testing.T) {
+	var failing error
+	c := safedialprom.NewDialerCollector(&safedial.Dialer{}, safedialprom.DialerOpts{
+		MinInterval: -1,
+		Headroom:    []safedialprom.Target{{Network: "tcp", Address: "127.0.0.2:80"}, {Network: "udp", Address: "127.0.0.3:53"}},
+	})
+	safedialprom.SetDialerHeadroom(c, func(_ context.Context, network, address string) ([]safedial.Headroom, error) {
+		if network == "tcp" {
+			if failing != nil {
+				return nil, failing
+			}
+			return []safedial.Headroom{pair("127.0.0.1", address, 95, 0, 0, 0)}, nil
+		}
+		return []safedial.Headroom{pair("127.0.0.1", address, 1, 0, 0, 0)}, nil
+	})
+	const both = `safedial_headroom_used_ratio{destination="127.0.0.2:80",protocol="tcp",source="127.0.0.1"} 0.95
+safedial_headroom_used_ratio{destination="127.0.0.3:53",protocol="udp",source="127.0.0.1"} 0.01
+`
+	var now time.Time
+	steps := []staleStep{
+		{"good", 0, nil, `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 0
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+` + both},
+		{"TCP fails 5 minutes later: kept, 300 s old", 5 * time.Minute, errors.New("boom"), `safedial_headroom_probe_age_seconds{protocol="tcp"} 300
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 1
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+` + both},
+		{"past MaxStale: dropped", time.Second, errors.New("boom"), `safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 2
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+safedial_headroom_used_ratio{destination="127.0.0.3:53",protocol="udp",source="127.0.0.1"} 0.01
+`},
+		{"good again", time.Second, nil, `safedial_headroom_probe_age_seconds{protocol="tcp"} 0
+safedial_headroom_probe_age_seconds{protocol="udp"} 0
+safedial_headroom_probe_errors_total{protocol="tcp"} 2
+safedial_headroom_probe_errors_total{protocol="udp"} 0
+` + both},
+	}
+	safedialprom.SetDialerClock(c, func() time.Time { return now })
+	runStaleSteps(t, c, &now, func(err error) { failing = err }, steps)
 }
 
 // jitteredScrapes scrapes c 257 times, moving *now (the clock c reads) on

@@ -37,6 +37,12 @@ type DialerOpts struct {
 	// DefaultMinInterval; negative, every scrape. The statistics are read
 	// at every scrape.
 	MinInterval time.Duration
+	// MaxStale is how long a target's last good answer is exported after
+	// its probes start failing, as in [HeadroomOpts], with
+	// safedial_headroom_probe_age_seconds the age of the oldest answer
+	// exported. Zero means DefaultMaxStale; negative, a target's pairs are
+	// dropped at its first failed probe.
+	MaxStale time.Duration
 	// Timeout bounds the probes of one scrape. Zero means 10 seconds.
 	Timeout time.Duration
 	// OnError, when set, is called with each headroom probe error, for
@@ -62,15 +68,28 @@ type DialerCollector struct {
 	d    *safedial.Dialer
 	opts DialerOpts
 	now  func() time.Time // injected by tests
+	// headroom is d.Headroom, or a test's.
+	headroom func(ctx context.Context, network, address string) ([]safedial.Headroom, error)
 
 	dials, succeeded, failed, exhausted, failovers, refused       *prometheus.Desc
 	srcDials, srcSucceeded, srcExhausted, srcSkipped, srcNotLocal *prometheus.Desc
 	head                                                          headroomDescs
+	age                                                           *prometheus.Desc
 
 	mu     sync.Mutex // guards what follows
 	at     time.Time  // of the last headroom probe
 	pairs  []pairOf
-	errors [2]uint64 // probe errors, tcp and udp
+	errors [2]uint64    // probe errors, tcp and udp
+	oldest [2]time.Time // when the oldest answer exported was found, tcp and udp
+	// good holds each target's last good answer and when it was found,
+	// kept for MaxStale when its probe fails.
+	good map[Target]goodAnswer
+}
+
+// goodAnswer is a target's last good answer.
+type goodAnswer struct {
+	hs []safedial.Headroom
+	at time.Time
 }
 
 // pairOf is one row of a Dialer's headroom.
@@ -86,6 +105,9 @@ func NewDialerCollector(d *safedial.Dialer, opts DialerOpts) *DialerCollector {
 	if opts.MinInterval == 0 {
 		opts.MinInterval = DefaultMinInterval
 	}
+	if opts.MaxStale == 0 {
+		opts.MaxStale = DefaultMaxStale
+	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 10 * time.Second
 	}
@@ -98,6 +120,11 @@ func NewDialerCollector(d *safedial.Dialer, opts DialerOpts) *DialerCollector {
 		opts: opts,
 		now:  time.Now,
 		head: newHeadroomDescs(l),
+
+		headroom: d.Headroom,
+		age: desc("safedial_headroom_probe_age_seconds",
+			"Age of the oldest headroom answer exported for the protocol: 0 after good probes, growing while a target's probes fail and its last good answer is kept (for MaxStale; then its pairs are dropped).", "protocol"),
+		good: make(map[Target]goodAnswer),
 
 		dials:     desc("safedial_dials_total", "Calls to the Dialer's Dial, DialContext and DialTCP that have returned (Stats.Dials)."),
 		succeeded: desc("safedial_dials_succeeded_total", "Dials that returned a connection (Stats.Succeeded)."),
@@ -126,6 +153,7 @@ func (c *DialerCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- c.head.ports
 		ch <- c.head.used
 		ch <- c.head.errors
+		ch <- c.age
 	}
 }
 
@@ -184,34 +212,51 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for i, network := range networks {
 		counter(c.head.errors, c.errors[i], network)
+		if !c.oldest[i].IsZero() {
+			ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, max(asked.Sub(c.oldest[i]), 0).Seconds(), network)
+		}
 	}
 	for i := range c.pairs {
 		c.head.sendPair(ch, c.pairs[i].proto, &c.pairs[i].h)
 	}
 }
 
-// probeLocked probes every target into c.pairs, once per series.
+// probeLocked probes every target into c.pairs, once per series. A target
+// whose probe fails keeps its last good answer for MaxStale.
 func (c *DialerCollector) probeLocked() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
 	defer cancel()
+	now := c.at
 	c.pairs = c.pairs[:0]
+	c.oldest = [2]time.Time{}
 	type key struct {
 		proto, src, dst string
 	}
 	seen := make(map[key]bool)
 	for _, t := range c.opts.Headroom {
 		proto := protocol(t.Network)
-		hs, err := c.d.Headroom(ctx, t.Network, t.Address)
+		i := 0
+		if proto == "udp" {
+			i = 1
+		}
+		at := now
+		hs, err := c.headroom(ctx, t.Network, t.Address)
 		if err != nil {
 			if c.opts.OnError != nil {
 				c.opts.OnError(t, err)
 			}
-			if proto == "udp" {
-				c.errors[1]++
-			} else {
-				c.errors[0]++
+			c.errors[i]++
+			g, ok := c.good[t]
+			if !ok || c.opts.MaxStale <= 0 || now.Sub(g.at) > c.opts.MaxStale {
+				delete(c.good, t)
+				continue
 			}
-			continue
+			hs, at = g.hs, g.at
+		} else {
+			c.good[t] = goodAnswer{hs, now}
+		}
+		if c.oldest[i].IsZero() || at.Before(c.oldest[i]) {
+			c.oldest[i] = at
 		}
 		for _, h := range hs {
 			k := key{proto, h.Source.String(), destination(&h)}

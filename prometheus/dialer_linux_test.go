@@ -74,6 +74,7 @@ func TestDialerCollector(t *testing.T) {
 				fmt.Fprintf(&want, "safedial_headroom_ports{destination=%q,dialer=\"db\",protocol=\"tcp\",source=%q,state=%q} %d\n", h.Dest, h.Source, st, v[st])
 			}
 		}
+		fmt.Fprintf(&want, "safedial_headroom_probe_age_seconds{dialer=\"db\",protocol=\"tcp\"} 0\n")
 		fmt.Fprintf(&want, "safedial_headroom_probe_errors_total{dialer=\"db\",protocol=\"tcp\"} 1\n")
 		fmt.Fprintf(&want, "safedial_headroom_probe_errors_total{dialer=\"db\",protocol=\"udp\"} 0\n")
 		for _, h := range hs {

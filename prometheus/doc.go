@@ -23,8 +23,8 @@
 //
 // # Metrics
 //
-// Headroom (both collectors; the Dialer collector only the first two and
-// the errors):
+// Headroom (both collectors; the Dialer collector only the first two, the
+// age and the errors):
 //
 //	safedial_headroom_ports{protocol, source, destination, state}   gauge
 //	safedial_headroom_used_ratio{protocol, source, destination}     gauge, 0..1

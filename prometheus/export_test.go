@@ -23,5 +23,10 @@ func SetProbes(c *HeadroomCollector,
 // SetClock replaces the clock c reads to decide whether to probe.
 func SetClock(c *HeadroomCollector, now func() time.Time) { c.now = now }
 
+// SetDialerHeadroom replaces the Dialer.Headroom c calls.
+func SetDialerHeadroom(c *DialerCollector, fn func(ctx context.Context, network, address string) ([]safedial.Headroom, error)) {
+	c.headroom = fn
+}
+
 // SetDialerClock replaces the clock c reads to decide whether to probe.
 func SetDialerClock(c *DialerCollector, now func() time.Time) { c.now = now }
