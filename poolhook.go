@@ -40,7 +40,7 @@ type poolDial struct {
 	user controlFunc
 
 	share      bool      // ShareUDPPorts
-	shareRange PortRange // the ports shared UDP dials choose from
+	shareRange PortRange // the ports shared UDP dials choose from (zero: the namespace range, read at each dial)
 
 	mu     sync.Mutex
 	done   bool

@@ -403,3 +403,112 @@ sys.stdin.read()
 		checkUDP(t, conns)
 	})
 }
+
+// TestShareUDPPortsRangeFresh (issue 24, item 4): without PortRange, a
+// shared dial uses net.ipv4.ip_local_port_range as it reads when the dial
+// starts, as the kernel's connect does: moved right after a dial, the next
+// dial takes a port of the new range (it failed, "PortRange 40000-40007
+// does not intersect", a range the user never set, read through a
+// one-second cache); widened, the next dials hold the new range, as many
+// as plain sockets get.
+func TestShareUDPPortsRangeFresh(t *testing.T) {
+	setRange := func(t *testing.T, r string) {
+		t.Helper()
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte(r), 0); err != nil {
+			t.Fatalf("set the namespace's range to %s: %v", r, err)
+		}
+	}
+	src := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	t.Run("moved", func(t *testing.T) {
+		inNamespace(t, 40000, 40007, func(t *testing.T) {
+			dst := udpEcho(t, "127.0.0.2:9000")[0]
+			d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: src}}
+			c, err := d.Dial("udp", dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			setRange(t, "41000 41007")
+			c2, err := d.Dial("udp", dst)
+			if err != nil {
+				t.Fatalf("dial after the range moved to 41000-41007: %v", err)
+			}
+			defer c2.Close()
+			if p := addrPortOf(c2.LocalAddr()).Port(); p < 41000 || p > 41007 {
+				t.Errorf("port %d after the range moved, want one of 41000-41007", p)
+			}
+		})
+	})
+	t.Run("widened", func(t *testing.T) {
+		inNamespace(t, 40000, 40003, func(t *testing.T) {
+			dst := udpEcho(t, "127.0.0.2:9000")
+			d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: src}}
+			c, err := d.Dial("udp", dst[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			setRange(t, "40000 40007")
+			plain, err := fillConns(t, (&net.Dialer{LocalAddr: src}).DialContext, "udp", dst, 100)
+			if len(plain) != 8 || err == nil {
+				t.Fatalf("net.Dialer: %d sockets, then %v; want 8, then an error", len(plain), err)
+			}
+			for _, c := range plain {
+				c.Close()
+			}
+			if n, err := fillUDP(t, d, dst, 100); n != 8 || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+				t.Errorf("ShareUDPPorts after the range widened to 40000-40007: %d sockets, then %v; want 8, then exhaustion", n, err)
+			}
+		})
+	})
+}
+
+// TestShareUDPPortsReservedAfterDump (issue 24, item 4): a port reserved
+// after a dial dumped the ports of its pair is not used by the next dial of
+// that pair, which orders its candidates by that dump (the remembered dump
+// ordered a reserved port first, and a bind that names a port ignores
+// ip_local_reserved_ports).
+func TestShareUDPPortsReservedAfterDump(t *testing.T) {
+	inNamespace(t, 40000, 40031, func(t *testing.T) {
+		dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
+		d := inFlightDialer()
+		paused, resume := pauseFirstClaim(t)
+		first := dialAsync(d, dsts[0])
+		<-paused
+		// A dial toward the second peer finds the only port held by the
+		// claim in flight: it dumps (the dump is remembered) and waits
+		// until its deadline.
+		dumped := make(chan struct{})
+		var once sync.Once
+		defer safedial.ShareWaiting(func() { once.Do(func() { close(dumped) }) })()
+		ctx, cancel := context.WithCancel(context.Background())
+		second := make(chan error, 1)
+		go func() {
+			_, err := d.DialContext(ctx, "udp", dsts[1])
+			second <- err
+		}()
+		<-dumped
+		cancel()
+		if err := <-second; !errors.Is(err, context.Canceled) {
+			t.Fatalf("the waiting dial: %v, want its context's error", err)
+		}
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_reserved_ports", []byte("40000"), 0); err != nil {
+			t.Fatalf("reserve ports in the namespace: %v", err)
+		}
+		close(resume)
+		a := <-first
+		if a.err != nil {
+			t.Fatalf("the paused dial: %v", a.err)
+		}
+		defer a.c.Close()
+		c, err := d.Dial("udp", dsts[1])
+		if err == nil {
+			c.Close()
+			t.Fatalf("dial toward %s after reserving 40000, the only port: connected from %v, want exhaustion", dsts[1], c.LocalAddr())
+		}
+		var ee *safedial.ExhaustedError
+		if !errors.As(err, &ee) || ee.Held == nil || ee.Held.Reserved != 1 {
+			t.Errorf("dial after reserving the only port: %v, want exhaustion with 1 reserved", err)
+		}
+	})
+}

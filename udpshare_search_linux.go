@@ -34,7 +34,7 @@ func (s *search) next() (uint16, error) {
 			// when they fail, the dial dumps.
 			s.cached = true
 			if states := portCache.get(s.key()); states != nil {
-				s.queue = s.ranking(states, true)
+				s.queue = s.ranking(s.offNow(states), true)
 			}
 		default:
 			if err := s.dump(); err != nil {
@@ -128,6 +128,18 @@ func (s *search) noteInFlight(states []portState, seen []inFlight, now time.Time
 		}
 	}
 	s.inFlight = first
+}
+
+// offNow marks in states, a remembered dump, the ports the kernel does not
+// hand out now: reserved or outside the namespace range since that dump (a
+// bind that names a port ignores ip_local_reserved_ports).
+func (s *search) offNow(states []portState) []portState {
+	for i := range states {
+		if s.off.Has(s.rng.Lo + uint16(i)) {
+			states[i] = portOff
+		}
+	}
+	return states
 }
 
 // wait pauses for s.backoff, or until the dial's context ends.
