@@ -170,7 +170,8 @@ func (pd *poolDial) sources(network, address string, dst netip.AddrPort) ([]*sou
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		srcs, cursor = []*source{{addr: src}}, new(atomic.Uint32) // no memory
+		zone, _ := zoneIndex(src.Zone()) // routeSource checked it
+		srcs, cursor = []*source{{addr: src, zone: zone}}, new(atomic.Uint32) // no memory
 	}
 	if len(srcs) == 0 {
 		if pd.p == pd.d.shared.Load() { // a pool of one, of Base.LocalAddr (ShareUDPPorts)

@@ -153,26 +153,7 @@ func TestShareUDPPortsInFlight(t *testing.T) {
 // with net.Dialer), and each link's exhaustion counts its own sockets only.
 func TestShareUDPPortsTwoLinks(t *testing.T) {
 	inNamespace(t, 40000, 40015, func(t *testing.T) {
-		needIPv6(t)
-		if _, err := exec.LookPath("ip"); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("iproute2's ip is needed to add links (CI=true, so this fails instead of skipping): %v", err)
-			}
-			t.Skipf("iproute2's ip is needed to add links: %v", err)
-		}
-		for _, link := range []string{"a0", "b0"} {
-			for _, args := range [][]string{
-				{"link", "add", link, "type", "veth", "peer", "name", link + "p"},
-				{"link", "set", link + "p", "up"},
-				{"link", "set", link, "up"},
-				{"-6", "addr", "add", "fe80::1/64", "dev", link, "nodad"},
-			} {
-				if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-					t.Fatalf("ip %v: %v: %s", args, err, out)
-				}
-			}
-			waitLocal(t, "fe80::1", "oif", link)
-		}
+		twoLinks(t)
 		fill := func(dial func(ctx context.Context, network, address string) (net.Conn, error), link string) ([]net.Conn, error) {
 			return fillConns(t, dial, "udp", []string{"[fe80::2%" + link + "]:53"}, 100)
 		}
@@ -204,6 +185,60 @@ func TestShareUDPPortsTwoLinks(t *testing.T) {
 			for _, c := range conns {
 				if z := c.LocalAddr().(*net.UDPAddr).Zone; z != link {
 					t.Errorf("socket %v on zone %q, want %q", c.LocalAddr(), z, link)
+				}
+			}
+		}
+	})
+}
+
+// twoLinks gives fe80::1 to two new links, a0 and b0 (veth pairs).
+func twoLinks(t *testing.T) {
+	t.Helper()
+	needIPv6(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("iproute2's ip is needed to add links (CI=true, so this fails instead of skipping): %v", err)
+		}
+		t.Skipf("iproute2's ip is needed to add links: %v", err)
+	}
+	for _, link := range []string{"a0", "b0"} {
+		for _, args := range [][]string{
+			{"link", "add", link, "type", "veth", "peer", "name", link + "p"},
+			{"link", "set", link + "p", "up"},
+			{"link", "set", link, "up"},
+			{"-6", "addr", "add", "fe80::1/64", "dev", link, "nodad"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		waitLocal(t, "fe80::1", "oif", link)
+	}
+}
+
+// TestShareUDPPortsTwoLinksUnbound (issue 24, item 2): without a source,
+// a shared dial to fe80::2%a0 leaves from fe80::1 on a0, as the kernel's
+// connect picks, and each link holds the full range toward its peer
+// (failed with "bind: invalid argument": the routed source lost the
+// zone); Headroom names the source with its link.
+func TestShareUDPPortsTwoLinksUnbound(t *testing.T) {
+	inNamespace(t, 40000, 40015, func(t *testing.T) {
+		twoLinks(t)
+		d := &safedial.Dialer{ShareUDPPorts: true}
+		for _, link := range []string{"a0", "b0"} {
+			dst := "[fe80::2%" + link + "]:53"
+			hs, err := d.Headroom(context.Background(), "udp", dst)
+			if want := netip.MustParseAddr("fe80::1%" + link); err != nil || len(hs) != 1 || hs[0].Source != want || hs[0].Free != 16 {
+				t.Errorf("Headroom toward %s: %+v, %v; want 16 free from %v", dst, hs, err, want)
+			}
+			conns, err := fillConns(t, d.DialContext, "udp", []string{dst}, 100)
+			var ee *safedial.ExhaustedError
+			if len(conns) != 16 || !errors.As(err, &ee) || ee.Held == nil || ee.Held.InUse != 16 {
+				t.Errorf("ShareUDPPorts toward %s: %d sockets, then %v; want 16, then exhaustion with 16 in use", dst, len(conns), err)
+			}
+			for _, c := range conns {
+				if a := c.LocalAddr().(*net.UDPAddr); a.Zone != link || !a.IP.Equal(net.ParseIP("fe80::1")) {
+					t.Errorf("socket from %v, want fe80::1%%%s", a, link)
 				}
 			}
 		}
