@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/safedial/safedial"
+	"golang.org/x/sys/unix"
 )
 
 // Tests of issue 24: claims in flight, a link-local address on two links,
@@ -544,6 +545,48 @@ func TestShareUDPPortsReservedAfterDump(t *testing.T) {
 		var ee *safedial.ExhaustedError
 		if !errors.As(err, &ee) || ee.Held == nil || ee.Held.Reserved != 1 {
 			t.Errorf("dial after reserving the only port: %v, want exhaustion with 1 reserved", err)
+		}
+	})
+}
+
+// TestShareUDPPortsStuckClaim (issue 24, item 1): a claim stuck in flight
+// (here a socket made to look like one: marked as ShareUDPPorts sockets
+// are, bound, never connected, as a stopped process leaves it) costs the
+// first dial that needs its port a wait of a second, then counts as held;
+// the next dial of the process reports exhaustion without waiting again
+// (each dial waited its own second, and a dial with a shorter deadline
+// never got its exhaustion).
+func TestShareUDPPortsStuckClaim(t *testing.T) {
+	inNamespace(t, 40000, 40031, func(t *testing.T) {
+		dst := udpEcho(t, "127.0.0.2:9000")[0]
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR_RFC4884, 1); err != nil {
+			t.Skipf("the kernel refuses IP_RECVERR_RFC4884 (before 5.9): %v", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: 40000}); err != nil {
+			t.Fatal(err)
+		}
+		var waits atomic.Int32
+		defer safedial.ShareWaiting(func() { waits.Add(1) })()
+		d := inFlightDialer()
+		for i := range 2 {
+			waits.Store(0)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := d.DialContext(ctx, "udp", dst)
+			cancel()
+			var ee *safedial.ExhaustedError
+			if !errors.As(err, &ee) || ee.Held == nil || ee.Held.Bound != 1 {
+				t.Fatalf("dial %d while a claim is stuck on the only port: %v, want exhaustion with the port held (Bound 1)", i+1, err)
+			}
+			if w := waits.Load(); i == 0 && w == 0 {
+				t.Error("the first dial did not wait for the claim in flight")
+			} else if i == 1 && w != 0 {
+				t.Errorf("the second dial waited %d times for a claim the first found stuck", w)
+			}
 		}
 	})
 }

@@ -110,7 +110,8 @@ func (s *search) grow() {
 }
 
 // noteInFlight marks in states the ports that claims in flight hold (seen
-// now), and those held by the same claim for shareStale as held for good.
+// now), and those held by the same claim for shareStale (seen by this dial,
+// or by an earlier one: claimsSeen) as held for good.
 func (s *search) noteInFlight(states []portState, seen []inFlight, now time.Time) {
 	first := make(map[inFlight]time.Time, len(seen))
 	for _, k := range seen {
@@ -119,6 +120,10 @@ func (s *search) noteInFlight(states []portState, seen []inFlight, now time.Time
 			at = now
 		}
 		first[k] = at
+	}
+	claimsSeen.note(s.src, s.zone, s.rng, seen, now, first)
+	for _, k := range seen {
+		at := first[k]
 		switch i := int(k.port - s.rng.Lo); {
 		case states[i] >= portToward: // held anyway
 		case now.Sub(at) >= shareStale:
