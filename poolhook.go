@@ -170,7 +170,8 @@ func (pd *poolDial) sources(network, address string, dst netip.AddrPort) ([]*sou
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		zone, _ := zoneIndex(src.Zone()) // routeSource checked it
+		// routeSource checked src's zone.
+		zone, _ := zoneIndex(src.Zone())
 		srcs, cursor = []*source{{addr: src, zone: zone}}, new(atomic.Uint32) // no memory
 	}
 	if len(srcs) == 0 {
