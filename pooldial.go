@@ -182,10 +182,9 @@ func (d *Dialer) newPoolDial(p *pool) *poolDial {
 	pd := &poolDial{d: d, p: p, o: d.options(true), user: d.userHook(), share: d.ShareUDPPorts}
 	pd.recs = pd.recBuf[:0]
 	if pd.share {
+		// Zero: the namespace's range as shareRange reads it at the
+		// dial, not through namespaceRange's one-second cache.
 		pd.shareRange = d.PortRange
-		if pd.shareRange == (PortRange{}) {
-			pd.shareRange, _ = namespaceRange()
-		}
 	}
 	return pd
 }

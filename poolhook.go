@@ -40,7 +40,7 @@ type poolDial struct {
 	user controlFunc
 
 	share      bool      // ShareUDPPorts
-	shareRange PortRange // the ports shared UDP dials choose from
+	shareRange PortRange // the ports shared UDP dials choose from (zero: the namespace range, read at each dial)
 
 	mu     sync.Mutex
 	done   bool
@@ -170,7 +170,9 @@ func (pd *poolDial) sources(network, address string, dst netip.AddrPort) ([]*sou
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		srcs, cursor = []*source{{addr: src}}, new(atomic.Uint32) // no memory
+		// routeSource checked src's zone.
+		zone, _ := zoneIndex(src.Zone())
+		srcs, cursor = []*source{{addr: src, zone: zone}}, new(atomic.Uint32) // no memory
 	}
 	if len(srcs) == 0 {
 		if pd.p == pd.d.shared.Load() { // a pool of one, of Base.LocalAddr (ShareUDPPorts)

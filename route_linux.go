@@ -17,7 +17,9 @@ import (
 // would leave from, without making a socket or taking a port. For the
 // unspecified address, which the kernel connects to this host, it is the
 // loopback address of dst's family, as the kernel picks for an unbound
-// socket.
+// socket. For a destination with a zone (fe80::2%eth1), the route is asked
+// for that interface, as the kernel's connect does, and a link-local source
+// carries the zone.
 func routeSource(dst netip.Addr) (netip.Addr, error) {
 	if dst.IsUnspecified() {
 		if dst.Is4() {
@@ -25,9 +27,20 @@ func routeSource(dst netip.Addr) (netip.Addr, error) {
 		}
 		return netip.IPv6Loopback(), nil
 	}
-	src, _, err := routeGet(dst)
+	var rc route.Ctx
+	if dst.Zone() != "" {
+		oif, err := zoneIndex(dst.Zone())
+		if err != nil {
+			return netip.Addr{}, errConfig("destination %v: unknown interface: %v", dst, err)
+		}
+		rc.OIF = oif
+	}
+	src, _, err := route.Get(dst.WithZone(""), rc)
 	if err == nil && !src.IsValid() {
 		err = os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
+	}
+	if src.Is6() && src.IsLinkLocalUnicast() && dst.Zone() != "" {
+		src = src.WithZone(dst.Zone())
 	}
 	return src, err
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/safedial/safedial"
+	"golang.org/x/sys/unix"
 )
 
 // Tests of issue 24: claims in flight, a link-local address on two links,
@@ -153,26 +154,7 @@ func TestShareUDPPortsInFlight(t *testing.T) {
 // with net.Dialer), and each link's exhaustion counts its own sockets only.
 func TestShareUDPPortsTwoLinks(t *testing.T) {
 	inNamespace(t, 40000, 40015, func(t *testing.T) {
-		needIPv6(t)
-		if _, err := exec.LookPath("ip"); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("iproute2's ip is needed to add links (CI=true, so this fails instead of skipping): %v", err)
-			}
-			t.Skipf("iproute2's ip is needed to add links: %v", err)
-		}
-		for _, link := range []string{"a0", "b0"} {
-			for _, args := range [][]string{
-				{"link", "add", link, "type", "veth", "peer", "name", link + "p"},
-				{"link", "set", link + "p", "up"},
-				{"link", "set", link, "up"},
-				{"-6", "addr", "add", "fe80::1/64", "dev", link, "nodad"},
-			} {
-				if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-					t.Fatalf("ip %v: %v: %s", args, err, out)
-				}
-			}
-			waitLocal(t, "fe80::1", "oif", link)
-		}
+		twoLinks(t)
 		fill := func(dial func(ctx context.Context, network, address string) (net.Conn, error), link string) ([]net.Conn, error) {
 			return fillConns(t, dial, "udp", []string{"[fe80::2%" + link + "]:53"}, 100)
 		}
@@ -204,6 +186,60 @@ func TestShareUDPPortsTwoLinks(t *testing.T) {
 			for _, c := range conns {
 				if z := c.LocalAddr().(*net.UDPAddr).Zone; z != link {
 					t.Errorf("socket %v on zone %q, want %q", c.LocalAddr(), z, link)
+				}
+			}
+		}
+	})
+}
+
+// twoLinks gives fe80::1 to two new links, a0 and b0 (veth pairs).
+func twoLinks(t *testing.T) {
+	t.Helper()
+	needIPv6(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("iproute2's ip is needed to add links (CI=true, so this fails instead of skipping): %v", err)
+		}
+		t.Skipf("iproute2's ip is needed to add links: %v", err)
+	}
+	for _, link := range []string{"a0", "b0"} {
+		for _, args := range [][]string{
+			{"link", "add", link, "type", "veth", "peer", "name", link + "p"},
+			{"link", "set", link + "p", "up"},
+			{"link", "set", link, "up"},
+			{"-6", "addr", "add", "fe80::1/64", "dev", link, "nodad"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v: %s", args, err, out)
+			}
+		}
+		waitLocal(t, "fe80::1", "oif", link)
+	}
+}
+
+// TestShareUDPPortsTwoLinksUnbound (issue 24, item 2): without a source,
+// a shared dial to fe80::2%a0 leaves from fe80::1 on a0, as the kernel's
+// connect picks, and each link holds the full range toward its peer
+// (failed with "bind: invalid argument": the routed source lost the
+// zone); Headroom names the source with its link.
+func TestShareUDPPortsTwoLinksUnbound(t *testing.T) {
+	inNamespace(t, 40000, 40015, func(t *testing.T) {
+		twoLinks(t)
+		d := &safedial.Dialer{ShareUDPPorts: true}
+		for _, link := range []string{"a0", "b0"} {
+			dst := "[fe80::2%" + link + "]:53"
+			hs, err := d.Headroom(context.Background(), "udp", dst)
+			if want := netip.MustParseAddr("fe80::1%" + link); err != nil || len(hs) != 1 || hs[0].Source != want || hs[0].Free != 16 {
+				t.Errorf("Headroom toward %s: %+v, %v; want 16 free from %v", dst, hs, err, want)
+			}
+			conns, err := fillConns(t, d.DialContext, "udp", []string{dst}, 100)
+			var ee *safedial.ExhaustedError
+			if len(conns) != 16 || !errors.As(err, &ee) || ee.Held == nil || ee.Held.InUse != 16 {
+				t.Errorf("ShareUDPPorts toward %s: %d sockets, then %v; want 16, then exhaustion with 16 in use", dst, len(conns), err)
+			}
+			for _, c := range conns {
+				if a := c.LocalAddr().(*net.UDPAddr); a.Zone != link || !a.IP.Equal(net.ParseIP("fe80::1")) {
+					t.Errorf("socket from %v, want fe80::1%%%s", a, link)
 				}
 			}
 		}
@@ -401,5 +437,156 @@ sys.stdin.read()
 			t.Errorf("with the lock names squatted: %d sockets, then %v; want 8, then exhaustion", len(conns), err)
 		}
 		checkUDP(t, conns)
+	})
+}
+
+// TestShareUDPPortsRangeFresh (issue 24, item 4): without PortRange, a
+// shared dial uses net.ipv4.ip_local_port_range as it reads when the dial
+// starts, as the kernel's connect does: moved right after a dial, the next
+// dial takes a port of the new range (it failed, "PortRange 40000-40007
+// does not intersect", a range the user never set, read through a
+// one-second cache); widened, the next dials hold the new range, as many
+// as plain sockets get.
+func TestShareUDPPortsRangeFresh(t *testing.T) {
+	setRange := func(t *testing.T, r string) {
+		t.Helper()
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte(r), 0); err != nil {
+			t.Fatalf("set the namespace's range to %s: %v", r, err)
+		}
+	}
+	src := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	t.Run("moved", func(t *testing.T) {
+		inNamespace(t, 40000, 40007, func(t *testing.T) {
+			dst := udpEcho(t, "127.0.0.2:9000")[0]
+			d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: src}}
+			c, err := d.Dial("udp", dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			setRange(t, "41000 41007")
+			c2, err := d.Dial("udp", dst)
+			if err != nil {
+				t.Fatalf("dial after the range moved to 41000-41007: %v", err)
+			}
+			defer c2.Close()
+			if p := addrPortOf(c2.LocalAddr()).Port(); p < 41000 || p > 41007 {
+				t.Errorf("port %d after the range moved, want one of 41000-41007", p)
+			}
+		})
+	})
+	t.Run("widened", func(t *testing.T) {
+		inNamespace(t, 40000, 40003, func(t *testing.T) {
+			dst := udpEcho(t, "127.0.0.2:9000")
+			d := &safedial.Dialer{ShareUDPPorts: true, Base: net.Dialer{LocalAddr: src}}
+			c, err := d.Dial("udp", dst[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			setRange(t, "40000 40007")
+			plain, err := fillConns(t, (&net.Dialer{LocalAddr: src}).DialContext, "udp", dst, 100)
+			if len(plain) != 8 || err == nil {
+				t.Fatalf("net.Dialer: %d sockets, then %v; want 8, then an error", len(plain), err)
+			}
+			for _, c := range plain {
+				c.Close()
+			}
+			if n, err := fillUDP(t, d, dst, 100); n != 8 || !errors.Is(err, safedial.ErrEphemeralExhausted) {
+				t.Errorf("ShareUDPPorts after the range widened to 40000-40007: %d sockets, then %v; want 8, then exhaustion", n, err)
+			}
+		})
+	})
+}
+
+// TestShareUDPPortsReservedAfterDump (issue 24, item 4): a port reserved
+// after a dial dumped the ports of its pair is not used by the next dial of
+// that pair, which orders its candidates by that dump (the remembered dump
+// ordered a reserved port first, and a bind that names a port ignores
+// ip_local_reserved_ports).
+func TestShareUDPPortsReservedAfterDump(t *testing.T) {
+	inNamespace(t, 40000, 40031, func(t *testing.T) {
+		dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
+		d := inFlightDialer()
+		paused, resume := pauseFirstClaim(t)
+		first := dialAsync(d, dsts[0])
+		<-paused
+		// A dial toward the second peer finds the only port held by the
+		// claim in flight: it dumps (the dump is remembered) and waits
+		// until its deadline.
+		dumped := make(chan struct{})
+		var once sync.Once
+		defer safedial.ShareWaiting(func() { once.Do(func() { close(dumped) }) })()
+		ctx, cancel := context.WithCancel(context.Background())
+		second := make(chan error, 1)
+		go func() {
+			_, err := d.DialContext(ctx, "udp", dsts[1])
+			second <- err
+		}()
+		<-dumped
+		cancel()
+		if err := <-second; !errors.Is(err, context.Canceled) {
+			t.Fatalf("the waiting dial: %v, want its context's error", err)
+		}
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_reserved_ports", []byte("40000"), 0); err != nil {
+			t.Fatalf("reserve ports in the namespace: %v", err)
+		}
+		close(resume)
+		a := <-first
+		if a.err != nil {
+			t.Fatalf("the paused dial: %v", a.err)
+		}
+		defer a.c.Close()
+		c, err := d.Dial("udp", dsts[1])
+		if err == nil {
+			c.Close()
+			t.Fatalf("dial toward %s after reserving 40000, the only port: connected from %v, want exhaustion", dsts[1], c.LocalAddr())
+		}
+		var ee *safedial.ExhaustedError
+		if !errors.As(err, &ee) || ee.Held == nil || ee.Held.Reserved != 1 {
+			t.Errorf("dial after reserving the only port: %v, want exhaustion with 1 reserved", err)
+		}
+	})
+}
+
+// TestShareUDPPortsStuckClaim (issue 24, item 1): a claim stuck in flight
+// (here a socket made to look like one: marked as ShareUDPPorts sockets
+// are, bound, never connected, as a stopped process leaves it) costs the
+// first dial that needs its port a wait of a second, then counts as held;
+// the next dial of the process reports exhaustion without waiting again
+// (each dial waited its own second, and a dial with a shorter deadline
+// never got its exhaustion).
+func TestShareUDPPortsStuckClaim(t *testing.T) {
+	inNamespace(t, 40000, 40031, func(t *testing.T) {
+		dst := udpEcho(t, "127.0.0.2:9000")[0]
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR_RFC4884, 1); err != nil {
+			t.Skipf("the kernel refuses IP_RECVERR_RFC4884 (before 5.9): %v", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: 40000}); err != nil {
+			t.Fatal(err)
+		}
+		var waits atomic.Int32
+		defer safedial.ShareWaiting(func() { waits.Add(1) })()
+		d := inFlightDialer()
+		for i := range 2 {
+			waits.Store(0)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := d.DialContext(ctx, "udp", dst)
+			cancel()
+			var ee *safedial.ExhaustedError
+			if !errors.As(err, &ee) || ee.Held == nil || ee.Held.Bound != 1 {
+				t.Fatalf("dial %d while a claim is stuck on the only port: %v, want exhaustion with the port held (Bound 1)", i+1, err)
+			}
+			if w := waits.Load(); i == 0 && w == 0 {
+				t.Error("the first dial did not wait for the claim in flight")
+			} else if i == 1 && w != 0 {
+				t.Errorf("the second dial waited %d times for a claim the first found stuck", w)
+			}
+		}
 	})
 }

@@ -34,7 +34,7 @@ func (s *search) next() (uint16, error) {
 			// when they fail, the dial dumps.
 			s.cached = true
 			if states := portCache.get(s.key()); states != nil {
-				s.queue = s.ranking(states, true)
+				s.queue = s.ranking(s.offNow(states), true)
 			}
 		default:
 			if err := s.dump(); err != nil {
@@ -110,7 +110,8 @@ func (s *search) grow() {
 }
 
 // noteInFlight marks in states the ports that claims in flight hold (seen
-// now), and those held by the same claim for shareStale as held for good.
+// now), and those held by the same claim for shareStale (seen by this dial,
+// or by an earlier one: claimsSeen) as held for good.
 func (s *search) noteInFlight(states []portState, seen []inFlight, now time.Time) {
 	first := make(map[inFlight]time.Time, len(seen))
 	for _, k := range seen {
@@ -119,6 +120,10 @@ func (s *search) noteInFlight(states []portState, seen []inFlight, now time.Time
 			at = now
 		}
 		first[k] = at
+	}
+	claimsSeen.note(s.src, s.zone, s.rng, seen, now, first)
+	for _, k := range seen {
+		at := first[k]
 		switch i := int(k.port - s.rng.Lo); {
 		case states[i] >= portToward: // held anyway
 		case now.Sub(at) >= shareStale:
@@ -128,6 +133,18 @@ func (s *search) noteInFlight(states []portState, seen []inFlight, now time.Time
 		}
 	}
 	s.inFlight = first
+}
+
+// offNow marks in states, a remembered dump, the ports the kernel does not
+// hand out now: reserved or outside the namespace range since that dump (a
+// bind that names a port ignores ip_local_reserved_ports).
+func (s *search) offNow(states []portState) []portState {
+	for i := range states {
+		if s.off.Has(s.rng.Lo + uint16(i)) {
+			states[i] = portOff
+		}
+	}
+	return states
 }
 
 // wait pauses for s.backoff, or until the dial's context ends.

@@ -118,3 +118,58 @@ func (c *portDumps) taken(k portKey, port uint16) {
 		}
 	}
 }
+
+// claimsSeen remembers when a dial of this process first saw each socket
+// that looked like a claim in flight (a ShareUDPPorts socket bound and not
+// connected, by its cookie, which the kernel never gives twice until a
+// reboot), so that a claim stuck for shareStale (a stopped process) costs
+// the first dial that waits for it that long, not every dial after it. An
+// entry goes as soon as a dump of its source and port no longer shows the
+// socket unconnected; at most 4,096 are kept (then all are dropped: a dial
+// then waits anew, the safe side).
+var claimsSeen = seenClaims{m: map[uint64]seenClaim{}}
+
+type seenClaim struct {
+	at   time.Time
+	src  netip.Addr
+	zone uint32
+	port uint16
+}
+
+type seenClaims struct {
+	mu sync.Mutex
+	m  map[uint64]seenClaim
+}
+
+// note records the sockets seen in flight (cookie not 0) by a dump of rng
+// from src on interface zone, made at now, and drops those of that source
+// and range it did not show; first gets, for each seen socket, when a dial
+// of this process first saw it.
+func (c *seenClaims) note(src netip.Addr, zone uint32, rng PortRange, seen []inFlight, now time.Time, first map[inFlight]time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	shown := make(map[uint64]bool, len(seen))
+	for _, k := range seen {
+		if k.cookie == 0 {
+			continue // a 4-tuple's lock: no identity beyond one dial
+		}
+		shown[k.cookie] = true
+		e, ok := c.m[k.cookie]
+		if !ok || e.src != src || e.zone != zone || e.port != k.port {
+			e = seenClaim{at: now, src: src, zone: zone, port: k.port}
+		}
+		if at, ok := first[k]; ok && at.Before(e.at) {
+			e.at = at
+		}
+		first[k] = e.at
+		c.m[k.cookie] = e
+	}
+	for cookie, e := range c.m {
+		if !shown[cookie] && e.src == src && e.zone == zone && e.port >= rng.Lo && e.port <= rng.Hi {
+			delete(c.m, cookie) // connected or closed since
+		}
+	}
+	if len(c.m) > 4096 {
+		clear(c.m)
+	}
+}
