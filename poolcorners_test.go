@@ -672,3 +672,44 @@ func TestOnExhaustedScope(t *testing.T) {
 		}
 	})
 }
+
+// TestPoolLinkLocalOtherLink: a pool of fe80::1 on two links dialing
+// fe80::2 on one of them uses the source of that link only: the kernel
+// refuses the other's connect with EINVAL (as it refuses net.Dialer's,
+// checked here), which every second dial returned before. A pool whose
+// only IPv6 sources are on other links is a configuration error naming the
+// link (net.Dialer{LocalAddr} gets EINVAL: a deliberate difference, clearer).
+func TestPoolLinkLocalOtherLink(t *testing.T) {
+	inNamespace(t, 40000, 40015, func(t *testing.T) {
+		twoLinks(t)
+		onA, onB := netip.MustParseAddr("fe80::1%a0"), netip.MustParseAddr("fe80::1%b0")
+		const dst = "[fe80::2%a0]:53"
+		if c, err := (&net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP("fe80::1"), Zone: "b0"}}).Dial("udp", dst); !errors.Is(err, syscall.EINVAL) {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("net.Dialer from fe80::1%%b0 to %s: %v, want EINVAL", dst, err)
+		}
+		for _, share := range []bool{false, true} {
+			d := &safedial.Dialer{Sources: []netip.Addr{onA, onB}, ShareUDPPorts: share}
+			for i := range 10 {
+				c, err := d.Dial("udp", dst)
+				if err != nil {
+					t.Fatalf("ShareUDPPorts %v, dial %d: %v", share, i, err)
+				}
+				if la := c.LocalAddr().(*net.UDPAddr); la.Zone != "a0" {
+					t.Errorf("ShareUDPPorts %v, dial %d: from %v, want fe80::1%%a0", share, i, la)
+				}
+				c.Close()
+			}
+			if st := d.Stats().Sources; st[0].Attempts != 10 || st[1].Attempts != 0 {
+				t.Errorf("ShareUDPPorts %v: Stats().Sources %+v, want 10 attempts from fe80::1%%a0, none from fe80::1%%b0", share, st)
+			}
+		}
+		d := &safedial.Dialer{Sources: []netip.Addr{onB}}
+		_, err := d.Dial("udp", dst)
+		if !errors.Is(err, safedial.ErrInvalidConfig) || !strings.Contains(err.Error(), "add a source of link a0") {
+			t.Errorf("a pool of fe80::1%%b0 only, to %s: %v; want ErrInvalidConfig naming link a0", dst, err)
+		}
+	})
+}

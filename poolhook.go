@@ -110,6 +110,9 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 	marks = marks[:n]
 	known := mem.marks(srcs, dst, udp, marks)
 	order = plan(n, int((cursor.Add(1)-1)%uint32(n)), marks, known, order)
+	if order, err = onLink(order, srcs, dst, address); err != nil {
+		return err
+	}
 	allKnown := marks[order[0]] != 0
 
 	var (
@@ -149,6 +152,35 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		}
 	}
 	return f.err(address)
+}
+
+// onLink leaves out of order the link-local sources of other links than
+// a link-local destination's (fe80::1%b0 toward fe80::2%a0: the kernel
+// refuses the connect with EINVAL, as it refuses net.Dialer{LocalAddr:
+// fe80::1%b0}'s). With none left, the error says so.
+func onLink(order []int, srcs []*source, dst netip.AddrPort, address string) ([]int, error) {
+	a := dst.Addr()
+	if !a.Is6() || !a.IsLinkLocalUnicast() || a.Zone() == "" {
+		return order, nil
+	}
+	link, err := zoneIndex(a.Zone())
+	if err != nil {
+		return order, nil // the kernel's connect will say what is wrong
+	}
+	kept := order[:0]
+	for _, i := range order {
+		if z := srcs[i].zone; z == 0 || z == link {
+			kept = append(kept, i)
+		}
+	}
+	if len(kept) == 0 {
+		addrs := make([]netip.Addr, len(srcs))
+		for i, s := range srcs {
+			addrs[i] = s.addr
+		}
+		return nil, errConfig("no source on the link of %s: its IPv6 sources (%s) are link-local addresses of other links; add a source of link %s", address, joinAddrs(addrs), a.Zone())
+	}
+	return kept, nil
 }
 
 // sources returns the sources of the attempt's family toward dst, the
