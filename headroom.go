@@ -64,8 +64,9 @@ type Headroom struct {
 	// LocalAddr). The kernel does not say how a connected socket got its
 	// port: the probe counts the last kind when the socket's
 	// IP_BIND_ADDRESS_NO_PORT is off and its source is not the one the
-	// routing picks for its destination, its mark, its interface and its
-	// owner (so it must have been bound). Not seen, and so counted in Free
+	// routing picks for its destination, its mark, its interface, its
+	// owner, its protocol and its destination port (so it must have been
+	// bound). Not seen, and so counted in Free
 	// although connect() skips them: such a socket bound to the routed
 	// source itself, and the TIME_WAIT sockets any of these leave (the port
 	// stays skipped until the TIME_WAIT ends, a minute).
@@ -277,7 +278,8 @@ type pairKey struct {
 // address resolves to: the sources of Sources of the address's family, or
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
 // picks for the address (asked with RTM_GETROUTE, so the answer comes even
-// when every port is taken), for a socket as d's Control hook leaves it:
+// when every port is taken, with the protocol, the port and a link-local
+// address's zone, as connect() asks), for a socket as d's Control hook leaves it:
 // the hook runs on a socket that is never bound or connected, and its
 // SO_MARK and SO_BINDTODEVICE go with the lookup (an address it binds is
 // the source). The range is d's PortRange
@@ -503,7 +505,7 @@ func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrP
 	// socket, so no port taken, and an answer even when every port is.
 	src, err := d.routedSource(ctx, network, dst)
 	if err != nil {
-		return nil, fmt.Errorf("no route to %v: %w", dst.Addr(), err)
+		return nil, err
 	}
 	return []netip.Addr{src}, nil
 }

@@ -39,11 +39,11 @@ type diagSock struct {
 	hasMark  bool
 }
 
-// routeCtx is what of m changes the route, and so the source, the kernel
-// picks for it. Without its mark (unprivileged callers are not told), the
-// lookup is as for an unmarked socket.
+// routeCtx is what of m, a TCP socket, changes the route, and so the
+// source, the kernel picks for it. Without its mark (unprivileged callers
+// are not told), the lookup is as for an unmarked socket.
 func (m diagSock) routeCtx() route.Ctx {
-	return route.Ctx{Mark: m.mark, OIF: m.ifindex, UID: m.uid, HasUID: true}
+	return route.Ctx{Mark: m.mark, OIF: m.ifindex, UID: m.uid, HasUID: true, Proto: unix.IPPROTO_TCP, DPort: m.dport}
 }
 
 // parseSock reads one inet_diag_msg as a probe needs it.

@@ -269,6 +269,62 @@ func TestHeadroomRoutingContext(t *testing.T) {
 	}
 }
 
+// TestHeadroomRuleByPort: a fib rule that matches the protocol and the
+// destination port (ip rule ipproto tcp dport 80) routes connect() by them.
+// Dialer.Headroom must probe the source such dials get, and the plain
+// sockets the rule routed are not bound for the main table's source. Both
+// were judged by a lookup without protocol or port: the Dialer's headroom
+// named the main table's source (as Free 100 would read for dials that
+// leave from the other), and ProbeHeadroom from it said Free 40 where the
+// kernel accepted 100. A hook that fails is named as the hook, not as a
+// missing route.
+func TestHeadroomRuleByPort(t *testing.T) {
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		t.Run(fam, func(t *testing.T) {
+			netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
+				if fam == "ipv6" {
+					needIPv6(t)
+				}
+				n := buildRoutedNet(t, fam == "ipv6")
+				f := "-4"
+				if fam == "ipv6" {
+					f = "-6"
+				}
+				ipCmd(t, f, "rule", "add", "ipproto", "tcp", "dport", "80", "table", "100")
+				waitRoute(t, n.dst.Addr().String(), n.marked.String(), "ipproto", "tcp", "dport", "80")
+				rawDialer{}.fill(t, n.dst, 60, n.marked)
+
+				got, err := (&safedial.Dialer{}).Headroom(context.Background(), "tcp", n.dst.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != 1 || got[0].Source != n.marked || got[0].InUse != 60 || got[0].Free != 40 {
+					t.Errorf("Dialer.Headroom under a dport rule: %+v, want source %v, 60 in use, 40 free", got, n.marked)
+				}
+				plain, err := safedial.ProbeHeadroom(context.Background(), "tcp", n.plain, n.dst)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if plain.Bound != 0 || plain.Free != 100 {
+					t.Errorf("ProbeHeadroom from %v beside 60 sockets the rule routed: %+v, want nothing bound, 100 free", n.plain, plain)
+				}
+				kRouted := rawDialer{}.accepted(t, n.dst)
+				kPlain := rawDialer{src: n.plain}.accepted(t, n.dst)
+				if len(got) == 1 && kRouted != got[0].Free || kPlain != plain.Free {
+					t.Errorf("the kernel accepted %d unbound and %d from %v; Free said %+v and %d", kRouted, kPlain, n.plain, got, plain.Free)
+				}
+				t.Logf("%s dport rule: the Dialer's source %v Free %d, kernel %d; %v Free %d, kernel %d", fam, n.marked, got[0].Free, kRouted, n.plain, plain.Free, kPlain)
+
+				no := errors.New("the hook refuses")
+				bad := &safedial.Dialer{Base: net.Dialer{Control: func(string, string, syscall.RawConn) error { return no }}}
+				if _, err := bad.Headroom(context.Background(), "tcp", n.dst.String()); !errors.Is(err, no) || strings.Contains(err.Error(), "no route") {
+					t.Errorf("Headroom of a Dialer whose hook fails: %v, want the hook's error, not a missing route", err)
+				}
+			})
+		})
+	}
+}
+
 // TestHeadroomLinkLocalZones (issue 22, item 3): fe80::1 on two links is two
 // sources; 60 connections on one leave the other's 100 ports free.
 func TestHeadroomLinkLocalZones(t *testing.T) {
@@ -305,6 +361,18 @@ func TestHeadroomLinkLocalZones(t *testing.T) {
 		wantAll := []safedial.Headroom{{Source: srcA, Dest: netip.MustParseAddrPort("[fe80::2]:80"), Range: safedial.PortRange{Lo: 40000, Hi: 40099}, InUse: 60, Free: 40}}
 		if diff := cmp.Diff(wantAll, all, netipCmp); diff != "" {
 			t.Errorf("ProbeAllHeadroom(tcp6) (-want +got):\n%s", diff)
+		}
+		// A Dialer that binds nothing dials the zone's link: its
+		// headroom is that link's source (it was "no route to
+		// fe80::2%b0": the lookup ignored the zone).
+		for src, dst := range map[netip.Addr]netip.AddrPort{srcA: dstA, srcB: dstB} {
+			hs, err := (&safedial.Dialer{}).Headroom(context.Background(), "tcp", dst.String())
+			if err != nil {
+				t.Fatalf("Dialer.Headroom(%v): %v", dst, err)
+			}
+			if len(hs) != 1 || hs[0].Source != src || hs[0].Free != want[src] {
+				t.Errorf("Dialer.Headroom(%v): %+v, want source %v, %d free", dst, hs, src, want[src])
+			}
 		}
 		kB := rawDialer{src: srcB}.accepted(t, dstB)
 		kA := rawDialer{src: srcA}.accepted(t, dstA)

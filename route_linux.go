@@ -50,14 +50,55 @@ func routeGet(dst netip.Addr) (src netip.Addr, typ uint8, err error) {
 }
 
 // routedSource is the source the kernel picks for a socket of d's dials to
-// dst that binds no address: d's options and user hook run on a throwaway
-// socket (no port is taken: it is neither bound nor connected), and what
-// they set that changes the route (SO_MARK, SO_BINDTODEVICE) goes with the
-// route lookup; an address the hook bound is the source itself.
+// dst that binds no address. The route lookup carries what connect()'s
+// own carries: the protocol, dst's port (fib rules' ipproto and dport) and
+// the interface of dst's zone; and when d has a user hook, what the hook
+// sets that changes the route (SO_MARK, SO_BINDTODEVICE): d's options and
+// hook run on a throwaway socket (no port is taken: it is neither bound nor
+// connected). An address the hook bound is the source itself. A link-local
+// source gets the zone of its interface.
 func (d *Dialer) routedSource(ctx context.Context, network string, dst netip.AddrPort) (netip.Addr, error) {
-	if dst.Addr().IsUnspecified() || d.userHook() == nil {
+	if dst.Addr().IsUnspecified() {
 		return routeSource(dst.Addr())
 	}
+	rc := route.Ctx{Proto: unix.IPPROTO_TCP, DPort: dst.Port()}
+	if strings.HasPrefix(network, "udp") {
+		rc.Proto = unix.IPPROTO_UDP
+	}
+	if z := dst.Addr().Zone(); z != "" {
+		i, err := zoneIndex(z)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		rc.OIF = i
+	}
+	if d.userHook() != nil {
+		hc, bound, err := d.hookRouting(ctx, network, dst)
+		if err != nil || bound.IsValid() && !bound.IsUnspecified() {
+			return bound, err
+		}
+		rc.Mark = hc.Mark
+		if hc.OIF != 0 {
+			rc.OIF = hc.OIF
+		}
+	}
+	src, _, err := route.Get(dst.Addr().WithZone(""), rc)
+	if err == nil && !src.IsValid() {
+		err = os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
+	}
+	if err != nil {
+		return src, fmt.Errorf("no route to %v: %w", dst.Addr(), err)
+	}
+	if src.IsLinkLocalUnicast() && rc.OIF != 0 {
+		src = src.WithZone(zoneName(map[uint32]string{}, rc.OIF))
+	}
+	return src, err
+}
+
+// hookRouting runs d's options and user hook on a throwaway socket of
+// network's kind toward dst, and reads back what of it changes the route,
+// and the address it is bound to, if any.
+func (d *Dialer) hookRouting(ctx context.Context, network string, dst netip.AddrPort) (route.Ctx, netip.Addr, error) {
 	typ, nw := unix.SOCK_STREAM, "tcp"
 	if strings.HasPrefix(network, "udp") {
 		typ, nw = unix.SOCK_DGRAM, "udp"
@@ -68,29 +109,18 @@ func (d *Dialer) routedSource(ctx context.Context, network string, dst netip.Add
 	}
 	fd, err := unix.Socket(fam, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
-		return netip.Addr{}, os.NewSyscallError("socket", err)
+		return route.Ctx{}, netip.Addr{}, os.NewSyscallError("socket", err)
 	}
 	f := os.NewFile(uintptr(fd), "safedial-headroom")
 	defer f.Close()
 	c, err := f.SyscallConn()
 	if err != nil {
-		return netip.Addr{}, err
+		return route.Ctx{}, netip.Addr{}, err
 	}
 	if err := d.control(false)(ctx, nw, dst.String(), c); err != nil {
-		return netip.Addr{}, fmt.Errorf("the Dialer's Control hook, run to learn its sockets' routing: %w", err)
+		return route.Ctx{}, netip.Addr{}, fmt.Errorf("the Dialer's Control hook, run to learn its sockets' routing: %w", err)
 	}
-	rc, bound, err := socketRouting(c)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if bound.IsValid() && !bound.IsUnspecified() {
-		return bound, nil
-	}
-	src, _, err := route.Get(dst.Addr(), rc)
-	if err == nil && !src.IsValid() {
-		err = os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
-	}
-	return src, err
+	return socketRouting(c)
 }
 
 // socketRouting reads what of c's socket changes its route (its mark and

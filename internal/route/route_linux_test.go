@@ -55,7 +55,7 @@ func TestParse(t *testing.T) {
 
 func TestRequest(t *testing.T) {
 	dst := netip.MustParseAddr("2001:db8::1")
-	m := Request(dst, Ctx{Mark: 7, OIF: 2, UID: 1000, HasUID: true}, 9)
+	m := Request(dst, Ctx{Mark: 7, OIF: 2, UID: 1000, HasUID: true, Proto: unix.IPPROTO_TCP, DPort: 443}, 9)
 	if got := binary.NativeEndian.Uint32(m[0:]); int(got) != len(m) {
 		t.Fatalf("nlmsg_len %d, message %d bytes", got, len(m))
 	}
@@ -73,13 +73,14 @@ func TestRequest(t *testing.T) {
 		a = a[min((l+3)&^3, len(a)):]
 	}
 	u32 := func(v uint32) string { return string(binary.NativeEndian.AppendUint32(nil, v)) }
-	for typ, want := range map[uint16]string{unix.RTA_DST: string(dst.AsSlice()), unix.RTA_MARK: u32(7), unix.RTA_OIF: u32(2), unix.RTA_UID: u32(1000)} {
+	for typ, want := range map[uint16]string{unix.RTA_DST: string(dst.AsSlice()), unix.RTA_MARK: u32(7), unix.RTA_OIF: u32(2), unix.RTA_UID: u32(1000),
+		unix.RTA_IP_PROTO: string([]byte{unix.IPPROTO_TCP}), unix.RTA_DPORT: "\x01\xbb"} {
 		if string(got[typ]) != want {
 			t.Errorf("attribute %d = %x, want %x", typ, got[typ], want)
 		}
 	}
-	if len(got) != 4 {
-		t.Errorf("%d attributes, want 4", len(got))
+	if len(got) != 6 {
+		t.Errorf("%d attributes, want 6", len(got))
 	}
 }
 
