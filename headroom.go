@@ -281,8 +281,8 @@ type pairKey struct {
 // when every port is taken, with the protocol, the port and a link-local
 // address's zone, as connect() asks), for a socket as d's Control hook leaves it:
 // the hook runs on a socket that is never bound or connected, and its
-// SO_MARK and SO_BINDTODEVICE go with the lookup (an address it binds is
-// the source). The range is d's PortRange
+// SO_MARK, SO_BINDTODEVICE and IP_TOS (IPV6_TCLASS) go with the lookup (an
+// address it binds is the source). The range is d's PortRange
 // when set (ports of it outside the namespace range count as Reserved), else
 // the namespace's. Host names are resolved with Base.Resolver. An empty or
 // unspecified host (":53", "0.0.0.0:53", "[::]:53") is taken as net.Dialer

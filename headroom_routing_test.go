@@ -62,6 +62,7 @@ type rawDialer struct {
 	src  netip.Addr
 	mark int
 	dev  string
+	tos  int // IP_TOS or IPV6_TCLASS
 }
 
 func sockaddrOf(a netip.Addr, port uint16) unix.Sockaddr {
@@ -98,6 +99,15 @@ func (r rawDialer) dial(t *testing.T, dst netip.AddrPort) (netip.Addr, error) {
 	}
 	if r.dev != "" {
 		if err := unix.BindToDevice(s, r.dev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.tos != 0 {
+		lvl, opt := unix.SOL_IP, unix.IP_TOS
+		if fam == unix.AF_INET6 {
+			lvl, opt = unix.SOL_IPV6, unix.IPV6_TCLASS
+		}
+		if err := unix.SetsockoptInt(s, lvl, opt, r.tos); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -319,6 +329,48 @@ func TestHeadroomRuleByPort(t *testing.T) {
 				bad := &safedial.Dialer{Base: net.Dialer{Control: func(string, string, syscall.RawConn) error { return no }}}
 				if _, err := bad.Headroom(context.Background(), "tcp", n.dst.String()); !errors.Is(err, no) || strings.Contains(err.Error(), "no route") {
 					t.Errorf("Headroom of a Dialer whose hook fails: %v, want the hook's error, not a missing route", err)
+				}
+			})
+		})
+	}
+}
+
+// TestHeadroomHookTOS: a Control hook that sets IP_TOS (IPV6_TCLASS)
+// under a rule by TOS (ip rule add tos 0x10) gives the Dialer's sockets the
+// rule's source; Dialer.Headroom asks the route with it (rtm_tos). It named
+// the main table's source.
+func TestHeadroomHookTOS(t *testing.T) {
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		t.Run(fam, func(t *testing.T) {
+			netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
+				if fam == "ipv6" {
+					needIPv6(t)
+				}
+				n := buildRoutedNet(t, fam == "ipv6")
+				f, lvl, opt := "-4", unix.SOL_IP, unix.IP_TOS
+				if fam == "ipv6" {
+					f, lvl, opt = "-6", unix.SOL_IPV6, unix.IPV6_TCLASS
+				}
+				ipCmd(t, f, "rule", "add", "tos", "0x10", "table", "100")
+				waitRoute(t, n.dst.Addr().String(), n.marked.String(), "tos", "0x10")
+				raw := rawDialer{tos: 0x10}
+				raw.fill(t, n.dst, 60, n.marked)
+				hooked := &safedial.Dialer{Base: net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+					var err error
+					c.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), lvl, opt, 0x10) })
+					return err
+				}}}
+				got, err := hooked.Headroom(context.Background(), "tcp", n.dst.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != 1 || got[0].Source != n.marked || got[0].InUse != 60 || got[0].Free != 40 {
+					t.Errorf("Headroom of the Dialer with TOS 0x10: %+v, want source %v, 60 in use, 40 free", got, n.marked)
+				}
+				if k := raw.accepted(t, n.dst); len(got) != 1 || k != got[0].Free {
+					t.Errorf("the kernel accepted %d connections with TOS 0x10; Free said %+v", k, got)
+				} else {
+					t.Logf("%s TOS: source %v Free %d, kernel %d", fam, got[0].Source, got[0].Free, k)
 				}
 			})
 		})

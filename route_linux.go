@@ -77,7 +77,7 @@ func (d *Dialer) routedSource(ctx context.Context, network string, dst netip.Add
 		if err != nil || bound.IsValid() && !bound.IsUnspecified() {
 			return bound, err
 		}
-		rc.Mark = hc.Mark
+		rc.Mark, rc.TOS = hc.Mark, hc.TOS
 		if hc.OIF != 0 {
 			rc.OIF = hc.OIF
 		}
@@ -123,8 +123,9 @@ func (d *Dialer) hookRouting(ctx context.Context, network string, dst netip.Addr
 	return socketRouting(c)
 }
 
-// socketRouting reads what of c's socket changes its route (its mark and
-// the interface it is bound to) and the address it is bound to, if any.
+// socketRouting reads what of c's socket changes its route (its mark, the
+// interface it is bound to, its TOS or traffic class) and the address it is
+// bound to, if any.
 func socketRouting(c syscall.RawConn) (rc route.Ctx, bound netip.Addr, err error) {
 	var gerr error
 	if err := c.Control(func(fd uintptr) {
@@ -135,6 +136,17 @@ func socketRouting(c syscall.RawConn) (rc route.Ctx, bound netip.Addr, err error
 			return
 		}
 		rc.Mark = uint32(mark)
+		tos, err := unix.GetsockoptInt(s, unix.SOL_IP, unix.IP_TOS)
+		if sa, _ := unix.Getsockname(s); err == nil {
+			if _, v6 := sa.(*unix.SockaddrInet6); v6 {
+				tos, err = unix.GetsockoptInt(s, unix.SOL_IPV6, unix.IPV6_TCLASS)
+			}
+		}
+		if err != nil {
+			gerr = os.NewSyscallError("getsockopt IP_TOS", err)
+			return
+		}
+		rc.TOS = uint8(tos)
 		dev, err := unix.GetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE)
 		if err != nil {
 			gerr = os.NewSyscallError("getsockopt SO_BINDTODEVICE", err)

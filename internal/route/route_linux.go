@@ -15,7 +15,8 @@ import (
 // its source: its mark (SO_MARK), the interface it is bound to
 // (SO_BINDTODEVICE), its owner (the uid of fib rules' uidrange), its
 // protocol and its destination port (fib rules' ipproto and dport: connect()
-// looks the route up with them, before the source port is chosen). The zero
+// looks the route up with them, before the source port is chosen) and its
+// TOS or traffic class (fib rules' tos, dsfield). The zero
 // Ctx asks as an unmarked, unbound socket of the caller would, of no
 // protocol or port.
 type Ctx struct {
@@ -25,6 +26,7 @@ type Ctx struct {
 	HasUID bool   // UID was read from the socket; else the kernel takes the caller's
 	Proto  uint8  // unix.IPPROTO_TCP or IPPROTO_UDP; 0: none
 	DPort  uint16 // 0: none
+	TOS    uint8  // IP_TOS or IPV6_TCLASS, as rtm_tos
 }
 
 // Get asks the kernel's routing (RTM_GETROUTE) about dst for a socket with
@@ -85,6 +87,7 @@ func Request(dst netip.Addr, rc Ctx, seq uint32) []byte {
 	rt := m[unix.SizeofNlMsghdr:]
 	rt[0] = familyOf(dst)       // rtm_family
 	rt[1] = byte(8 * len(addr)) // rtm_dst_len
+	rt[3] = rc.TOS              // rtm_tos
 	b := rt[unix.SizeofRtMsg:]
 	for _, a := range attrs {
 		binary.NativeEndian.PutUint16(b[0:], uint16(unix.SizeofRtAttr+len(a.val)))

@@ -55,7 +55,7 @@ func TestParse(t *testing.T) {
 
 func TestRequest(t *testing.T) {
 	dst := netip.MustParseAddr("2001:db8::1")
-	m := Request(dst, Ctx{Mark: 7, OIF: 2, UID: 1000, HasUID: true, Proto: unix.IPPROTO_TCP, DPort: 443}, 9)
+	m := Request(dst, Ctx{Mark: 7, OIF: 2, UID: 1000, HasUID: true, Proto: unix.IPPROTO_TCP, DPort: 443, TOS: 0x10}, 9)
 	if got := binary.NativeEndian.Uint32(m[0:]); int(got) != len(m) {
 		t.Fatalf("nlmsg_len %d, message %d bytes", got, len(m))
 	}
@@ -63,8 +63,8 @@ func TestRequest(t *testing.T) {
 		t.Errorf("type %d seq %d; want RTM_GETROUTE 9", typ, seq)
 	}
 	rt := m[unix.SizeofNlMsghdr:]
-	if rt[0] != unix.AF_INET6 || rt[1] != 128 {
-		t.Errorf("rtm_family %d rtm_dst_len %d; want AF_INET6 128", rt[0], rt[1])
+	if rt[0] != unix.AF_INET6 || rt[1] != 128 || rt[3] != 0x10 {
+		t.Errorf("rtm_family %d rtm_dst_len %d rtm_tos %#x; want AF_INET6 128 0x10", rt[0], rt[1], rt[3])
 	}
 	got := map[uint16][]byte{}
 	for a := rt[unix.SizeofRtMsg:]; len(a) >= unix.SizeofRtAttr; {
