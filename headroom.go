@@ -27,7 +27,7 @@ import (
 // the routing would no longer pick (a route changed since, or the probe
 // was not told the socket's mark: sock_diag shows marks to CAP_NET_ADMIN
 // only) counts as Bound, and with an odd-sized range one port that
-// connect()'s search may skip counts as Reserved. One case counts high:
+// connect()'s search may skip counts as Reserved. Two cases count high:
 // see Bound.
 type Headroom struct {
 	Source netip.Addr     `json:"source"` // as asked
@@ -68,8 +68,9 @@ type Headroom struct {
 	// owner, its protocol and its destination port (so it must have been
 	// bound). Not seen, and so counted in Free
 	// although connect() skips them: such a socket bound to the routed
-	// source itself, and the TIME_WAIT sockets any of these leave (the port
-	// stays skipped until the TIME_WAIT ends, a minute).
+	// source itself, the TIME_WAIT sockets any of these leave (the port
+	// stays skipped until the TIME_WAIT ends, a minute), and connections
+	// accepted by a listener that has since closed (they keep its port).
 	Bound int `json:"bound"`
 	// Free counts the ports a new connection from Source to Dest can still
 	// use: Range's size minus the four counts above.
