@@ -53,7 +53,8 @@ type Headroom struct {
 	// ports of a Dialer's PortRange outside the namespace range (the
 	// kernel uses only their intersection) and, for TCP with an odd-sized
 	// namespace range, one free port of its two ends, which connect()'s
-	// search may skip (with 3 ports, the last always).
+	// search may skip (with 3 ports, the last always; never with a
+	// Dialer's PortRange, which connect() scans port by port).
 	Reserved int `json:"reserved"`
 	// Bound counts the ports (TCP) that connect() skips for every source
 	// and destination because a bind() took them: a listener; a socket
@@ -139,12 +140,14 @@ func ProbeHeadroom(ctx context.Context, network string, src netip.Addr, dst neti
 	if err != nil {
 		return h, probeError(err)
 	}
-	return probeIn(ctx, network, src, dst, r)
+	return probeIn(ctx, network, src, dst, r, false)
 }
 
-// probeIn is ProbeHeadroom with the range given. (Dialer.Headroom counts
-// shared UDP ports with sharedHeadroom instead.)
-func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+// probeIn is ProbeHeadroom with the range given; perSocket says the dials
+// set it with IP_LOCAL_PORT_RANGE (a Dialer's PortRange), which connect()
+// scans port by port. (Dialer.Headroom counts shared UDP ports with
+// sharedHeadroom instead.)
+func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange, perSocket bool) (Headroom, error) {
 	h := Headroom{Source: src, Dest: dst, Range: r}
 	s, d := src.Unmap().WithZone(""), netip.AddrPortFrom(dst.Addr().Unmap().WithZone(""), dst.Port())
 	var (
@@ -160,7 +163,7 @@ func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.Addr
 		if s.IsLinkLocalUnicast() {
 			oif, _ = zoneIndex(src.Zone()) // checked by checkProbe
 		}
-		p, host, err = diagTCP(ctx, s, oif, d, r)
+		p, host, err = diagTCP(ctx, s, oif, d, r, perSocket)
 	}
 	if err != nil {
 		return h, probeError(err)
@@ -385,7 +388,7 @@ func (d *Dialer) probe(ctx context.Context, network string, src netip.Addr, dst 
 		// on src holds, whatever its destination.
 		return probeBindFirst(ctx, src, dst, r)
 	default:
-		return probeIn(ctx, network, src, dst, r)
+		return probeIn(ctx, network, src, dst, r, d.PortRange != PortRange{})
 	}
 }
 

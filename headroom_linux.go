@@ -101,8 +101,9 @@ func newHostPorts(r PortRange, reserved, bound *portSet) hostPorts {
 // took when IP_BIND_ADDRESS_NO_PORT is off and their source is not the one
 // the routing picks for their destination. Sockets that remain in doubt
 // (option off, routed source) cost a second walk, for those bound to an
-// explicit port (INET_DIAG_BC_AUTO).
-func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort, r PortRange) (pairPorts, hostPorts, error) {
+// explicit port (INET_DIAG_BC_AUTO). perSocket says the dials set r with
+// IP_LOCAL_PORT_RANGE (see connectSearch).
+func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort, r PortRange, perSocket bool) (pairPorts, hostPorts, error) {
 	tw := readTWReuse()
 	p := pairPorts{reusable: tw.reuses(src, dst.Addr())}
 	isPair := func(m diagSock) bool {
@@ -136,7 +137,7 @@ func diagTCP(ctx context.Context, src netip.Addr, oif uint32, dst netip.AddrPort
 		return p, hostPorts{}, err
 	}
 	host, err := hostOf(r, b.bound)
-	if ns, ok := namespaceRange(); ok && ns == r {
+	if ns, ok := namespaceRange(); ok && ns == r && !perSocket {
 		host.connectSearch()
 	}
 	return p, host, err

@@ -546,6 +546,46 @@ func TestHeadroomOddRange(t *testing.T) {
 	}
 }
 
+// TestHeadroomOddRangePerSocket: a Dialer's PortRange sets
+// IP_LOCAL_PORT_RANGE, and connect() then scans its range port by port,
+// all of it, even when it equals the namespace's odd-sized range; no end is
+// counted out. (Dialer.Headroom said Free 2 and 4 where the kernel took 3
+// and 5.)
+func TestHeadroomOddRangePerSocket(t *testing.T) {
+	for _, hi := range []uint16{40002, 40004} {
+		t.Run(tcName(hi), func(t *testing.T) {
+			netnstest.Run(t, nsConfig(40000, hi, 0), func(t *testing.T) {
+				addr, _ := netnstest.EOFServer(t, "127.0.0.2:5432")
+				d := &safedial.Dialer{PortRange: safedial.PortRange{Lo: 40000, Hi: hi}}
+				hs, err := d.Headroom(context.Background(), "tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				size := int(hi) - 40000 + 1
+				if len(hs) != 1 || hs[0].Free != size || hs[0].Reserved != 0 {
+					t.Errorf("Dialer{PortRange: 40000-%d}.Headroom: %+v, want Free %d, nothing reserved", hi, hs, size)
+				}
+				n := 0
+				for ; n <= size; n++ {
+					c, err := d.Dial("tcp", addr)
+					if err != nil {
+						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
+							t.Fatalf("dial %d: %v, want success or exhaustion", n, err)
+						}
+						break
+					}
+					t.Cleanup(func() { c.Close() })
+				}
+				if len(hs) == 1 && n != hs[0].Free {
+					t.Errorf("the kernel accepted %d dials of the Dialer; Free said %d", n, hs[0].Free)
+				} else {
+					t.Logf("PortRange 40000-%d: Free %d, the kernel accepted %d", hi, hs[0].Free, n)
+				}
+			})
+		})
+	}
+}
+
 func tcName(hi uint16) string {
 	return map[uint16]string{40000: "1-port", 40002: "3-port", 40003: "4-port", 40004: "5-port"}[hi]
 }
