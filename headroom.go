@@ -54,7 +54,9 @@ type Headroom struct {
 	// kernel uses only their intersection) and, for TCP with an odd-sized
 	// namespace range, one free port of its two ends, which connect()'s
 	// search may skip (with 3 ports, the last always; never with a
-	// Dialer's PortRange, which connect() scans port by port).
+	// Dialer's PortRange, which connect() scans port by port); with
+	// DisableBindNoPort, the port bind()'s search may skip (with 3 and 5
+	// ports, the last).
 	Reserved int `json:"reserved"`
 	// Bound counts the ports (TCP) that connect() skips for every source
 	// and destination because a bind() took them: a listener; a socket

@@ -586,8 +586,51 @@ func TestHeadroomOddRangePerSocket(t *testing.T) {
 	}
 }
 
+// TestHeadroomOddRangeBindFirst: a Dialer with DisableBindNoPort binds
+// src:0 before connecting, and bind()'s search also leaves a port of an
+// odd-sized range untried: with 3 and 5 ports the last (it said Free 3 and
+// 5 where the binds took 2 and 4); with 7, the last or another, by chance.
+func TestHeadroomOddRangeBindFirst(t *testing.T) {
+	for _, tc := range []struct {
+		hi    uint16
+		free  int
+		exact bool
+	}{{40002, 2, true}, {40004, 4, true}, {40006, 6, false}} {
+		t.Run(tcName(tc.hi), func(t *testing.T) {
+			netnstest.Run(t, nsConfig(40000, tc.hi, 0), func(t *testing.T) {
+				addr, _ := netnstest.EOFServer(t, "127.0.0.2:5432")
+				d := &safedial.Dialer{Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}, DisableBindNoPort: true}
+				hs, err := d.Headroom(context.Background(), "tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(hs) != 1 || hs[0].Free != tc.free {
+					t.Fatalf("Dialer{DisableBindNoPort}.Headroom with range 40000-%d: %+v, want Free %d", tc.hi, hs, tc.free)
+				}
+				n := 0
+				for ; n <= int(tc.hi-40000)+1; n++ {
+					c, err := d.Dial("tcp", addr)
+					if err != nil {
+						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
+							t.Fatalf("dial %d: %v, want success or exhaustion", n, err)
+						}
+						break
+					}
+					t.Cleanup(func() { c.Close() })
+				}
+				switch {
+				case tc.exact && n != hs[0].Free, !tc.exact && (n < hs[0].Free || n > hs[0].Free+1):
+					t.Errorf("range 40000-%d: the kernel's binds took %d; Free said %d", tc.hi, n, hs[0].Free)
+				default:
+					t.Logf("range 40000-%d, bind first: Free %d, the kernel took %d", tc.hi, hs[0].Free, n)
+				}
+			})
+		})
+	}
+}
+
 func tcName(hi uint16) string {
-	return map[uint16]string{40000: "1-port", 40002: "3-port", 40003: "4-port", 40004: "5-port"}[hi]
+	return map[uint16]string{40000: "1-port", 40002: "3-port", 40003: "4-port", 40004: "5-port", 40006: "7-port"}[hi]
 }
 
 // TestHeadroomRouteChange: the probe remembers the routing's answers only
