@@ -10,7 +10,7 @@ import (
 // sock_diag is Linux's: elsewhere the probes say so.
 const diagSupported = false
 
-func diagTCP(context.Context, netip.Addr, uint32, netip.AddrPort, PortRange) (pairPorts, hostPorts, error) {
+func diagTCP(context.Context, netip.Addr, uint32, netip.AddrPort, PortRange, bool) (pairPorts, hostPorts, error) {
 	return pairPorts{}, hostPorts{}, errNoDiag
 }
 

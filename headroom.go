@@ -27,7 +27,7 @@ import (
 // the routing would no longer pick (a route changed since, or the probe
 // was not told the socket's mark: sock_diag shows marks to CAP_NET_ADMIN
 // only) counts as Bound, and with an odd-sized range one port that
-// connect()'s search may skip counts as Reserved. One case counts high:
+// connect()'s search may skip counts as Reserved. Two cases count high:
 // see Bound.
 type Headroom struct {
 	Source netip.Addr     `json:"source"` // as asked
@@ -53,7 +53,10 @@ type Headroom struct {
 	// ports of a Dialer's PortRange outside the namespace range (the
 	// kernel uses only their intersection) and, for TCP with an odd-sized
 	// namespace range, one free port of its two ends, which connect()'s
-	// search may skip (with 3 ports, the last always).
+	// search may skip (with 3 ports, the last always; never with a
+	// Dialer's PortRange, which connect() scans port by port); with
+	// DisableBindNoPort, the port bind()'s search may skip (with 3 and 5
+	// ports, the last).
 	Reserved int `json:"reserved"`
 	// Bound counts the ports (TCP) that connect() skips for every source
 	// and destination because a bind() took them: a listener; a socket
@@ -64,11 +67,13 @@ type Headroom struct {
 	// LocalAddr). The kernel does not say how a connected socket got its
 	// port: the probe counts the last kind when the socket's
 	// IP_BIND_ADDRESS_NO_PORT is off and its source is not the one the
-	// routing picks for its destination, its mark, its interface and its
-	// owner (so it must have been bound). Not seen, and so counted in Free
+	// routing picks for its destination, its mark, its interface, its
+	// owner, its protocol and its destination port (so it must have been
+	// bound). Not seen, and so counted in Free
 	// although connect() skips them: such a socket bound to the routed
-	// source itself, and the TIME_WAIT sockets any of these leave (the port
-	// stays skipped until the TIME_WAIT ends, a minute).
+	// source itself, the TIME_WAIT sockets any of these leave (the port
+	// stays skipped until the TIME_WAIT ends, a minute), and connections
+	// accepted by a listener that has since closed (they keep its port).
 	Bound int `json:"bound"`
 	// Free counts the ports a new connection from Source to Dest can still
 	// use: Range's size minus the four counts above.
@@ -137,12 +142,14 @@ func ProbeHeadroom(ctx context.Context, network string, src netip.Addr, dst neti
 	if err != nil {
 		return h, probeError(err)
 	}
-	return probeIn(ctx, network, src, dst, r)
+	return probeIn(ctx, network, src, dst, r, false)
 }
 
-// probeIn is ProbeHeadroom with the range given. (Dialer.Headroom counts
-// shared UDP ports with sharedHeadroom instead.)
-func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+// probeIn is ProbeHeadroom with the range given; perSocket says the dials
+// set it with IP_LOCAL_PORT_RANGE (a Dialer's PortRange), which connect()
+// scans port by port. (Dialer.Headroom counts shared UDP ports with
+// sharedHeadroom instead.)
+func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange, perSocket bool) (Headroom, error) {
 	h := Headroom{Source: src, Dest: dst, Range: r}
 	s, d := src.Unmap().WithZone(""), netip.AddrPortFrom(dst.Addr().Unmap().WithZone(""), dst.Port())
 	var (
@@ -158,7 +165,7 @@ func probeIn(ctx context.Context, network string, src netip.Addr, dst netip.Addr
 		if s.IsLinkLocalUnicast() {
 			oif, _ = zoneIndex(src.Zone()) // checked by checkProbe
 		}
-		p, host, err = diagTCP(ctx, s, oif, d, r)
+		p, host, err = diagTCP(ctx, s, oif, d, r, perSocket)
 	}
 	if err != nil {
 		return h, probeError(err)
@@ -277,10 +284,11 @@ type pairKey struct {
 // address resolves to: the sources of Sources of the address's family, or
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
 // picks for the address (asked with RTM_GETROUTE, so the answer comes even
-// when every port is taken), for a socket as d's Control hook leaves it:
+// when every port is taken, with the protocol, the port and a link-local
+// address's zone, as connect() asks), for a socket as d's Control hook leaves it:
 // the hook runs on a socket that is never bound or connected, and its
-// SO_MARK and SO_BINDTODEVICE go with the lookup (an address it binds is
-// the source). The range is d's PortRange
+// SO_MARK, SO_BINDTODEVICE and IP_TOS (IPV6_TCLASS) go with the lookup (an
+// address it binds is the source). The range is d's PortRange
 // when set (ports of it outside the namespace range count as Reserved), else
 // the namespace's. Host names are resolved with Base.Resolver. An empty or
 // unspecified host (":53", "0.0.0.0:53", "[::]:53") is taken as net.Dialer
@@ -382,7 +390,7 @@ func (d *Dialer) probe(ctx context.Context, network string, src netip.Addr, dst 
 		// on src holds, whatever its destination.
 		return probeBindFirst(ctx, src, dst, r)
 	default:
-		return probeIn(ctx, network, src, dst, r)
+		return probeIn(ctx, network, src, dst, r, d.PortRange != PortRange{})
 	}
 }
 
@@ -503,7 +511,7 @@ func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrP
 	// socket, so no port taken, and an answer even when every port is.
 	src, err := d.routedSource(ctx, network, dst)
 	if err != nil {
-		return nil, fmt.Errorf("no route to %v: %w", dst.Addr(), err)
+		return nil, err
 	}
 	return []netip.Addr{src}, nil
 }

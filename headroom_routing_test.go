@@ -62,6 +62,7 @@ type rawDialer struct {
 	src  netip.Addr
 	mark int
 	dev  string
+	tos  int // IP_TOS or IPV6_TCLASS
 }
 
 func sockaddrOf(a netip.Addr, port uint16) unix.Sockaddr {
@@ -98,6 +99,15 @@ func (r rawDialer) dial(t *testing.T, dst netip.AddrPort) (netip.Addr, error) {
 	}
 	if r.dev != "" {
 		if err := unix.BindToDevice(s, r.dev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.tos != 0 {
+		lvl, opt := unix.SOL_IP, unix.IP_TOS
+		if fam == unix.AF_INET6 {
+			lvl, opt = unix.SOL_IPV6, unix.IPV6_TCLASS
+		}
+		if err := unix.SetsockoptInt(s, lvl, opt, r.tos); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -269,6 +279,104 @@ func TestHeadroomRoutingContext(t *testing.T) {
 	}
 }
 
+// TestHeadroomRuleByPort: a fib rule that matches the protocol and the
+// destination port (ip rule ipproto tcp dport 80) routes connect() by them.
+// Dialer.Headroom must probe the source such dials get, and the plain
+// sockets the rule routed are not bound for the main table's source. Both
+// were judged by a lookup without protocol or port: the Dialer's headroom
+// named the main table's source (as Free 100 would read for dials that
+// leave from the other), and ProbeHeadroom from it said Free 40 where the
+// kernel accepted 100. A hook that fails is named as the hook, not as a
+// missing route.
+func TestHeadroomRuleByPort(t *testing.T) {
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		t.Run(fam, func(t *testing.T) {
+			netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
+				if fam == "ipv6" {
+					needIPv6(t)
+				}
+				n := buildRoutedNet(t, fam == "ipv6")
+				f := "-4"
+				if fam == "ipv6" {
+					f = "-6"
+				}
+				ipCmd(t, f, "rule", "add", "ipproto", "tcp", "dport", "80", "table", "100")
+				waitRoute(t, n.dst.Addr().String(), n.marked.String(), "ipproto", "tcp", "dport", "80")
+				rawDialer{}.fill(t, n.dst, 60, n.marked)
+
+				got, err := (&safedial.Dialer{}).Headroom(context.Background(), "tcp", n.dst.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != 1 || got[0].Source != n.marked || got[0].InUse != 60 || got[0].Free != 40 {
+					t.Errorf("Dialer.Headroom under a dport rule: %+v, want source %v, 60 in use, 40 free", got, n.marked)
+				}
+				plain, err := safedial.ProbeHeadroom(context.Background(), "tcp", n.plain, n.dst)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if plain.Bound != 0 || plain.Free != 100 {
+					t.Errorf("ProbeHeadroom from %v beside 60 sockets the rule routed: %+v, want nothing bound, 100 free", n.plain, plain)
+				}
+				kRouted := rawDialer{}.accepted(t, n.dst)
+				kPlain := rawDialer{src: n.plain}.accepted(t, n.dst)
+				if len(got) == 1 && kRouted != got[0].Free || kPlain != plain.Free {
+					t.Errorf("the kernel accepted %d unbound and %d from %v; Free said %+v and %d", kRouted, kPlain, n.plain, got, plain.Free)
+				}
+				t.Logf("%s dport rule: the Dialer's source %v Free %d, kernel %d; %v Free %d, kernel %d", fam, n.marked, got[0].Free, kRouted, n.plain, plain.Free, kPlain)
+
+				no := errors.New("the hook refuses")
+				bad := &safedial.Dialer{Base: net.Dialer{Control: func(string, string, syscall.RawConn) error { return no }}}
+				if _, err := bad.Headroom(context.Background(), "tcp", n.dst.String()); !errors.Is(err, no) || strings.Contains(err.Error(), "no route") {
+					t.Errorf("Headroom of a Dialer whose hook fails: %v, want the hook's error, not a missing route", err)
+				}
+			})
+		})
+	}
+}
+
+// TestHeadroomHookTOS: a Control hook that sets IP_TOS (IPV6_TCLASS)
+// under a rule by TOS (ip rule add tos 0x10) gives the Dialer's sockets the
+// rule's source; Dialer.Headroom asks the route with it (rtm_tos). It named
+// the main table's source.
+func TestHeadroomHookTOS(t *testing.T) {
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		t.Run(fam, func(t *testing.T) {
+			netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
+				if fam == "ipv6" {
+					needIPv6(t)
+				}
+				n := buildRoutedNet(t, fam == "ipv6")
+				f, lvl, opt := "-4", unix.SOL_IP, unix.IP_TOS
+				if fam == "ipv6" {
+					f, lvl, opt = "-6", unix.SOL_IPV6, unix.IPV6_TCLASS
+				}
+				ipCmd(t, f, "rule", "add", "tos", "0x10", "table", "100")
+				waitRoute(t, n.dst.Addr().String(), n.marked.String(), "tos", "0x10")
+				raw := rawDialer{tos: 0x10}
+				raw.fill(t, n.dst, 60, n.marked)
+				hooked := &safedial.Dialer{Base: net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+					var err error
+					c.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), lvl, opt, 0x10) })
+					return err
+				}}}
+				got, err := hooked.Headroom(context.Background(), "tcp", n.dst.String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != 1 || got[0].Source != n.marked || got[0].InUse != 60 || got[0].Free != 40 {
+					t.Errorf("Headroom of the Dialer with TOS 0x10: %+v, want source %v, 60 in use, 40 free", got, n.marked)
+				}
+				if k := raw.accepted(t, n.dst); len(got) != 1 || k != got[0].Free {
+					t.Errorf("the kernel accepted %d connections with TOS 0x10; Free said %+v", k, got)
+				} else {
+					t.Logf("%s TOS: source %v Free %d, kernel %d", fam, got[0].Source, got[0].Free, k)
+				}
+			})
+		})
+	}
+}
+
 // TestHeadroomLinkLocalZones (issue 22, item 3): fe80::1 on two links is two
 // sources; 60 connections on one leave the other's 100 ports free.
 func TestHeadroomLinkLocalZones(t *testing.T) {
@@ -305,6 +413,18 @@ func TestHeadroomLinkLocalZones(t *testing.T) {
 		wantAll := []safedial.Headroom{{Source: srcA, Dest: netip.MustParseAddrPort("[fe80::2]:80"), Range: safedial.PortRange{Lo: 40000, Hi: 40099}, InUse: 60, Free: 40}}
 		if diff := cmp.Diff(wantAll, all, netipCmp); diff != "" {
 			t.Errorf("ProbeAllHeadroom(tcp6) (-want +got):\n%s", diff)
+		}
+		// A Dialer that binds nothing dials the zone's link: its
+		// headroom is that link's source (it was "no route to
+		// fe80::2%b0": the lookup ignored the zone).
+		for src, dst := range map[netip.Addr]netip.AddrPort{srcA: dstA, srcB: dstB} {
+			hs, err := (&safedial.Dialer{}).Headroom(context.Background(), "tcp", dst.String())
+			if err != nil {
+				t.Fatalf("Dialer.Headroom(%v): %v", dst, err)
+			}
+			if len(hs) != 1 || hs[0].Source != src || hs[0].Free != want[src] {
+				t.Errorf("Dialer.Headroom(%v): %+v, want source %v, %d free", dst, hs, src, want[src])
+			}
 		}
 		kB := rawDialer{src: srcB}.accepted(t, dstB)
 		kA := rawDialer{src: srcA}.accepted(t, dstA)
@@ -426,8 +546,91 @@ func TestHeadroomOddRange(t *testing.T) {
 	}
 }
 
+// TestHeadroomOddRangePerSocket: a Dialer's PortRange sets
+// IP_LOCAL_PORT_RANGE, and connect() then scans its range port by port,
+// all of it, even when it equals the namespace's odd-sized range; no end is
+// counted out. (Dialer.Headroom said Free 2 and 4 where the kernel took 3
+// and 5.)
+func TestHeadroomOddRangePerSocket(t *testing.T) {
+	for _, hi := range []uint16{40002, 40004} {
+		t.Run(tcName(hi), func(t *testing.T) {
+			netnstest.Run(t, nsConfig(40000, hi, 0), func(t *testing.T) {
+				addr, _ := netnstest.EOFServer(t, "127.0.0.2:5432")
+				d := &safedial.Dialer{PortRange: safedial.PortRange{Lo: 40000, Hi: hi}}
+				hs, err := d.Headroom(context.Background(), "tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				size := int(hi) - 40000 + 1
+				if len(hs) != 1 || hs[0].Free != size || hs[0].Reserved != 0 {
+					t.Errorf("Dialer{PortRange: 40000-%d}.Headroom: %+v, want Free %d, nothing reserved", hi, hs, size)
+				}
+				n := 0
+				for ; n <= size; n++ {
+					c, err := d.Dial("tcp", addr)
+					if err != nil {
+						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
+							t.Fatalf("dial %d: %v, want success or exhaustion", n, err)
+						}
+						break
+					}
+					t.Cleanup(func() { c.Close() })
+				}
+				if len(hs) == 1 && n != hs[0].Free {
+					t.Errorf("the kernel accepted %d dials of the Dialer; Free said %d", n, hs[0].Free)
+				} else {
+					t.Logf("PortRange 40000-%d: Free %d, the kernel accepted %d", hi, hs[0].Free, n)
+				}
+			})
+		})
+	}
+}
+
+// TestHeadroomOddRangeBindFirst: a Dialer with DisableBindNoPort binds
+// src:0 before connecting, and bind()'s search also leaves a port of an
+// odd-sized range untried: with 3 and 5 ports the last (it said Free 3 and
+// 5 where the binds took 2 and 4); with 7, the last or another, by chance.
+func TestHeadroomOddRangeBindFirst(t *testing.T) {
+	for _, tc := range []struct {
+		hi    uint16
+		free  int
+		exact bool
+	}{{40002, 2, true}, {40004, 4, true}, {40006, 6, false}} {
+		t.Run(tcName(tc.hi), func(t *testing.T) {
+			netnstest.Run(t, nsConfig(40000, tc.hi, 0), func(t *testing.T) {
+				addr, _ := netnstest.EOFServer(t, "127.0.0.2:5432")
+				d := &safedial.Dialer{Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}, DisableBindNoPort: true}
+				hs, err := d.Headroom(context.Background(), "tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(hs) != 1 || hs[0].Free != tc.free {
+					t.Fatalf("Dialer{DisableBindNoPort}.Headroom with range 40000-%d: %+v, want Free %d", tc.hi, hs, tc.free)
+				}
+				n := 0
+				for ; n <= int(tc.hi-40000)+1; n++ {
+					c, err := d.Dial("tcp", addr)
+					if err != nil {
+						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
+							t.Fatalf("dial %d: %v, want success or exhaustion", n, err)
+						}
+						break
+					}
+					t.Cleanup(func() { c.Close() })
+				}
+				switch {
+				case tc.exact && n != hs[0].Free, !tc.exact && (n < hs[0].Free || n > hs[0].Free+1):
+					t.Errorf("range 40000-%d: the kernel's binds took %d; Free said %d", tc.hi, n, hs[0].Free)
+				default:
+					t.Logf("range 40000-%d, bind first: Free %d, the kernel took %d", tc.hi, hs[0].Free, n)
+				}
+			})
+		})
+	}
+}
+
 func tcName(hi uint16) string {
-	return map[uint16]string{40000: "1-port", 40002: "3-port", 40003: "4-port", 40004: "5-port"}[hi]
+	return map[uint16]string{40000: "1-port", 40002: "3-port", 40003: "4-port", 40004: "5-port", 40006: "7-port"}[hi]
 }
 
 // TestHeadroomRouteChange: the probe remembers the routing's answers only

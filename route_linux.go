@@ -63,14 +63,55 @@ func routeGet(dst netip.Addr) (src netip.Addr, typ uint8, err error) {
 }
 
 // routedSource is the source the kernel picks for a socket of d's dials to
-// dst that binds no address: d's options and user hook run on a throwaway
-// socket (no port is taken: it is neither bound nor connected), and what
-// they set that changes the route (SO_MARK, SO_BINDTODEVICE) goes with the
-// route lookup; an address the hook bound is the source itself.
+// dst that binds no address. The route lookup carries what connect()'s
+// own carries: the protocol, dst's port (fib rules' ipproto and dport) and
+// the interface of dst's zone; and when d has a user hook, what the hook
+// sets that changes the route (SO_MARK, SO_BINDTODEVICE): d's options and
+// hook run on a throwaway socket (no port is taken: it is neither bound nor
+// connected). An address the hook bound is the source itself. A link-local
+// source gets the zone of its interface.
 func (d *Dialer) routedSource(ctx context.Context, network string, dst netip.AddrPort) (netip.Addr, error) {
-	if dst.Addr().IsUnspecified() || d.userHook() == nil {
+	if dst.Addr().IsUnspecified() {
 		return routeSource(dst.Addr())
 	}
+	rc := route.Ctx{Proto: unix.IPPROTO_TCP, DPort: dst.Port()}
+	if strings.HasPrefix(network, "udp") {
+		rc.Proto = unix.IPPROTO_UDP
+	}
+	if z := dst.Addr().Zone(); z != "" {
+		i, err := zoneIndex(z)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		rc.OIF = i
+	}
+	if d.userHook() != nil {
+		hc, bound, err := d.hookRouting(ctx, network, dst)
+		if err != nil || bound.IsValid() && !bound.IsUnspecified() {
+			return bound, err
+		}
+		rc.Mark, rc.TOS = hc.Mark, hc.TOS
+		if hc.OIF != 0 {
+			rc.OIF = hc.OIF
+		}
+	}
+	src, _, err := route.Get(dst.Addr().WithZone(""), rc)
+	if err == nil && !src.IsValid() {
+		err = os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
+	}
+	if err != nil {
+		return src, fmt.Errorf("no route to %v: %w", dst.Addr(), err)
+	}
+	if src.IsLinkLocalUnicast() && rc.OIF != 0 {
+		src = src.WithZone(zoneName(map[uint32]string{}, rc.OIF))
+	}
+	return src, err
+}
+
+// hookRouting runs d's options and user hook on a throwaway socket of
+// network's kind toward dst, and reads back what of it changes the route,
+// and the address it is bound to, if any.
+func (d *Dialer) hookRouting(ctx context.Context, network string, dst netip.AddrPort) (route.Ctx, netip.Addr, error) {
 	typ, nw := unix.SOCK_STREAM, "tcp"
 	if strings.HasPrefix(network, "udp") {
 		typ, nw = unix.SOCK_DGRAM, "udp"
@@ -81,33 +122,23 @@ func (d *Dialer) routedSource(ctx context.Context, network string, dst netip.Add
 	}
 	fd, err := unix.Socket(fam, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
-		return netip.Addr{}, os.NewSyscallError("socket", err)
+		return route.Ctx{}, netip.Addr{}, os.NewSyscallError("socket", err)
 	}
 	f := os.NewFile(uintptr(fd), "safedial-headroom")
 	defer f.Close()
 	c, err := f.SyscallConn()
 	if err != nil {
-		return netip.Addr{}, err
+		return route.Ctx{}, netip.Addr{}, err
 	}
 	if err := d.control(false)(ctx, nw, dst.String(), c); err != nil {
-		return netip.Addr{}, fmt.Errorf("the Dialer's Control hook, run to learn its sockets' routing: %w", err)
+		return route.Ctx{}, netip.Addr{}, fmt.Errorf("the Dialer's Control hook, run to learn its sockets' routing: %w", err)
 	}
-	rc, bound, err := socketRouting(c)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if bound.IsValid() && !bound.IsUnspecified() {
-		return bound, nil
-	}
-	src, _, err := route.Get(dst.Addr(), rc)
-	if err == nil && !src.IsValid() {
-		err = os.NewSyscallError("RTM_GETROUTE", unix.EADDRNOTAVAIL)
-	}
-	return src, err
+	return socketRouting(c)
 }
 
-// socketRouting reads what of c's socket changes its route (its mark and
-// the interface it is bound to) and the address it is bound to, if any.
+// socketRouting reads what of c's socket changes its route (its mark, the
+// interface it is bound to, its TOS or traffic class) and the address it is
+// bound to, if any.
 func socketRouting(c syscall.RawConn) (rc route.Ctx, bound netip.Addr, err error) {
 	var gerr error
 	if err := c.Control(func(fd uintptr) {
@@ -118,6 +149,17 @@ func socketRouting(c syscall.RawConn) (rc route.Ctx, bound netip.Addr, err error
 			return
 		}
 		rc.Mark = uint32(mark)
+		tos, err := unix.GetsockoptInt(s, unix.SOL_IP, unix.IP_TOS)
+		if sa, _ := unix.Getsockname(s); err == nil {
+			if _, v6 := sa.(*unix.SockaddrInet6); v6 {
+				tos, err = unix.GetsockoptInt(s, unix.SOL_IPV6, unix.IPV6_TCLASS)
+			}
+		}
+		if err != nil {
+			gerr = os.NewSyscallError("getsockopt IP_TOS", err)
+			return
+		}
+		rc.TOS = uint8(tos)
 		dev, err := unix.GetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE)
 		if err != nil {
 			gerr = os.NewSyscallError("getsockopt SO_BINDTODEVICE", err)

@@ -13,13 +13,20 @@ import (
 
 // Ctx is what of a socket changes the route the kernel picks for it, and so
 // its source: its mark (SO_MARK), the interface it is bound to
-// (SO_BINDTODEVICE) and its owner (the uid of fib rules' uidrange). The zero
-// Ctx asks as an unmarked, unbound socket of the caller would.
+// (SO_BINDTODEVICE), its owner (the uid of fib rules' uidrange), its
+// protocol and its destination port (fib rules' ipproto and dport: connect()
+// looks the route up with them, before the source port is chosen) and its
+// TOS or traffic class (fib rules' tos, dsfield). The zero
+// Ctx asks as an unmarked, unbound socket of the caller would, of no
+// protocol or port.
 type Ctx struct {
 	Mark   uint32
 	OIF    uint32
 	UID    uint32
-	HasUID bool // UID was read from the socket; else the kernel takes the caller's
+	HasUID bool   // UID was read from the socket; else the kernel takes the caller's
+	Proto  uint8  // unix.IPPROTO_TCP or IPPROTO_UDP; 0: none
+	DPort  uint16 // 0: none
+	TOS    uint8  // IP_TOS or IPV6_TCLASS, as rtm_tos
 }
 
 // Get asks the kernel's routing (RTM_GETROUTE) about dst for a socket with
@@ -62,6 +69,12 @@ func Request(dst netip.Addr, rc Ctx, seq uint32) []byte {
 	if rc.HasUID {
 		attrs = append(attrs, attr{unix.RTA_UID, u32(rc.UID)})
 	}
+	if rc.Proto != 0 {
+		attrs = append(attrs, attr{unix.RTA_IP_PROTO, []byte{rc.Proto}})
+	}
+	if rc.DPort != 0 {
+		attrs = append(attrs, attr{unix.RTA_DPORT, binary.BigEndian.AppendUint16(nil, rc.DPort)})
+	}
 	n := unix.SizeofNlMsghdr + unix.SizeofRtMsg
 	for _, a := range attrs {
 		n += (unix.SizeofRtAttr + len(a.val) + 3) &^ 3
@@ -74,6 +87,7 @@ func Request(dst netip.Addr, rc Ctx, seq uint32) []byte {
 	rt := m[unix.SizeofNlMsghdr:]
 	rt[0] = familyOf(dst)       // rtm_family
 	rt[1] = byte(8 * len(addr)) // rtm_dst_len
+	rt[3] = rc.TOS              // rtm_tos
 	b := rt[unix.SizeofRtMsg:]
 	for _, a := range attrs {
 		binary.NativeEndian.PutUint16(b[0:], uint16(unix.SizeofRtAttr+len(a.val)))

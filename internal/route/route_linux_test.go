@@ -55,7 +55,7 @@ func TestParse(t *testing.T) {
 
 func TestRequest(t *testing.T) {
 	dst := netip.MustParseAddr("2001:db8::1")
-	m := Request(dst, Ctx{Mark: 7, OIF: 2, UID: 1000, HasUID: true}, 9)
+	m := Request(dst, Ctx{Mark: 7, OIF: 2, UID: 1000, HasUID: true, Proto: unix.IPPROTO_TCP, DPort: 443, TOS: 0x10}, 9)
 	if got := binary.NativeEndian.Uint32(m[0:]); int(got) != len(m) {
 		t.Fatalf("nlmsg_len %d, message %d bytes", got, len(m))
 	}
@@ -63,8 +63,8 @@ func TestRequest(t *testing.T) {
 		t.Errorf("type %d seq %d; want RTM_GETROUTE 9", typ, seq)
 	}
 	rt := m[unix.SizeofNlMsghdr:]
-	if rt[0] != unix.AF_INET6 || rt[1] != 128 {
-		t.Errorf("rtm_family %d rtm_dst_len %d; want AF_INET6 128", rt[0], rt[1])
+	if rt[0] != unix.AF_INET6 || rt[1] != 128 || rt[3] != 0x10 {
+		t.Errorf("rtm_family %d rtm_dst_len %d rtm_tos %#x; want AF_INET6 128 0x10", rt[0], rt[1], rt[3])
 	}
 	got := map[uint16][]byte{}
 	for a := rt[unix.SizeofRtMsg:]; len(a) >= unix.SizeofRtAttr; {
@@ -73,13 +73,14 @@ func TestRequest(t *testing.T) {
 		a = a[min((l+3)&^3, len(a)):]
 	}
 	u32 := func(v uint32) string { return string(binary.NativeEndian.AppendUint32(nil, v)) }
-	for typ, want := range map[uint16]string{unix.RTA_DST: string(dst.AsSlice()), unix.RTA_MARK: u32(7), unix.RTA_OIF: u32(2), unix.RTA_UID: u32(1000)} {
+	for typ, want := range map[uint16]string{unix.RTA_DST: string(dst.AsSlice()), unix.RTA_MARK: u32(7), unix.RTA_OIF: u32(2), unix.RTA_UID: u32(1000),
+		unix.RTA_IP_PROTO: string([]byte{unix.IPPROTO_TCP}), unix.RTA_DPORT: "\x01\xbb"} {
 		if string(got[typ]) != want {
 			t.Errorf("attribute %d = %x, want %x", typ, got[typ], want)
 		}
 	}
-	if len(got) != 4 {
-		t.Errorf("%d attributes, want 4", len(got))
+	if len(got) != 6 {
+		t.Errorf("%d attributes, want 6", len(got))
 	}
 }
 
