@@ -281,7 +281,8 @@ type pairKey struct {
 }
 
 // Headroom returns the headroom of each of d's sources toward each address
-// address resolves to: the sources of Sources of the address's family, or
+// address resolves to: the sources of Sources of the address's family (or
+// of the pool GetSources returns for network and address), or
 // Base.LocalAddr, or, when neither is set, the source the kernel's routing
 // picks for the address (asked with RTM_GETROUTE, so the answer comes even
 // when every port is taken, with the protocol, the port and a link-local
@@ -294,8 +295,9 @@ type pairKey struct {
 // unspecified host (":53", "0.0.0.0:53", "[::]:53") is taken as net.Dialer
 // dials it: the kernel connects to this host (for IPv4 the source itself,
 // 127.0.0.1 when unbound; for IPv6 ::1), and Dest is that address. An address
-// with no source of its family is left out; none at all is an error. A source
-// of Sources that is not an address of this host is left out too, as the
+// with no source of its family is left out, and so is a link-local source of
+// another link than a link-local address's; none at all is an error. A
+// pool's source that is not an address of this host is left out too, as the
 // pool's dials fail over from it; when no source is left the error matches
 // ErrSourceNotLocal. With ShareUDPPorts, a UDP headroom is what a shared dial
 // can still take toward the address: InUse counts the ports connected toward
@@ -330,9 +332,13 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			return nil, probeError(err)
 		}
 	}
+	pool, pooled, err := d.headroomPool(ctx, network, address)
+	if err != nil {
+		return nil, fmt.Errorf("safedial: Headroom: %w", err)
+	}
 	var (
 		hs       []Headroom
-		notLocal error // of a source of Sources left out
+		notLocal error // of a source of the pool left out
 	)
 	for _, asked := range dsts {
 		dst := asked
@@ -341,7 +347,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 			// address, from the source the routing picks for it.
 			dst = netip.AddrPortFrom(kernelPeer(netip.Addr{}, dst.Addr()), dst.Port())
 		}
-		srcs, err := d.sourcesFor(ctx, network, dst)
+		srcs, err := d.sourcesFor(ctx, network, dst, pool, pooled)
 		if err != nil {
 			return nil, fmt.Errorf("safedial: Headroom: %w", err)
 		}
@@ -351,7 +357,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 				dst = netip.AddrPortFrom(kernelPeer(src, dst.Addr()), dst.Port())
 			}
 			if err := checkProbe(network, src, dst); err != nil {
-				if len(d.Sources) > 0 && errors.Is(err, ErrSourceNotLocal) {
+				if pooled && errors.Is(err, ErrSourceNotLocal) {
 					// The pool's dials fail over from it: so does
 					// its headroom, unless no source is left.
 					notLocal = err
@@ -490,14 +496,42 @@ func probeBindFirst(ctx context.Context, src netip.Addr, dst netip.AddrPort, r P
 	return h, nil
 }
 
-// sourcesFor returns the sources a dial from d to dst would use.
-func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrPort) ([]netip.Addr, error) {
-	if len(d.Sources) > 0 {
+// headroomPool returns the sources of the pool d's dials to address use
+// (Sources, or the pool GetSources returns), and whether there is one.
+func (d *Dialer) headroomPool(ctx context.Context, network, address string) ([]netip.Addr, bool, error) {
+	switch {
+	case len(d.Sources) > 0:
+		return d.Sources, true, nil
+	case d.GetSources == nil:
+		return nil, false, nil
+	}
+	sp, err := d.GetSources(ctx, network, address)
+	switch {
+	case err != nil:
+		return nil, false, err
+	case sp == nil:
+		return nil, false, nil // the routed source, as the dial's
+	case sp.p == nil:
+		return nil, false, errConfig("GetSources returned a zero SourcePool: make pools with NewSourcePool")
+	}
+	return sp.p.addrs, true, nil
+}
+
+// sourcesFor returns the sources a dial from d to dst would use: those of
+// pool (when pooled) of dst's family, on its link when dst is link-local.
+func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrPort, pool []netip.Addr, pooled bool) ([]netip.Addr, error) {
+	if pooled {
+		link, _ := zoneIndex(dst.Addr().Zone())
 		var srcs []netip.Addr
-		for _, s := range d.Sources {
-			if s.Unmap().Is4() == dst.Addr().Is4() {
-				srcs = append(srcs, s.Unmap())
+		for _, s := range pool {
+			s = s.Unmap()
+			if s.Is4() != dst.Addr().Is4() {
+				continue
 			}
+			if z, _ := zoneIndex(s.Zone()); link != 0 && z != 0 && z != link && dst.Addr().IsLinkLocalUnicast() {
+				continue // the dial leaves it out (onLink)
+			}
+			srcs = append(srcs, s)
 		}
 		return srcs, nil
 	}

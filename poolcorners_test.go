@@ -706,8 +706,13 @@ func TestPoolLinkLocalOtherLink(t *testing.T) {
 				t.Errorf("ShareUDPPorts %v: Stats().Sources %+v, want 10 attempts from fe80::1%%a0, none from fe80::1%%b0", share, st)
 			}
 		}
+		// Headroom names the sources the dials use: the link's only.
+		hs, err := (&safedial.Dialer{Sources: []netip.Addr{onA, onB}}).Headroom(context.Background(), "udp", dst)
+		if err != nil || len(hs) != 1 || hs[0].Source != onA {
+			t.Errorf("Headroom of the pool toward %s: %+v, %v; want one row, from %v", dst, hs, err, onA)
+		}
 		d := &safedial.Dialer{Sources: []netip.Addr{onB}}
-		_, err := d.Dial("udp", dst)
+		_, err = d.Dial("udp", dst)
 		if !errors.Is(err, safedial.ErrInvalidConfig) || !strings.Contains(err.Error(), "add a source of link a0") {
 			t.Errorf("a pool of fe80::1%%b0 only, to %s: %v; want ErrInvalidConfig naming link a0", dst, err)
 		}

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -217,6 +219,50 @@ func TestGetSourcesErrors(t *testing.T) {
 				t.Errorf("pool %v: source %s, want %s", tc.p, got, tc.want)
 			}
 			c.Close()
+		}
+	})
+}
+
+// TestGetSourcesHeadroom: Dialer.Headroom asks GetSources for the pool of
+// the address, as a dial does, and reports that pool's sources, with the
+// same counts as a Dialer whose Sources is that pool (the kernel's answer:
+// 10 connections held from one source leave 90 of 100 ports). A nil pool
+// is the routed source; GetSources' error is Headroom's.
+func TestGetSourcesHeadroom(t *testing.T) {
+	inNamespace(t, 40000, 40099, func(t *testing.T) {
+		dsts := servers(t, "tcp", []string{"127.0.0.2", "127.0.0.3"}, []int{8080}) // outside the range
+		get, _ := byDestination(t, map[string][]string{"127.0.0.2": {"127.0.0.10", "127.0.0.11"}})
+		held := &safedial.Dialer{Sources: addrs("127.0.0.10")}
+		for range 10 {
+			c, err := held.Dial("tcp", dsts[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+		ctx := context.Background()
+		chosen, err := (&safedial.Dialer{GetSources: get}).Headroom(ctx, "tcp", dsts[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		fixed, err := (&safedial.Dialer{Sources: addrs("127.0.0.10", "127.0.0.11")}).Headroom(ctx, "tcp", dsts[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(fixed, chosen) {
+			t.Errorf("Headroom with GetSources: %+v\nwith Sources, the same pool: %+v", chosen, fixed)
+		}
+		if len(chosen) != 2 || chosen[0].Source != addrs("127.0.0.10")[0] || chosen[0].Free != 90 || chosen[1].Free != 100 {
+			t.Errorf("Headroom with GetSources: %+v, want 127.0.0.10 with 90 free, 127.0.0.11 with 100", chosen)
+		}
+		nilPool := &safedial.Dialer{GetSources: func(context.Context, string, string) (*safedial.SourcePool, error) { return nil, nil }}
+		routed, err := nilPool.Headroom(ctx, "tcp", dsts[1])
+		plain, err2 := (&safedial.Dialer{}).Headroom(ctx, "tcp", dsts[1])
+		if err != nil || err2 != nil || !slices.Equal(routed, plain) {
+			t.Errorf("GetSources returning nil: %+v, %v; want the routed source's %+v, %v", routed, err, plain, err2)
+		}
+		if _, err := (&safedial.Dialer{GetSources: get}).Headroom(ctx, "tcp", dsts[1]); err == nil || !strings.Contains(err.Error(), "no pool for upstream 127.0.0.3") {
+			t.Errorf("GetSources failing: %v, want its error", err)
 		}
 	})
 }
