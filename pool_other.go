@@ -28,7 +28,7 @@ func unreachableFrom(*source, string, error) *sourceError { return nil }
 
 const shareSupported = false
 
-func shareConnect(_ context.Context, fd, _ int, _ func() (int, error), _ netip.Addr, _ uint32, _ netip.AddrPort, _ PortRange) (int, error) {
+func shareConnect(_ context.Context, fd, _ int, _ func() (int, error), _ netip.Addr, _ uint32, _ netip.AddrPort, _ PortRange, _ bool) (int, error) {
 	return fd, errNoShare
 }
 

@@ -89,7 +89,9 @@ const smallPool = 16
 // source is known full, the kernel is asked about the first of them only,
 // and the others are skipped: a failing dial costs one scan of the range,
 // as net.Dialer's does, and a port freed on any source is found within one
-// pass over the sources.
+// pass over the sources. With ShareUDPPorts, a source whose candidates only
+// claims in flight hold (bound, not yet connected) is passed over without
+// waiting; the dial waits for them only when no source took it.
 func (pd *poolDial) control(ctx context.Context, network, address string, c syscall.RawConn) error {
 	dst := destination(network, address)
 	udp := strings.HasPrefix(network, "udp")
@@ -119,39 +121,56 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		f     failover
 		bound bool // the socket in net's place is bound: the next source needs a fresh one
 		prev  *source
+		k     int // attempts made
+		wait  = len(order) == 1 || !pd.share || !udp
+		retry bool  // the pass that waits for claims in flight
+		later []int // sources whose candidates only claims in flight held
 	)
-	for k, i := range order {
-		s := srcs[i]
-		if allKnown && f.last != nil {
-			// Every source was known full and the kernel confirmed it
-			// for one: the others are not asked.
-			pd.d.counters.failovers.Add(1)
-			s.skipped.Add(1)
-			if marks[i]&notLocalMark == 0 {
-				f.tried = append(f.tried, s.addr)
+	for {
+		for _, i := range order {
+			s := srcs[i]
+			if allKnown && f.last != nil && !retry {
+				// Every source was known full and the kernel confirmed it
+				// for one: the others are not asked.
+				pd.d.counters.failovers.Add(1)
+				s.skipped.Add(1)
+				if marks[i]&notLocalMark == 0 {
+					f.tried = append(f.tried, s.addr)
+				}
+				continue
 			}
-			continue
-		}
-		if k > 0 {
-			if err := ctxDone(ctx); err != nil {
-				pd.record(prev, dst, false)
-				return netContextError(err)
+			if k++; k > 1 {
+				if err := ctxDone(ctx); err != nil {
+					pd.record(prev, dst, false)
+					return netContextError(err)
+				}
+				pd.d.counters.failovers.Add(1)
 			}
-			pd.d.counters.failovers.Add(1)
-		}
-		if bound {
-			if err := onFD(c, freshSocket); err != nil {
+			if bound {
+				if err := onFD(c, freshSocket); err != nil {
+					return err
+				}
+			}
+			bound = true
+			prev = s
+			err := pd.attempt(ctx, network, address, c, s, dst, wait)
+			if err == errClaimsInFlight {
+				// Neither full nor free: no mark, no exhaustion.
+				pd.record(s, dst, false)
+				later = append(later, i)
+				continue
+			}
+			if end, err := pd.settle(&f, mem, fullKey{src: s, dst: dst, udp: udp}, marks[i] != 0, err); end {
 				return err
 			}
 		}
-		bound = true
-		prev = s
-		err := pd.attempt(ctx, network, address, c, s, dst)
-		if end, err := pd.settle(&f, mem, fullKey{src: s, dst: dst, udp: udp}, marks[i] != 0, err); end {
-			return err
+		if len(later) == 0 {
+			return f.err(address)
 		}
+		// No source could take the dial now: wait for the claims in
+		// flight, under ctx, source by source.
+		order, later, wait, retry = later, nil, true, true
 	}
-	return f.err(address)
 }
 
 // onLink leaves out of order the link-local sources of other links than
@@ -289,8 +308,9 @@ func onFD(c syscall.RawConn, f func(fd int) error) error {
 // attempt sets up net.Dialer's socket (its first, or a fresh one in its
 // place) and binds and connects it from s; with ShareUDPPorts, a UDP socket
 // chooses a port no other socket uses toward dst. On success the socket that
-// connected is in net.Dialer's place.
-func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort) error {
+// connected is in net.Dialer's place. Without wait, a shared dial whose
+// candidates only claims in flight hold returns errClaimsInFlight.
+func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort, wait bool) error {
 	if err := pd.prepare(ctx, network, address, c); err != nil {
 		return err
 	}
@@ -304,7 +324,7 @@ func (pd *poolDial) attempt(ctx context.Context, network, address string, c sysc
 		held *Headroom // what held the ports of a shared dial's exhaustion
 	)
 	if pd.share && strings.HasPrefix(network, "udp") {
-		call, held, err = pd.shareAttempt(ctx, network, address, c, s, dst)
+		call, held, err = pd.shareAttempt(ctx, network, address, c, s, dst, wait)
 		if call == "" && err != nil {
 			return err
 		}

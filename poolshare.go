@@ -14,7 +14,7 @@ import (
 // candidate port a fresh socket must take over: the fresh socket goes in
 // net.Dialer's place, is prepared through c (a Control call inside this
 // one's), and shareConnect works on a duplicate descriptor of it.
-func (pd *poolDial) shareAttempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort) (call string, held *Headroom, err error) {
+func (pd *poolDial) shareAttempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort, wait bool) (call string, held *Headroom, err error) {
 	cerr := onFD(c, func(orig int) error {
 		fresh := func() (int, error) {
 			if err := freshSocket(orig); err != nil {
@@ -26,7 +26,7 @@ func (pd *poolDial) shareAttempt(ctx context.Context, network, address string, c
 			return dupFD(orig)
 		}
 		var fd int
-		fd, err = shareConnect(ctx, orig, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange)
+		fd, err = shareConnect(ctx, orig, orig, fresh, s.addr.WithZone(""), s.zone, dst, pd.shareRange, wait)
 		held = heldBy(err)
 		if fd >= 0 && fd != orig {
 			if err == nil {

@@ -18,6 +18,13 @@ type sharedFull struct {
 func (e *sharedFull) Error() string { return e.err.Error() }
 func (e *sharedFull) Unwrap() error { return e.err }
 
+// errClaimsInFlight is what a shared dial from one source of a pool returns
+// instead of waiting when its candidates are held only by claims in flight
+// (bound, not yet connected): the pool tries its other sources first, and
+// comes back to wait for these only when none can take the dial now. It
+// never leaves the package.
+var errClaimsInFlight = errors.New("safedial: the candidate ports are held by claims in flight")
+
 // heldBy returns what held the ports of a shared dial's exhaustion, or nil.
 func heldBy(err error) *Headroom {
 	var f *sharedFull

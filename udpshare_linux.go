@@ -44,13 +44,15 @@ const shareStale = time.Second
 //
 // No lock is held while user code runs (fresh runs the user's hook), and
 // every wait (for the lock of this (source, peer) pair, for claims in
-// flight) is under ctx.
-func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange) (int, error) {
+// flight) is under ctx. Without wait, a dial whose candidates only claims
+// in flight hold returns errClaimsInFlight rather than wait for them.
+func shareConnect(ctx context.Context, fd, orig int, fresh func() (int, error), src netip.Addr, zone uint32, dst netip.AddrPort, r PortRange, wait bool) (int, error) {
 	s, err := newSearch(ctx, src, zone, dst, r)
 	if err != nil {
 		return fd, err
 	}
 	defer s.close()
+	s.mayWait = wait
 	for {
 		port, err := s.next()
 		if err != nil {
@@ -131,6 +133,8 @@ type search struct {
 	inFlight map[inFlight]time.Time
 	busy     []inFlight
 	backoff  time.Duration
+	pending  bool // the candidates of the last dump: only claims in flight hold them
+	mayWait  bool // for claims in flight; else errClaimsInFlight
 }
 
 // inFlight names a claim in flight that holds a port: its socket, or (cookie

@@ -49,9 +49,13 @@ func (s *search) next() (uint16, error) {
 // held by claims in flight (toward other peers, or toward this one and not
 // connected yet), the dial waits for them, with a growing pause between
 // dumps, under its context; a claim seen in flight for shareStale counts
-// as held for good.
+// as held for good. A dial that may not wait (mayWait false: a pool with
+// other sources to try) returns errClaimsInFlight instead of its first wait.
 func (s *search) dump() error {
 	if s.backoff > 0 {
+		if s.pending && !s.mayWait {
+			return errClaimsInFlight // the pool tries its other sources first
+		}
 		if err := s.wait(); err != nil {
 			return err
 		}
@@ -79,8 +83,9 @@ func (s *search) dump() error {
 	if len(s.queue) == 0 {
 		return s.full(states)
 	}
+	s.pending = states[s.queue[0]-s.rng.Lo] == portMaybe
 	switch {
-	case states[s.queue[0]-s.rng.Lo] == portMaybe:
+	case s.pending:
 		// Only claims in flight hold the candidates: wait before the
 		// next dump if these fail too.
 		s.grow()

@@ -1,0 +1,144 @@
+//go:build linux
+
+package safedial_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/safedial/safedial"
+	"golang.org/x/sys/unix"
+)
+
+// stuckClaim leaves on src:port what a shared claim stuck in flight leaves:
+// a marked socket, bound, never connected.
+func stuckClaim(t *testing.T, src [4]byte, port int) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR_RFC4884, 1); err != nil {
+		t.Skipf("the kernel refuses IP_RECVERR_RFC4884 (before 5.9): %v", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src, Port: port}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// poolInFlightDialer shares the one port 40000 of 127.0.0.1 and 127.0.0.5.
+func poolInFlightDialer() *safedial.Dialer {
+	return &safedial.Dialer{ShareUDPPorts: true, PortRange: safedial.PortRange{Lo: 40000, Hi: 40000},
+		Sources: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.5")}}
+}
+
+// dialSharedFrom dials dst n times with a 300 ms deadline each and requires every
+// connection to leave from want, closing it.
+func dialSharedFrom(t *testing.T, d *safedial.Dialer, dst string, n int, want netip.AddrPort) {
+	t.Helper()
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		c, err := d.DialContext(ctx, "udp", dst)
+		cancel()
+		if err != nil {
+			t.Fatalf("dial %d of %d toward %s: %v, want a connection from %v", i+1, n, dst, err, want)
+		}
+		if got := addrPortOf(c.LocalAddr()); got != want {
+			t.Errorf("dial %d of %d toward %s: from %v, want %v", i+1, n, dst, got, want)
+		}
+		c.Close()
+	}
+}
+
+// TestShareUDPPortsPoolInFlight (issue 24, item 1, in pools): a pool source
+// whose candidates only claims in flight hold is passed over, without a
+// wait, for a source that can take the dial now (every second dial waited
+// for the claim and failed with its 300 ms deadline while 127.0.0.5 was
+// free); such a source is neither counted nor remembered as full. When
+// claims in flight hold every source's candidates, the dial waits for them
+// under its context, and reports exhaustion only once they count as held.
+func TestShareUDPPortsPoolInFlight(t *testing.T) {
+	from5 := netip.MustParseAddrPort("127.0.0.5:40000")
+	t.Run("stuck", func(t *testing.T) {
+		inNamespace(t, 40000, 40031, func(t *testing.T) {
+			dst := udpEcho(t, "127.0.0.2:9000")[0]
+			stuckClaim(t, [4]byte{127, 0, 0, 1}, 40000)
+			d := poolInFlightDialer()
+			dialSharedFrom(t, d, dst, 20, from5)
+			st := d.Stats()
+			if a, b := st.Sources[0], st.Sources[1]; a.Succeeded != 0 || b.Succeeded != 20 || b.Exhausted != 0 {
+				t.Errorf("Stats: %+v and %+v, want 0 and 20 succeeded", a, b)
+			}
+		})
+	})
+	t.Run("paused", func(t *testing.T) {
+		inNamespace(t, 40000, 40031, func(t *testing.T) {
+			dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
+			d := poolInFlightDialer()
+			// The first claim waits once bound (pauseFirstClaim's would
+			// hold the others back too).
+			paused, resume := make(chan struct{}), make(chan struct{})
+			var once atomic.Bool
+			defer safedial.BeforeSharedConnect(func(int, uint16) {
+				if once.CompareAndSwap(false, true) {
+					close(paused)
+					<-resume
+				}
+			})()
+			first := dialAsync(d, dsts[0]) // its turn starts at 127.0.0.1
+			<-paused
+			dialSharedFrom(t, d, dsts[1], 10, from5)
+			st := d.Stats()
+			if a := st.Sources[0]; a.Exhausted != 0 || a.Skipped != 0 {
+				t.Errorf("Stats of 127.0.0.1 while a claim was in flight on it: %+v, want none exhausted or skipped", a)
+			}
+			close(resume)
+			a := <-first
+			if a.err != nil {
+				t.Fatalf("the paused dial: %v", a.err)
+			}
+			defer a.c.Close()
+			if got := addrPortOf(a.c.LocalAddr()); got != netip.MustParseAddrPort("127.0.0.1:40000") {
+				t.Errorf("the paused dial: from %v, want 127.0.0.1:40000", got)
+			}
+		})
+	})
+	t.Run("all held", func(t *testing.T) {
+		inNamespace(t, 40000, 40031, func(t *testing.T) {
+			dst := udpEcho(t, "127.0.0.2:9000")[0]
+			stuckClaim(t, [4]byte{127, 0, 0, 1}, 40000)
+			stuckClaim(t, [4]byte{127, 0, 0, 5}, 40000)
+			var waits atomic.Int32
+			defer safedial.ShareWaiting(func() { waits.Add(1) })()
+			d := poolInFlightDialer()
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			_, err := d.DialContext(ctx, "udp", dst)
+			cancel()
+			var ne net.Error
+			if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() || errors.Is(err, safedial.ErrEphemeralExhausted) {
+				t.Errorf("dial while fresh claims in flight hold both sources: %v, want its deadline's error (Timeout), not exhaustion", err)
+			}
+			if st := d.Stats(); st.Sources[0].Exhausted != 0 || st.Sources[1].Exhausted != 0 {
+				t.Errorf("Stats after claims in flight only: %+v, want none exhausted", st.Sources)
+			}
+			ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+			_, err = d.DialContext(ctx, "udp", dst)
+			cancel()
+			var ee *safedial.ExhaustedError
+			want := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.5")}
+			if !errors.As(err, &ee) || ee.Held == nil || ee.Held.Bound != 1 || !slices.Equal(slices.SortedFunc(slices.Values(ee.Tried), netip.Addr.Compare), want) {
+				t.Errorf("dial while the claims stay in flight past a second: %v, want exhaustion naming both sources, the port held (Bound 1)", err)
+			}
+			if waits.Load() == 0 {
+				t.Error("no dial waited for the claims in flight")
+			}
+		})
+	})
+}
