@@ -526,17 +526,29 @@ func (d *Dialer) headroomPool(ctx context.Context, network, address string) ([]n
 // pool (when pooled) of dst's family, on its link when dst is link-local.
 func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrPort, pool []netip.Addr, pooled bool) ([]netip.Addr, error) {
 	if pooled {
-		link, _ := zoneIndex(dst.Addr().Zone())
-		var srcs []netip.Addr
+		var (
+			cands []*source
+			order []int
+		)
 		for _, s := range pool {
 			s = s.Unmap()
 			if s.Is4() != dst.Addr().Is4() {
 				continue
 			}
-			if z, _ := zoneIndex(s.Zone()); link != 0 && z != 0 && z != link && dst.Addr().IsLinkLocalUnicast() {
-				continue // the dial leaves it out (onLink)
-			}
-			srcs = append(srcs, s)
+			z, _ := zoneIndex(s.Zone())
+			order = append(order, len(cands))
+			cands = append(cands, &source{addr: s, zone: z})
+		}
+		if len(cands) == 0 {
+			return nil, nil
+		}
+		order, err := onLink(order, cands, dst, dst.String()) // as the dial leaves them out
+		if err != nil {
+			return nil, err
+		}
+		srcs := make([]netip.Addr, len(order))
+		for k, i := range order {
+			srcs[k] = cands[i].addr
 		}
 		return srcs, nil
 	}

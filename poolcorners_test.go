@@ -718,3 +718,66 @@ func TestPoolLinkLocalOtherLink(t *testing.T) {
 		}
 	})
 }
+
+// TestPoolLinkLocalNoZone: a link-local destination without a zone (or with
+// one that names no interface) is dialed on the link of the socket's bound
+// device, which the kernel shows side by side: net.Dialer from fe80::1%b0
+// connects on b0, from a global source it gets EINVAL. A pool then uses its
+// link-local sources when they are on one link (every second dial from the
+// global source failed with EINVAL), and refuses when they are on several
+// (each dial went out on another link, half of them to no peer): the error
+// asks for the zone. Headroom reports the same sources, or the same error.
+func TestPoolLinkLocalNoZone(t *testing.T) {
+	inNamespace(t, 40000, 40015, func(t *testing.T) {
+		twoLinks(t)
+		ipCommand(t)("-6", "addr", "add", "2001:db8::1/128", "dev", "lo", "nodad")
+		waitLocal(t, "2001:db8::1")
+		global, onA, onB := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("fe80::1%a0"), netip.MustParseAddr("fe80::1%b0")
+		const dst = "[fe80::2]:53"
+		if c, err := (&net.Dialer{LocalAddr: &net.UDPAddr{IP: global.AsSlice()}}).Dial("udp", dst); !errors.Is(err, syscall.EINVAL) {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("net.Dialer from %v to %s: %v, want EINVAL", global, dst, err)
+		}
+		c, err := (&net.Dialer{LocalAddr: &net.UDPAddr{IP: onB.AsSlice(), Zone: "b0"}}).Dial("udp", dst)
+		if err != nil {
+			t.Fatalf("net.Dialer from %v to %s: %v", onB, dst, err)
+		}
+		c.Close()
+
+		d := &safedial.Dialer{Sources: []netip.Addr{global, onB}}
+		for i := range 10 {
+			c, err := d.Dial("udp", dst)
+			if err != nil {
+				t.Fatalf("pool {%v, %v}, dial %d to %s: %v", global, onB, i, dst, err)
+			}
+			if la := c.LocalAddr().(*net.UDPAddr); la.Zone != "b0" {
+				t.Errorf("dial %d: from %v, want %v", i, la, onB)
+			}
+			c.Close()
+		}
+		if st := d.Stats().Sources; st[0].Attempts != 0 || st[1].Attempts != 10 {
+			t.Errorf("Stats().Sources %+v, want 10 attempts from %v, none from %v", st, onB, global)
+		}
+		if hs, err := d.Headroom(context.Background(), "udp", dst); err != nil || len(hs) != 1 || hs[0].Source != onB {
+			t.Errorf("Headroom of {%v, %v} toward %s: %+v, %v; want one row, from %v", global, onB, dst, hs, err, onB)
+		}
+
+		two := &safedial.Dialer{Sources: []netip.Addr{onA, onB}}
+		for _, dst := range []string{"[fe80::2]:53", "[fe80::2%nosuch]:53"} {
+			for i := range 2 {
+				c, err := two.Dial("udp", dst)
+				if err == nil {
+					t.Errorf("pool {%v, %v}, dial %d to %s: from %v, want ErrInvalidConfig", onA, onB, i, dst, c.LocalAddr())
+					c.Close()
+				} else if !errors.Is(err, safedial.ErrInvalidConfig) || !strings.Contains(err.Error(), "name the link in the address") {
+					t.Errorf("pool {%v, %v}, dial %d to %s: %v, want ErrInvalidConfig asking for the zone", onA, onB, i, dst, err)
+				}
+			}
+			if _, err := two.Headroom(context.Background(), "udp", dst); !errors.Is(err, safedial.ErrInvalidConfig) {
+				t.Errorf("Headroom of {%v, %v} toward %s: %v, want ErrInvalidConfig", onA, onB, dst, err)
+			}
+		}
+	})
+}
