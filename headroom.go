@@ -436,7 +436,7 @@ func (d *Dialer) resolve(ctx context.Context, network, address string) ([]netip.
 		if strings.HasSuffix(network, "4") || strings.HasSuffix(network, "6") {
 			fam += network[len(network)-1:]
 		}
-		if ips, err = res.LookupNetIP(ctx, fam, host); err != nil {
+		if ips, err = lookupAddrs(ctx, res, fam, host); err != nil {
 			return nil, err
 		}
 	}

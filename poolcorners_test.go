@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -778,6 +779,69 @@ func TestPoolLinkLocalNoZone(t *testing.T) {
 			if _, err := two.Headroom(context.Background(), "udp", dst); !errors.Is(err, safedial.ErrInvalidConfig) {
 				t.Errorf("Headroom of {%v, %v} toward %s: %v, want ErrInvalidConfig", onA, onB, dst, err)
 			}
+		}
+	})
+}
+
+// TestPoolLinkLocalName: a name whose address has a zone (a hosts-file line
+// "fe80::2%a0 ll.test", the only place a zone comes from) keeps it: the
+// pool's own lookup used LookupNetIP, which drops zones, so the pool dialed
+// fe80::2 without a link (from each link in turn, or refused it) where
+// net.Dialer dials fe80::2%a0. The hosts file is mounted over /etc/hosts in
+// a mount namespace of a process re-executed for it.
+func TestPoolLinkLocalName(t *testing.T) {
+	inNamespace(t, 40000, 40015, func(t *testing.T) {
+		const mounted = "SAFEDIAL_TEST_HOSTS_MOUNTED"
+		if os.Getenv(mounted) == "" {
+			twoLinks(t)
+			unshare, err := exec.LookPath("unshare")
+			if err != nil {
+				if os.Getenv("CI") == "true" {
+					t.Fatalf("util-linux's unshare is needed to mount a hosts file (CI=true, so this fails instead of skipping): %v", err)
+				}
+				t.Skipf("util-linux's unshare is needed to mount a hosts file: %v", err)
+			}
+			hosts := filepath.Join(t.TempDir(), "hosts")
+			if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\nfe80::2%a0 ll.test\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(unshare, "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`,
+				hosts, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
+			cmd.Env = append(os.Environ(), mounted+"=1")
+			out, err := cmd.CombinedOutput()
+			t.Logf("re-executed with %s mounted over /etc/hosts:\n%s", hosts, out)
+			if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()+" ") {
+				t.Fatalf("failed with the hosts file mounted (exit: %v)", err)
+			}
+			return
+		}
+		const dst = "ll.test:53"
+		c, err := net.Dial("udp", dst)
+		if err != nil {
+			t.Fatalf("net.Dial to %s: %v", dst, err)
+		}
+		if ra := c.RemoteAddr().(*net.UDPAddr); ra.Zone != "a0" {
+			t.Fatalf("net.Dial to %s reached %v, want fe80::2%%a0 (is the hosts file mounted?)", dst, ra)
+		}
+		c.Close()
+		onA, onB := netip.MustParseAddr("fe80::1%a0"), netip.MustParseAddr("fe80::1%b0")
+		d := &safedial.Dialer{Sources: []netip.Addr{onA, onB}}
+		for i := range 10 {
+			c, err := d.Dial("udp", dst)
+			if err != nil {
+				t.Fatalf("dial %d to %s: %v", i, dst, err)
+			}
+			if la, ra := c.LocalAddr().(*net.UDPAddr), c.RemoteAddr().(*net.UDPAddr); la.Zone != "a0" || ra.Zone != "a0" {
+				t.Errorf("dial %d to %s: %v -> %v, want fe80::1%%a0 -> fe80::2%%a0", i, dst, la, ra)
+			}
+			c.Close()
+		}
+		if st := d.Stats().Sources; st[0].Attempts != 10 || st[1].Attempts != 0 {
+			t.Errorf("Stats().Sources %+v, want 10 attempts from %v, none from %v", st, onA, onB)
+		}
+		hs, err := d.Headroom(context.Background(), "udp", dst)
+		if want := netip.MustParseAddrPort("[fe80::2%a0]:53"); err != nil || len(hs) != 1 || hs[0].Source != onA || hs[0].Dest != want {
+			t.Errorf("Headroom toward %s: %+v, %v; want one row, %v -> %v", dst, hs, err, onA, want)
 		}
 	})
 }
