@@ -338,11 +338,12 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 	}
 	var (
 		hs       []Headroom
-		notLocal error // of a source of the pool left out
+		notLocal error                    // of a source of the pool left out
+		unbound  = !pooled && d.unbound() // dials that bind no source
 	)
 	for _, asked := range dsts {
 		dst := asked
-		if dst.Addr().IsUnspecified() && d.unbound() {
+		if dst.Addr().IsUnspecified() && unbound {
 			// The kernel connects an unbound socket to its loopback
 			// address, from the source the routing picks for it.
 			dst = netip.AddrPortFrom(kernelPeer(netip.Addr{}, dst.Addr()), dst.Port())
@@ -365,7 +366,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 				}
 				return nil, err
 			}
-			h, err := d.probe(ctx, network, src, dst, r)
+			h, err := d.probe(ctx, network, src, dst, r, unbound)
 			if err != nil {
 				return nil, err
 			}
@@ -382,16 +383,16 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 }
 
 // probe counts the headroom of d's dials from src to dst, in range r, as
-// d's dials take their ports.
-func (d *Dialer) probe(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange) (Headroom, error) {
+// d's dials take their ports (unbound: they bind no source).
+func (d *Dialer) probe(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort, r PortRange, unbound bool) (Headroom, error) {
 	switch {
 	case d.ShareUDPPorts && strings.HasPrefix(network, "udp"):
 		// What a shared dial sees: the ports it can still take toward
 		// dst, and what holds the others.
 		return sharedHeadroom(ctx, src, dst, d.PortRange)
-	case strings.HasPrefix(network, "udp") && d.unbound():
+	case strings.HasPrefix(network, "udp") && unbound:
 		return probeUnboundUDP(ctx, network, src, dst, r)
-	case d.DisableBindNoPort && !d.unbound():
+	case d.DisableBindNoPort && !unbound:
 		// TCP dials that bind src:0 first: bind() takes a port no socket
 		// on src holds, whatever its destination.
 		return probeBindFirst(ctx, src, dst, r)
@@ -435,7 +436,7 @@ func (d *Dialer) resolve(ctx context.Context, network, address string) ([]netip.
 		if strings.HasSuffix(network, "4") || strings.HasSuffix(network, "6") {
 			fam += network[len(network)-1:]
 		}
-		if ips, err = res.LookupNetIP(ctx, fam, host); err != nil {
+		if ips, err = lookupAddrs(ctx, res, fam, host); err != nil {
 			return nil, err
 		}
 	}
@@ -500,6 +501,10 @@ func probeBindFirst(ctx context.Context, src netip.Addr, dst netip.AddrPort, r P
 // (Sources, or the pool GetSources returns), and whether there is one.
 func (d *Dialer) headroomPool(ctx context.Context, network, address string) ([]netip.Addr, bool, error) {
 	switch {
+	case len(d.Sources) > 0 && d.GetSources != nil: // as the dial (dialChosen)
+		return nil, false, errConfig("Sources and GetSources are both set: use one of them")
+	case d.GetSources != nil && !noAddr(d.Base.LocalAddr):
+		return nil, false, errConfig("GetSources and Base.LocalAddr are both set: use one of them")
 	case len(d.Sources) > 0:
 		return d.Sources, true, nil
 	case d.GetSources == nil:
@@ -521,17 +526,29 @@ func (d *Dialer) headroomPool(ctx context.Context, network, address string) ([]n
 // pool (when pooled) of dst's family, on its link when dst is link-local.
 func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrPort, pool []netip.Addr, pooled bool) ([]netip.Addr, error) {
 	if pooled {
-		link, _ := zoneIndex(dst.Addr().Zone())
-		var srcs []netip.Addr
+		var (
+			cands []*source
+			order []int
+		)
 		for _, s := range pool {
 			s = s.Unmap()
 			if s.Is4() != dst.Addr().Is4() {
 				continue
 			}
-			if z, _ := zoneIndex(s.Zone()); link != 0 && z != 0 && z != link && dst.Addr().IsLinkLocalUnicast() {
-				continue // the dial leaves it out (onLink)
-			}
-			srcs = append(srcs, s)
+			z, _ := zoneIndex(s.Zone())
+			order = append(order, len(cands))
+			cands = append(cands, &source{addr: s, zone: z})
+		}
+		if len(cands) == 0 {
+			return nil, nil
+		}
+		order, err := onLink(order, cands, dst, dst.String()) // as the dial leaves them out
+		if err != nil {
+			return nil, err
+		}
+		srcs := make([]netip.Addr, len(order))
+		for k, i := range order {
+			srcs[k] = cands[i].addr
 		}
 		return srcs, nil
 	}

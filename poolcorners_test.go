@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -715,6 +716,132 @@ func TestPoolLinkLocalOtherLink(t *testing.T) {
 		_, err = d.Dial("udp", dst)
 		if !errors.Is(err, safedial.ErrInvalidConfig) || !strings.Contains(err.Error(), "add a source of link a0") {
 			t.Errorf("a pool of fe80::1%%b0 only, to %s: %v; want ErrInvalidConfig naming link a0", dst, err)
+		}
+	})
+}
+
+// TestPoolLinkLocalNoZone: a link-local destination without a zone (or with
+// one that names no interface) is dialed on the link of the socket's bound
+// device, which the kernel shows side by side: net.Dialer from fe80::1%b0
+// connects on b0, from a global source it gets EINVAL. A pool then uses its
+// link-local sources when they are on one link (every second dial from the
+// global source failed with EINVAL), and refuses when they are on several
+// (each dial went out on another link, half of them to no peer): the error
+// asks for the zone. Headroom reports the same sources, or the same error.
+func TestPoolLinkLocalNoZone(t *testing.T) {
+	inNamespace(t, 40000, 40015, func(t *testing.T) {
+		twoLinks(t)
+		ipCommand(t)("-6", "addr", "add", "2001:db8::1/128", "dev", "lo", "nodad")
+		waitLocal(t, "2001:db8::1")
+		global, onA, onB := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("fe80::1%a0"), netip.MustParseAddr("fe80::1%b0")
+		const dst = "[fe80::2]:53"
+		if c, err := (&net.Dialer{LocalAddr: &net.UDPAddr{IP: global.AsSlice()}}).Dial("udp", dst); !errors.Is(err, syscall.EINVAL) {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("net.Dialer from %v to %s: %v, want EINVAL", global, dst, err)
+		}
+		c, err := (&net.Dialer{LocalAddr: &net.UDPAddr{IP: onB.AsSlice(), Zone: "b0"}}).Dial("udp", dst)
+		if err != nil {
+			t.Fatalf("net.Dialer from %v to %s: %v", onB, dst, err)
+		}
+		c.Close()
+
+		d := &safedial.Dialer{Sources: []netip.Addr{global, onB}}
+		for i := range 10 {
+			c, err := d.Dial("udp", dst)
+			if err != nil {
+				t.Fatalf("pool {%v, %v}, dial %d to %s: %v", global, onB, i, dst, err)
+			}
+			if la := c.LocalAddr().(*net.UDPAddr); la.Zone != "b0" {
+				t.Errorf("dial %d: from %v, want %v", i, la, onB)
+			}
+			c.Close()
+		}
+		if st := d.Stats().Sources; st[0].Attempts != 0 || st[1].Attempts != 10 {
+			t.Errorf("Stats().Sources %+v, want 10 attempts from %v, none from %v", st, onB, global)
+		}
+		if hs, err := d.Headroom(context.Background(), "udp", dst); err != nil || len(hs) != 1 || hs[0].Source != onB {
+			t.Errorf("Headroom of {%v, %v} toward %s: %+v, %v; want one row, from %v", global, onB, dst, hs, err, onB)
+		}
+
+		two := &safedial.Dialer{Sources: []netip.Addr{onA, onB}}
+		for _, dst := range []string{"[fe80::2]:53", "[fe80::2%nosuch]:53"} {
+			for i := range 2 {
+				c, err := two.Dial("udp", dst)
+				if err == nil {
+					t.Errorf("pool {%v, %v}, dial %d to %s: from %v, want ErrInvalidConfig", onA, onB, i, dst, c.LocalAddr())
+					c.Close()
+				} else if !errors.Is(err, safedial.ErrInvalidConfig) || !strings.Contains(err.Error(), "name the link in the address") {
+					t.Errorf("pool {%v, %v}, dial %d to %s: %v, want ErrInvalidConfig asking for the zone", onA, onB, i, dst, err)
+				}
+			}
+			if _, err := two.Headroom(context.Background(), "udp", dst); !errors.Is(err, safedial.ErrInvalidConfig) {
+				t.Errorf("Headroom of {%v, %v} toward %s: %v, want ErrInvalidConfig", onA, onB, dst, err)
+			}
+		}
+	})
+}
+
+// TestPoolLinkLocalName: a name whose address has a zone (a hosts-file line
+// "fe80::2%a0 ll.test", the only place a zone comes from) keeps it: the
+// pool's own lookup used LookupNetIP, which drops zones, so the pool dialed
+// fe80::2 without a link (from each link in turn, or refused it) where
+// net.Dialer dials fe80::2%a0. The hosts file is mounted over /etc/hosts in
+// a mount namespace of a process re-executed for it.
+func TestPoolLinkLocalName(t *testing.T) {
+	inNamespace(t, 40000, 40015, func(t *testing.T) {
+		const mounted = "SAFEDIAL_TEST_HOSTS_MOUNTED"
+		if os.Getenv(mounted) == "" {
+			twoLinks(t)
+			unshare, err := exec.LookPath("unshare")
+			if err != nil {
+				if os.Getenv("CI") == "true" {
+					t.Fatalf("util-linux's unshare is needed to mount a hosts file (CI=true, so this fails instead of skipping): %v", err)
+				}
+				t.Skipf("util-linux's unshare is needed to mount a hosts file: %v", err)
+			}
+			hosts := filepath.Join(t.TempDir(), "hosts")
+			if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\nfe80::2%a0 ll.test\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(unshare, "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`,
+				hosts, os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
+			cmd.Env = append(os.Environ(), mounted+"=1")
+			out, err := cmd.CombinedOutput()
+			t.Logf("re-executed with %s mounted over /etc/hosts:\n%s", hosts, out)
+			if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()+" ") {
+				t.Fatalf("failed with the hosts file mounted (exit: %v)", err)
+			}
+			return
+		}
+		const dst = "ll.test:53"
+		c, err := net.Dial("udp", dst)
+		if err != nil {
+			t.Fatalf("net.Dial to %s: %v", dst, err)
+		}
+		if ra := c.RemoteAddr().(*net.UDPAddr); ra.Zone != "a0" {
+			t.Fatalf("net.Dial to %s reached %v, want fe80::2%%a0 (is the hosts file mounted?)", dst, ra)
+		}
+		c.Close()
+		onA, onB := netip.MustParseAddr("fe80::1%a0"), netip.MustParseAddr("fe80::1%b0")
+		d := &safedial.Dialer{Sources: []netip.Addr{onA, onB}}
+		for i := range 10 {
+			c, err := d.Dial("udp", dst)
+			if err != nil {
+				t.Fatalf("dial %d to %s: %v", i, dst, err)
+			}
+			if la, ra := c.LocalAddr().(*net.UDPAddr), c.RemoteAddr().(*net.UDPAddr); la.Zone != "a0" || ra.Zone != "a0" {
+				t.Errorf("dial %d to %s: %v -> %v, want fe80::1%%a0 -> fe80::2%%a0", i, dst, la, ra)
+			}
+			c.Close()
+		}
+		if st := d.Stats().Sources; st[0].Attempts != 10 || st[1].Attempts != 0 {
+			t.Errorf("Stats().Sources %+v, want 10 attempts from %v, none from %v", st, onA, onB)
+		}
+		hs, err := d.Headroom(context.Background(), "udp", dst)
+		if want := netip.MustParseAddrPort("[fe80::2%a0]:53"); err != nil || len(hs) != 1 || hs[0].Source != onA || hs[0].Dest != want {
+			t.Errorf("Headroom toward %s: %+v, %v; want one row, %v -> %v", dst, hs, err, onA, want)
 		}
 	})
 }

@@ -110,7 +110,7 @@ func (p *pool) dialName(ctx context.Context, nd *net.Dialer, network, netw, addr
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	addrs, err := r.LookupNetIP(ctx, "ip", host)
+	addrs, err := lookupAddrs(ctx, r, "ip", host)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -148,6 +148,35 @@ func (p *pool) dialName(ctx context.Context, nd *net.Dialer, network, netw, addr
 		}
 	}
 	return nil, first
+}
+
+// lookupAddrs is r.LookupNetIP(ctx, fam, host) keeping each IPv6 address's
+// zone, as net.Dialer does: LookupNetIP drops it, so a hosts-file entry
+// "fe80::2%eth0 name" came back as fe80::2, which has no link. IPv4 lookups
+// go through LookupNetIP, which asks for A records only.
+func lookupAddrs(ctx context.Context, r *net.Resolver, fam, host string) ([]netip.Addr, error) {
+	if fam == "ip4" {
+		return r.LookupNetIP(ctx, fam, host)
+	}
+	ias, err := r.LookupIPAddr(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	var addrs []netip.Addr
+	for _, ia := range ias {
+		a, ok := netip.AddrFromSlice(ia.IP)
+		if a = a.Unmap(); !ok || fam == "ip6" && !a.Is6() {
+			continue
+		}
+		if a.Is6() && ia.Zone != "" {
+			a = a.WithZone(ia.Zone)
+		}
+		addrs = append(addrs, a)
+	}
+	if len(addrs) == 0 {
+		return nil, &net.DNSError{Err: "no suitable address found", Name: host, IsNotFound: true}
+	}
+	return addrs, nil
 }
 
 // dialDeadline is the earliest of ctx's deadline, nd.Deadline and now plus

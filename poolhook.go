@@ -2,6 +2,7 @@ package safedial
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -176,30 +177,53 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 // onLink leaves out of order the link-local sources of other links than
 // a link-local destination's (fe80::1%b0 toward fe80::2%a0: the kernel
 // refuses the connect with EINVAL, as it refuses net.Dialer{LocalAddr:
-// fe80::1%b0}'s). With none left, the error says so.
+// fe80::1%b0}'s). With none left, the error says so. A link-local
+// destination without a zone, or whose zone names no interface, is dialed
+// on the link of the socket's bound device: the kernel refuses it from a
+// source that is not link-local (EINVAL) and dials it on each source's own
+// link, so it is kept only when the pool's link-local sources are on one
+// link; on several (or none), the error asks for the zone.
 func onLink(order []int, srcs []*source, dst netip.AddrPort, address string) ([]int, error) {
 	a := dst.Addr()
-	if !a.Is6() || !a.IsLinkLocalUnicast() || a.Zone() == "" {
+	if !a.Is6() || !a.IsLinkLocalUnicast() {
 		return order, nil
 	}
 	link, err := zoneIndex(a.Zone())
-	if err != nil {
-		return order, nil // the kernel's connect will say what is wrong
+	global := true // sources that are not link-local serve: the zone names the link
+	if link == 0 || err != nil {
+		link, global = 0, false
+		links := 0 // changes of link in order: 1 when every link-local source is on one
+		for _, i := range order {
+			if z := srcs[i].zone; z != 0 && z != link {
+				link, links = z, links+1
+			}
+		}
+		if links != 1 {
+			why := "has no zone"
+			if a.Zone() != "" {
+				why = fmt.Sprintf("has zone %q, which names no interface", a.Zone())
+			}
+			return nil, errConfig("%s is a link-local address that %s, and its IPv6 sources (%s) are not link-local addresses of one link: name the link in the address, as in [%s%%eth0]:%d", address, why, joinAddrs(poolAddrs(srcs)), a.WithZone(""), dst.Port())
+		}
 	}
 	kept := order[:0]
 	for _, i := range order {
-		if z := srcs[i].zone; z == 0 || z == link {
+		if z := srcs[i].zone; z == link || (z == 0 && global) {
 			kept = append(kept, i)
 		}
 	}
 	if len(kept) == 0 {
-		addrs := make([]netip.Addr, len(srcs))
-		for i, s := range srcs {
-			addrs[i] = s.addr
-		}
-		return nil, errConfig("no source on the link of %s: its IPv6 sources (%s) are link-local addresses of other links; add a source of link %s", address, joinAddrs(addrs), a.Zone())
+		return nil, errConfig("no source on the link of %s: its IPv6 sources (%s) are link-local addresses of other links; add a source of link %s", address, joinAddrs(poolAddrs(srcs)), a.Zone())
 	}
 	return kept, nil
+}
+
+func poolAddrs(srcs []*source) []netip.Addr {
+	addrs := make([]netip.Addr, len(srcs))
+	for i, s := range srcs {
+		addrs[i] = s.addr
+	}
+	return addrs
 }
 
 // sources returns the sources of the attempt's family toward dst, the

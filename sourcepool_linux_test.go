@@ -266,3 +266,93 @@ func TestGetSourcesHeadroom(t *testing.T) {
 		}
 	})
 }
+
+// TestGetSourcesHeadroomBound: a pool GetSources returns binds its sources
+// as Sources' does, and Dialer.Headroom counts its ports so (it took such a
+// Dialer for an unbound one). The kernel's answers, range of 10 ports:
+// UDP dials from 127.0.0.10 get all 10 though 4 UDP sockets hold ports on
+// 127.0.0.20 (Headroom said 6 free); with DisableBindNoPort, TCP dials from
+// 127.0.0.10 get 7 when 3 connections from it go elsewhere (Headroom said
+// 10); toward 0.0.0.0 the dial reaches the source itself, 127.0.0.10
+// (Headroom said 127.0.0.1).
+func TestGetSourcesHeadroomBound(t *testing.T) {
+	inNamespace(t, 40000, 40009, func(t *testing.T) {
+		ctx := context.Background()
+		pool, err := safedial.NewSourcePool(addrs("127.0.0.10"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		get := func(context.Context, string, string) (*safedial.SourcePool, error) { return pool, nil }
+		fill := func(d *safedial.Dialer, network, dst string) int {
+			n := 0
+			for ; n < 20; n++ {
+				c, err := d.Dial(network, dst)
+				if err != nil {
+					if !errors.Is(err, safedial.ErrEphemeralExhausted) {
+						t.Fatalf("dial %d to %s: %v", n, dst, err)
+					}
+					return n
+				}
+				t.Cleanup(func() { c.Close() })
+			}
+			return n
+		}
+
+		// UDP: ports held on another address do not count.
+		for range 4 {
+			c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 20)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+		d := &safedial.Dialer{GetSources: get}
+		hs, err := d.Headroom(ctx, "udp", "127.0.0.2:53")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fill(d, "udp", "127.0.0.2:53"); len(hs) != 1 || hs[0].Free != got {
+			t.Errorf("UDP: Headroom %+v; the kernel took %d", hs, got)
+		}
+
+		// TCP with DisableBindNoPort: bind() avoids every port on the source.
+		dsts := servers(t, "tcp", []string{"127.0.0.2", "127.0.0.3"}, []int{8080})
+		for range 3 {
+			c, err := (&safedial.Dialer{Sources: addrs("127.0.0.10")}).Dial("tcp", dsts[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+		d = &safedial.Dialer{GetSources: get, DisableBindNoPort: true}
+		hs, err = d.Headroom(ctx, "tcp", dsts[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fill(d, "tcp", dsts[0]); len(hs) != 1 || hs[0].Free != got {
+			t.Errorf("TCP with DisableBindNoPort: Headroom %+v; the kernel took %d", hs, got)
+		}
+
+		// The unspecified address: the dial reaches the source itself.
+		fixed, err := (&safedial.Dialer{Sources: addrs("127.0.0.10")}).Headroom(ctx, "tcp", "0.0.0.0:8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		chosen, err := (&safedial.Dialer{GetSources: get}).Headroom(ctx, "tcp", "0.0.0.0:8080")
+		if err != nil || !slices.Equal(fixed, chosen) {
+			t.Errorf("toward 0.0.0.0:8080 with GetSources: %+v, %v; with Sources, the same pool: %+v", chosen, err, fixed)
+		}
+
+		// A configuration the dial refuses, Headroom refuses too.
+		for _, d := range []*safedial.Dialer{
+			{GetSources: get, Sources: addrs("127.0.0.10")},
+			{GetSources: get, Base: net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 10)}}},
+		} {
+			_, dialErr := d.Dial("tcp", dsts[0])
+			_, err := d.Headroom(ctx, "tcp", dsts[0])
+			if !errors.Is(dialErr, safedial.ErrInvalidConfig) || !errors.Is(err, safedial.ErrInvalidConfig) {
+				t.Errorf("Sources %v, LocalAddr %v with GetSources: dial %v, Headroom %v; want ErrInvalidConfig from both", d.Sources, d.Base.LocalAddr, dialErr, err)
+			}
+		}
+	})
+}

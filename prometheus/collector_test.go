@@ -707,3 +707,36 @@ func jitteredScrapes(c prometheus.Collector, now *time.Time) int {
 	}
 	return scrapes
 }
+
+// TestHeadroomDescsShared: the series a DialerCollector shares with the
+// HeadroomCollector (so that one alert covers both) are described alike,
+// help texts included: prometheus.Gatherers merging a registry of each
+// refuses a family whose help differs (safedial_headroom_probe_age_seconds'
+// did).
+func TestHeadroomDescsShared(t *testing.T) {
+	describe := func(c prometheus.Collector) map[string]string {
+		ch := make(chan *prometheus.Desc, 64)
+		go func() { c.Describe(ch); close(ch) }()
+		m := map[string]string{}
+		for d := range ch {
+			s := d.String()
+			name := s[strings.Index(s, `fqName: "`)+len(`fqName: "`):]
+			m[name[:strings.Index(name, `"`)]] = s
+		}
+		return m
+	}
+	host := describe(safedialprom.NewHeadroomCollector(safedialprom.HeadroomOpts{}))
+	dialer := describe(safedialprom.NewDialerCollector(&safedial.Dialer{}, safedialprom.DialerOpts{Headroom: []safedialprom.Target{{Network: "tcp", Address: "127.0.0.1:80"}}}))
+	shared := 0
+	for name, d := range dialer {
+		if h, ok := host[name]; ok {
+			shared++
+			if d != h {
+				t.Errorf("%s:\nDialerCollector   %s\nHeadroomCollector %s", name, d, h)
+			}
+		}
+	}
+	if shared != 4 {
+		t.Errorf("%d descriptors shared, want 4 (ports, used ratio, probe errors, probe age)", shared)
+	}
+}

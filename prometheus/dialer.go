@@ -74,7 +74,6 @@ type DialerCollector struct {
 	dials, succeeded, failed, exhausted, failovers, refused       *prometheus.Desc
 	srcDials, srcSucceeded, srcExhausted, srcSkipped, srcNotLocal *prometheus.Desc
 	head                                                          headroomDescs
-	age                                                           *prometheus.Desc
 
 	mu     sync.Mutex // guards what follows
 	at     time.Time  // of the last headroom probe
@@ -122,9 +121,7 @@ func NewDialerCollector(d *safedial.Dialer, opts DialerOpts) *DialerCollector {
 		head: newHeadroomDescs(l),
 
 		headroom: d.Headroom,
-		age: desc("safedial_headroom_probe_age_seconds",
-			"Age of the oldest headroom answer exported for the protocol: 0 after good probes, growing while a target's probes fail and its last good answer is kept (for MaxStale; then its pairs are dropped).", "protocol"),
-		good: make(map[Target]goodAnswer),
+		good:     make(map[Target]goodAnswer),
 
 		dials:     desc("safedial_dials_total", "Calls to the Dialer's Dial, DialContext and DialTCP that have returned (Stats.Dials)."),
 		succeeded: desc("safedial_dials_succeeded_total", "Dials that returned a connection (Stats.Succeeded)."),
@@ -153,7 +150,7 @@ func (c *DialerCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- c.head.ports
 		ch <- c.head.used
 		ch <- c.head.errors
-		ch <- c.age
+		ch <- c.head.age
 	}
 }
 
@@ -213,7 +210,7 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	for i, network := range networks {
 		counter(c.head.errors, c.errors[i], network)
 		if !c.oldest[i].IsZero() {
-			ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, max(asked.Sub(c.oldest[i]), 0).Seconds(), network)
+			ch <- prometheus.MustNewConstMetric(c.head.age, prometheus.GaugeValue, max(asked.Sub(c.oldest[i]), 0).Seconds(), network)
 		}
 	}
 	for i := range c.pairs {

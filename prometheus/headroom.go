@@ -157,9 +157,6 @@ var (
 	exportedDesc = prometheus.NewDesc("safedial_headroom_pairs_exported",
 		"Pairs exported in safedial_headroom_ports: the top N by used ratio plus the named ones; safedial_headroom_pairs minus this many were cut.",
 		[]string{"protocol"}, nil)
-	ageDesc = prometheus.NewDesc("safedial_headroom_probe_age_seconds",
-		"Age of the oldest answer exported for the protocol: 0 after a good probe, growing while probes (of every pair, or of a named pair) fail and the last good answer is kept (for MaxStale; then the pairs are dropped).",
-		[]string{"protocol"}, nil)
 	durationDesc = prometheus.NewDesc("safedial_headroom_probe_duration_seconds",
 		"Duration of the last headroom probe (a sock_diag dump per address family, filtered by the kernel to the ephemeral range).",
 		[]string{"protocol"}, nil)
@@ -205,7 +202,7 @@ func NewHeadroomCollector(opts HeadroomOpts) *HeadroomCollector {
 
 // Describe sends the descriptors of every metric c collects.
 func (c *HeadroomCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range [...]*prometheus.Desc{hostDescs.ports, hostDescs.used, rangeDesc, twReuseDesc, pairsDesc, exportedDesc, durationDesc, ageDesc, hostDescs.errors} {
+	for _, d := range [...]*prometheus.Desc{hostDescs.ports, hostDescs.used, rangeDesc, twReuseDesc, pairsDesc, exportedDesc, durationDesc, hostDescs.age, hostDescs.errors} {
 		ch <- d
 	}
 }
@@ -239,7 +236,7 @@ func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
 		if r.failed {
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, max(asked.Sub(r.oldest), 0).Seconds(), network)
+		ch <- prometheus.MustNewConstMetric(hostDescs.age, prometheus.GaugeValue, max(asked.Sub(r.oldest), 0).Seconds(), network)
 		ch <- prometheus.MustNewConstMetric(pairsDesc, prometheus.GaugeValue, float64(r.seen), network)
 		ch <- prometheus.MustNewConstMetric(exportedDesc, prometheus.GaugeValue, float64(len(r.pairs)), network)
 		for j := range r.pairs {

@@ -10,7 +10,7 @@ import (
 // headroomDescs are the per-pair metrics, shared by both collectors (with
 // the Dialer collector's constant labels), so that one alert covers both.
 type headroomDescs struct {
-	ports, used, errors *prometheus.Desc
+	ports, used, errors, age *prometheus.Desc
 }
 
 func newHeadroomDescs(constLabels prometheus.Labels) headroomDescs {
@@ -31,6 +31,9 @@ func newHeadroomDescs(constLabels prometheus.Labels) headroomDescs {
 			[]string{"protocol", "source", "destination"}, constLabels),
 		errors: prometheus.NewDesc("safedial_headroom_probe_errors_total",
 			"Headroom probes that failed, and destination names that did not resolve (the exporter keeps a protocol's last good answer for a while, see safedial_headroom_probe_age_seconds, then leaves its pairs out).",
+			[]string{"protocol"}, constLabels),
+		age: prometheus.NewDesc("safedial_headroom_probe_age_seconds",
+			"Age of the oldest headroom answer exported for the protocol: 0 after good probes, growing while probes fail (of every pair, of a named pair or of a Dialer's target) and the last good answer is kept (for MaxStale; then the pairs are dropped).",
 			[]string{"protocol"}, constLabels),
 	}
 }
