@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -690,6 +691,70 @@ safedial_headroom_probe_errors_total{protocol="udp"} 0
 	}
 	safedialprom.SetDialerClock(c, func() time.Time { return now })
 	runStaleSteps(t, c, &now, func(err error) { failing = err }, steps)
+}
+
+// TestCollectorsUserCodeUnlocked: the user code a probe calls (ResolveDests
+// and OnError; the DialerCollector's Dialer.Headroom, which runs the
+// Dialer's GetSources and Control hook) runs with the collector's lock
+// released; a scrape that arrives meanwhile waits for that probe and gets
+// its answer (one probe for both), and a probe that panics lets the scrapes
+// waiting for it go.
+func TestCollectorsUserCodeUnlocked(t *testing.T) {
+	f := &fake{tcp: []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 1, 0, 0, 0)}}
+	var hc *safedialprom.HeadroomCollector
+	var locked []bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hc = collector(f, safedialprom.HeadroomOpts{MinInterval: time.Hour,
+		ResolveDests: func(context.Context) ([]netip.AddrPort, error) {
+			locked = append(locked, safedialprom.Locked(hc))
+			once.Do(func() { close(entered); <-release })
+			return nil, errors.New("no such host")
+		},
+		OnError: func(string, error) { locked = append(locked, safedialprom.Locked(hc)) },
+	})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(hc)
+	var wg sync.WaitGroup
+	wg.Go(func() { reg.Gather() })
+	<-entered
+	wg.Go(func() { reg.Gather() }) // waits for the first scrape's probe
+	close(release)
+	wg.Wait()
+	if n := f.calls.Load(); n != 2 {
+		t.Errorf("two scrapes, the second during the first's probe: %d probe calls, want 2 (one probe of tcp and udp)", n)
+	}
+	if !slices.Equal(locked, []bool{false, false}) {
+		t.Errorf("HeadroomCollector's lock held during ResolveDests, OnError: %v, want neither", locked)
+	}
+
+	locked = nil
+	var dc *safedialprom.DialerCollector
+	dc = safedialprom.NewDialerCollector(&safedial.Dialer{}, safedialprom.DialerOpts{MinInterval: -1,
+		Headroom: []safedialprom.Target{{Network: "tcp", Address: "127.0.0.2:80"}},
+		OnError:  func(safedialprom.Target, error) { locked = append(locked, safedialprom.Locked(dc)) },
+	})
+	panics := true
+	safedialprom.SetDialerHeadroom(dc, func(context.Context, string, string) ([]safedial.Headroom, error) {
+		locked = append(locked, safedialprom.Locked(dc))
+		if panics {
+			panics = false
+			panic("a hook panicked")
+		}
+		return nil, errors.New("boom")
+	})
+	func() {
+		defer func() {
+			if r := recover(); r != "a hook panicked" {
+				t.Errorf("recovered %v, want the hook's panic", r)
+			}
+		}()
+		dc.Collect(make(chan prometheus.Metric, 100))
+	}()
+	testutil.CollectAndCount(dc) // would wait for good if the panic had left the probe under way
+	if !slices.Equal(locked, []bool{false, false, false}) {
+		t.Errorf("DialerCollector's lock held during Headroom, Headroom, OnError: %v, want none", locked)
+	}
 }
 
 // jitteredScrapes scrapes c 257 times, moving *now (the clock c reads) on

@@ -75,13 +75,15 @@ type DialerCollector struct {
 	srcDials, srcSucceeded, srcExhausted, srcSkipped, srcNotLocal *prometheus.Desc
 	head                                                          headroomDescs
 
-	mu     sync.Mutex // guards what follows
-	at     time.Time  // of the last headroom probe
+	mu     sync.Mutex // guards what follows; released while probing
+	gate   probeGate
+	at     time.Time // of the last headroom probe
 	pairs  []pairOf
 	errors [2]uint64    // probe errors, tcp and udp
 	oldest [2]time.Time // when the oldest answer exported was found, tcp and udp
 	// good holds each target's last good answer and when it was found,
-	// kept for MaxStale when its probe fails.
+	// kept for MaxStale when its probe fails: the probe's own, used by one
+	// probe at a time (the gate's).
 	good map[Target]goodAnswer
 }
 
@@ -203,9 +205,15 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// The same quarter of slack for scrape jitter.
-	if c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4 {
+	if !c.gate.wait(&c.mu) && (c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4) {
 		c.at = c.now()
-		c.probeLocked()
+		at := c.at
+		var p dialerProbed
+		c.gate.run(&c.mu, func() { c.probe1(at, &p) }, func() {
+			c.pairs, c.oldest = p.pairs, p.oldest
+			c.errors[0] += p.errors[0]
+			c.errors[1] += p.errors[1]
+		})
 	}
 	for i, network := range networks {
 		counter(c.head.errors, c.errors[i], network)
@@ -218,14 +226,20 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// probeLocked probes every target into c.pairs, once per series. A target
-// whose probe fails keeps its last good answer for MaxStale.
-func (c *DialerCollector) probeLocked() {
+// dialerProbed is what a probe of a DialerCollector found.
+type dialerProbed struct {
+	pairs  []pairOf
+	oldest [2]time.Time
+	errors [2]uint64 // failures to add
+}
+
+// probe1 probes every target, at now, into p, once per series. A target
+// whose probe fails keeps its last good answer for MaxStale. It runs
+// without c.mu (it calls user code: the Dialer's GetSources and hooks,
+// OnError), one probe at a time.
+func (c *DialerCollector) probe1(now time.Time, p *dialerProbed) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
 	defer cancel()
-	now := c.at
-	c.pairs = c.pairs[:0]
-	c.oldest = [2]time.Time{}
 	type key struct {
 		proto, src, dst string
 	}
@@ -242,7 +256,7 @@ func (c *DialerCollector) probeLocked() {
 			if c.opts.OnError != nil {
 				c.opts.OnError(t, err)
 			}
-			c.errors[i]++
+			p.errors[i]++
 			g, ok := c.good[t]
 			if !ok || c.opts.MaxStale <= 0 || now.Sub(g.at) > c.opts.MaxStale {
 				delete(c.good, t)
@@ -252,8 +266,8 @@ func (c *DialerCollector) probeLocked() {
 		} else {
 			c.good[t] = goodAnswer{hs, now}
 		}
-		if c.oldest[i].IsZero() || at.Before(c.oldest[i]) {
-			c.oldest[i] = at
+		if p.oldest[i].IsZero() || at.Before(p.oldest[i]) {
+			p.oldest[i] = at
 		}
 		for _, h := range hs {
 			k := key{proto, h.Source.String(), destination(&h)}
@@ -261,7 +275,7 @@ func (c *DialerCollector) probeLocked() {
 				continue // tcp and tcp4 toward one address
 			}
 			seen[k] = true
-			c.pairs = append(c.pairs, pairOf{proto, h})
+			p.pairs = append(p.pairs, pairOf{proto, h})
 		}
 	}
 }

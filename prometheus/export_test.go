@@ -3,8 +3,10 @@ package safedialprom
 import (
 	"context"
 	"net/netip"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/safedial/safedial"
 )
 
@@ -30,3 +32,19 @@ func SetDialerHeadroom(c *DialerCollector, fn func(ctx context.Context, network,
 
 // SetDialerClock replaces the clock c reads to decide whether to probe.
 func SetDialerClock(c *DialerCollector, now func() time.Time) { c.now = now }
+
+// Locked reports whether c's lock is held (by anyone) now.
+func Locked(c prometheus.Collector) bool {
+	var mu *sync.Mutex
+	switch c := c.(type) {
+	case *HeadroomCollector:
+		mu = &c.mu
+	case *DialerCollector:
+		mu = &c.mu
+	}
+	if mu.TryLock() {
+		mu.Unlock()
+		return false
+	}
+	return true
+}

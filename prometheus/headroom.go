@@ -103,18 +103,28 @@ type HeadroomCollector struct {
 	probe    func(ctx context.Context, network string, src netip.Addr, dst netip.AddrPort) (safedial.Headroom, error)
 	now      func() time.Time
 
-	mu   sync.Mutex // held for a probe and while reading its result
-	at   time.Time  // of the last probe; zero before the first
-	last [2]protoResult
+	mu     sync.Mutex // guards what follows; released while probing
+	gate   probeGate
+	at     time.Time // of the last probe; zero before the first
+	last   [2]protoResult
+	errors [2]uint64
+	rng    int // size of ip_local_port_range; -1 when unknown
+	twRe   int // net.ipv4.tcp_tw_reuse; -1 when unknown
+
+	// The probe's own state, used by one probe at a time (the gate's).
 	// named holds each named TCP pair's last good answer, kept for
-	// MaxStale when its own probe fails.
-	named map[pairKey]keptPair
-	// resolved is ResolveDests' last answer without error, at resolvedAt.
+	// MaxStale when its own probe fails; resolved is ResolveDests' last
+	// answer without error, at resolvedAt.
+	named      map[pairKey]keptPair
 	resolved   []netip.AddrPort
 	resolvedAt time.Time
-	errors     [2]uint64
-	rng        int // size of ip_local_port_range; -1 when unknown
-	twRe       int // net.ipv4.tcp_tw_reuse; -1 when unknown
+}
+
+// probed is what a probe found, applied to the collector under its lock.
+type probed struct {
+	last      [2]protoResult
+	errors    [2]uint64 // failures to add
+	rng, twRe int
 }
 
 // protoResult is what the last probe of one protocol found.
@@ -218,10 +228,16 @@ func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
 	defer c.mu.Unlock()
 	// A quarter of MinInterval is slack for scrape jitter: scraped every
 	// MinInterval, a scrape 0.9 MinInterval after the last probe gets a
-	// fresh answer, not the previous one.
-	if c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4 {
+	// fresh answer, not the previous one. A scrape that waited for a
+	// probe under way takes its answer.
+	if !c.gate.wait(&c.mu) && (c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4) {
 		c.at = c.now()
-		c.probeLocked()
+		p := probed{last: c.last}
+		c.gate.run(&c.mu, func() { c.probe1(&p) }, func() {
+			c.last, c.rng, c.twRe = p.last, p.rng, p.twRe
+			c.errors[0] += p.errors[0]
+			c.errors[1] += p.errors[1]
+		})
 	}
 	if c.rng >= 0 {
 		ch <- prometheus.MustNewConstMetric(rangeDesc, prometheus.GaugeValue, float64(c.rng))
@@ -245,13 +261,15 @@ func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// probeLocked probes both protocols and the sysctls into c.
-func (c *HeadroomCollector) probeLocked() {
-	c.rng, c.twRe = readRange(), readInt("net/ipv4/tcp_tw_reuse")
+// probe1 probes both protocols and the sysctls into p, which holds the
+// last answer on entry. It runs without c.mu (it calls user code), one
+// probe at a time.
+func (c *HeadroomCollector) probe1(p *probed) {
+	p.rng, p.twRe = readRange(), readInt("net/ipv4/tcp_tw_reuse")
 	for i, network := range networks {
 		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
 		fail := func(err error) {
-			c.errors[i]++
+			p.errors[i]++
 			if c.opts.OnError != nil {
 				c.opts.OnError(network, err)
 			}
@@ -260,24 +278,20 @@ func (c *HeadroomCollector) probeLocked() {
 		if network == "tcp" && c.opts.ResolveDests != nil {
 			c.resolve(ctx, start, fail)
 		}
-		prev := &c.last[i]
-		var buf []safedial.Headroom
-		if prev.failed {
-			buf = prev.pairs[:0] // nothing kept: reuse the memory
-		}
-		pairs, seen, oldest, err := c.pick(ctx, network, buf, start, fail)
+		prev := &p.last[i]
+		pairs, seen, oldest, err := c.pick(ctx, network, nil, start, fail)
 		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start), at: start, oldest: oldest}
 		cancel()
 		if err != nil {
 			fail(err)
 			// Keep the last good answer for MaxStale, with its age.
 			if !prev.failed && !prev.at.IsZero() && c.opts.MaxStale > 0 && start.Sub(prev.at) <= c.opts.MaxStale {
-				prev.duration = r.duration
+				prev.duration = r.duration // prev is p's copy
 				continue
 			}
-			r = protoResult{pairs: prev.pairs[:0], duration: r.duration, failed: true}
+			r = protoResult{duration: r.duration, failed: true}
 		}
-		c.last[i] = r
+		p.last[i] = r
 	}
 }
 

@@ -2,6 +2,7 @@ package safedialprom
 
 import (
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/safedial/safedial"
@@ -78,4 +79,46 @@ func (d *headroomDescs) sendPair(ch chan<- prometheus.Metric, proto string, h *s
 		ch <- prometheus.MustNewConstMetric(d.ports, prometheus.GaugeValue, float64(v), proto, src, dst, states[i])
 	}
 	ch <- prometheus.MustNewConstMetric(d.used, prometheus.GaugeValue, usedRatio(h), proto, src, dst)
+}
+
+// probeGate lets one scrape at a time probe with the collector's lock
+// released, since a probe runs user code (OnError, ResolveDests, the
+// Dialer's GetSources and Control hook), while scrapes that arrive meanwhile
+// wait for its answer instead of probing again.
+type probeGate struct {
+	running chan struct{} // closed when the probe under way ends; nil when none
+}
+
+// wait waits for the probe under way, if any, and reports whether there
+// was one. mu, the collector's lock, is held on entry and on return.
+func (g *probeGate) wait(mu *sync.Mutex) bool {
+	waited := false
+	for g.running != nil {
+		done := g.running
+		mu.Unlock()
+		<-done // bounded by the probe's Timeout
+		mu.Lock()
+		waited = true
+	}
+	return waited
+}
+
+// run calls probe with mu released, then apply with mu held. mu is held on
+// entry and on return, also when probe panics (apply is then skipped), so
+// that the scrapes waiting are let go.
+func (g *probeGate) run(mu *sync.Mutex, probe, apply func()) {
+	done := make(chan struct{})
+	g.running = done
+	ok := false
+	defer func() {
+		mu.Lock()
+		if ok {
+			apply()
+		}
+		g.running = nil
+		close(done)
+	}()
+	mu.Unlock()
+	probe()
+	ok = true
 }
