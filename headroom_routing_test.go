@@ -174,6 +174,17 @@ type routedNet struct {
 	dst                  netip.AddrPort
 }
 
+// inRoutedNet runs fn in a namespace (range 40000-40099) holding the
+// routed network of buildRoutedNet, of the family fam (ipv4 or ipv6).
+func inRoutedNet(t *testing.T, fam string, fn func(t *testing.T, n routedNet)) {
+	netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
+		if fam == "ipv6" {
+			needIPv6(t)
+		}
+		fn(t, buildRoutedNet(t, fam == "ipv6"))
+	})
+}
+
 func buildRoutedNet(t *testing.T, v6 bool) routedNet {
 	t.Helper()
 	n := routedNet{
@@ -220,11 +231,7 @@ func TestHeadroomRoutingContext(t *testing.T) {
 	for _, fam := range []string{"ipv4", "ipv6"} {
 		for _, how := range []string{"mark", "device"} {
 			t.Run(fam+"/"+how, func(t *testing.T) {
-				netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
-					if fam == "ipv6" {
-						needIPv6(t)
-					}
-					n := buildRoutedNet(t, fam == "ipv6")
+				inRoutedNet(t, fam, func(t *testing.T, n routedNet) {
 					raw, real := rawDialer{mark: 7}, n.marked
 					if how == "device" {
 						raw, real = rawDialer{dev: "w0"}, n.onDev
@@ -291,11 +298,7 @@ func TestHeadroomRoutingContext(t *testing.T) {
 func TestHeadroomRuleByPort(t *testing.T) {
 	for _, fam := range []string{"ipv4", "ipv6"} {
 		t.Run(fam, func(t *testing.T) {
-			netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
-				if fam == "ipv6" {
-					needIPv6(t)
-				}
-				n := buildRoutedNet(t, fam == "ipv6")
+			inRoutedNet(t, fam, func(t *testing.T, n routedNet) {
 				f := "-4"
 				if fam == "ipv6" {
 					f = "-6"
@@ -342,11 +345,7 @@ func TestHeadroomRuleByPort(t *testing.T) {
 func TestHeadroomHookTOS(t *testing.T) {
 	for _, fam := range []string{"ipv4", "ipv6"} {
 		t.Run(fam, func(t *testing.T) {
-			netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
-				if fam == "ipv6" {
-					needIPv6(t)
-				}
-				n := buildRoutedNet(t, fam == "ipv6")
+			inRoutedNet(t, fam, func(t *testing.T, n routedNet) {
 				f, lvl, opt := "-4", unix.SOL_IP, unix.IP_TOS
 				if fam == "ipv6" {
 					f, lvl, opt = "-6", unix.SOL_IPV6, unix.IPV6_TCLASS
@@ -641,11 +640,7 @@ func tcName(hi uint16) string {
 func TestHeadroomRouteChange(t *testing.T) {
 	for _, fam := range []string{"ipv4", "ipv6"} {
 		t.Run(fam, func(t *testing.T) {
-			netnstest.Run(t, nsConfig(40000, 40099, 0), func(t *testing.T) {
-				if fam == "ipv6" {
-					needIPv6(t)
-				}
-				n := buildRoutedNet(t, fam == "ipv6")
+			inRoutedNet(t, fam, func(t *testing.T, n routedNet) {
 				rawDialer{}.fill(t, n.dst, 60, n.plain)
 				other := netip.AddrPortFrom(n.dst.Addr().Next(), 80)
 				probe := func() safedial.Headroom {
