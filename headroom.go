@@ -317,14 +317,14 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 		return nil, errNoDiag
 	}
 	if _, _, err := net.SplitHostPort(address); err != nil {
-		return nil, fmt.Errorf("safedial: Headroom: %w", err)
+		return nil, headroomError(err)
 	}
 	dsts, err := d.resolve(ctx, network, address)
 	if err != nil {
-		return nil, fmt.Errorf("safedial: Headroom: %w", err)
+		return nil, headroomError(err)
 	}
 	if err := d.PortRange.check(); err != nil {
-		return nil, fmt.Errorf("safedial: Headroom: %w", err)
+		return nil, headroomError(err)
 	}
 	r := d.PortRange
 	if r == (PortRange{}) {
@@ -334,7 +334,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 	}
 	pool, pooled, err := d.headroomPool(ctx, network, address)
 	if err != nil {
-		return nil, fmt.Errorf("safedial: Headroom: %w", err)
+		return nil, headroomError(err)
 	}
 	var (
 		hs       []Headroom
@@ -350,7 +350,7 @@ func (d *Dialer) Headroom(ctx context.Context, network, address string) ([]Headr
 		}
 		srcs, err := d.sourcesFor(ctx, network, dst, pool, pooled)
 		if err != nil {
-			return nil, fmt.Errorf("safedial: Headroom: %w", err)
+			return nil, headroomError(err)
 		}
 		for _, src := range srcs {
 			dst := dst
@@ -566,3 +566,19 @@ func (d *Dialer) sourcesFor(ctx context.Context, network string, dst netip.AddrP
 	}
 	return []netip.Addr{src}, nil
 }
+
+// headroomError wraps err, an error of Dialer.Headroom's, naming the call
+// once: "safedial: Headroom: safedial: ..." loses its second prefix.
+func headroomError(err error) error {
+	return &prefixedError{prefix: "safedial: Headroom: ", err: err}
+}
+
+type prefixedError struct {
+	prefix string
+	err    error
+}
+
+func (e *prefixedError) Error() string {
+	return e.prefix + strings.TrimPrefix(e.err.Error(), "safedial: ")
+}
+func (e *prefixedError) Unwrap() error { return e.err }

@@ -264,6 +264,10 @@ func TestGetSourcesHeadroom(t *testing.T) {
 		if _, err := (&safedial.Dialer{GetSources: get}).Headroom(ctx, "tcp", dsts[1]); err == nil || !strings.Contains(err.Error(), "no pool for upstream 127.0.0.3") {
 			t.Errorf("GetSources failing: %v, want its error", err)
 		}
+		both := &safedial.Dialer{GetSources: get, Sources: addrs("127.0.0.10")}
+		if _, err := both.Headroom(ctx, "tcp", dsts[0]); !errors.Is(err, safedial.ErrInvalidConfig) || !strings.HasPrefix(err.Error(), "safedial: Headroom: ") || strings.Count(err.Error(), "safedial:") != 1 {
+			t.Errorf("Sources and GetSources both set: %v; want ErrInvalidConfig, named safedial: Headroom once", err)
+		}
 	})
 }
 
