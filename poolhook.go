@@ -125,8 +125,10 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		prev  *source
 		k     int // attempts made
 		wait  = len(order) == 1 || !pd.share || !udp
-		retry bool  // the pass that waits for claims in flight
+		retry bool  // the passes over sources whose claims were in flight
 		later []int // sources whose candidates only claims in flight held
+		since time.Time
+		pause time.Duration
 	)
 	for {
 		for _, i := range order {
@@ -146,7 +148,9 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 					pd.record(prev, dst, false)
 					return netContextError(err)
 				}
-				pd.d.counters.failovers.Add(1)
+				if !retry {
+					pd.d.counters.failovers.Add(1)
+				}
 			}
 			if bound {
 				if err := onFD(c, freshSocket); err != nil {
@@ -157,10 +161,16 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			prev = s
 			err := pd.attempt(ctx, network, address, c, s, dst, wait)
 			if err == errClaimsInFlight {
-				// Neither full nor free: no mark, no exhaustion.
-				pd.record(s, dst, false)
+				// Neither full nor free: no mark, no exhaustion; counted
+				// once a dial.
+				if !retry {
+					pd.record(s, dst, false)
+				}
 				later = append(later, i)
 				continue
+			}
+			if retry && k > 1 {
+				pd.d.counters.failovers.Add(1)
 			}
 			if end, err := pd.settle(&f, mem, fullKey{src: s, dst: dst, udp: udp}, marks[i] != 0, err); end {
 				return err
@@ -169,9 +179,22 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		if len(later) == 0 {
 			return f.err(address)
 		}
-		// No source could take the dial now: wait for the claims in
-		// flight, under ctx, source by source.
-		order, later, wait, retry = later, nil, true, true
+		// No source could take the dial now: ask these sources again in
+		// turn, pausing between passes under ctx, so that the first whose
+		// claims resolve takes the dial (waiting on one stuck source let
+		// the deadline pass while another was free). After claimsPatience the
+		// claims seen count as held; the last pass waits source by source.
+		if !retry {
+			retry, since = true, time.Now()
+		}
+		if time.Since(since) >= claimsPatience {
+			wait = true
+		}
+		pause = min(max(2*pause, 50*time.Microsecond), 5*time.Millisecond)
+		if err := sleepCtx(ctx, pause); err != nil {
+			return netContextError(err)
+		}
+		order, later = later, nil
 	}
 }
 
@@ -436,6 +459,18 @@ func destination(network, address string) netip.AddrPort {
 // ctxDone returns ctx.Err(), or context.DeadlineExceeded once ctx's deadline
 // has passed by the clock: under load the runtime's timer fires late, and a
 // dial must not start another kernel attempt after its deadline.
+// sleepCtx pauses for d, or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func ctxDone(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err

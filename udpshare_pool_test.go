@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,6 +108,56 @@ func TestShareUDPPortsPoolInFlight(t *testing.T) {
 			defer a.c.Close()
 			if got := addrPortOf(a.c.LocalAddr()); got != netip.MustParseAddrPort("127.0.0.1:40000") {
 				t.Errorf("the paused dial: from %v, want 127.0.0.1:40000", got)
+			}
+		})
+	})
+	t.Run("stuck then paused", func(t *testing.T) {
+		// Both sources' candidates are held by claims in flight: a stuck
+		// one on 127.0.0.1, a paused one on 127.0.0.5 that connects while
+		// the dial waits. The dial takes 127.0.0.5 (it waited for the
+		// stuck claim, first in its turn, until its deadline).
+		inNamespace(t, 40000, 40031, func(t *testing.T) {
+			dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
+			stuckClaim(t, [4]byte{127, 0, 0, 1}, 40000)
+			d := poolInFlightDialer()
+			paused, resume := make(chan struct{}), make(chan struct{})
+			var once atomic.Bool
+			defer safedial.BeforeSharedConnect(func(int, uint16) {
+				if once.CompareAndSwap(false, true) {
+					close(paused)
+					<-resume
+				}
+			})()
+			var armed atomic.Bool
+			var waits atomic.Int32
+			var resumed sync.Once
+			defer safedial.ShareWaiting(func() {
+				// The third wait of the last dial: it found both
+				// sources held, and asks again.
+				if armed.Load() && waits.Add(1) == 3 {
+					resumed.Do(func() { close(resume) })
+				}
+			})()
+			first := dialAsync(d, dsts[0]) // turn 0: passes 127.0.0.1 over, claims on 127.0.0.5
+			<-paused
+			// Turn 1, held everywhere until its deadline: the next dial's
+			// turn starts at 127.0.0.1.
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			if c, err := d.DialContext(ctx, "udp", dsts[1]); err == nil {
+				c.Close()
+				t.Fatalf("a dial while claims in flight hold both sources: from %v, want its deadline's error", c.LocalAddr())
+			}
+			cancel()
+			armed.Store(true)
+			dialSharedFrom(t, d, dsts[1], 1, from5)
+			resumed.Do(func() { close(resume) })
+			a := <-first
+			if a.err != nil {
+				t.Fatalf("the paused dial: %v", a.err)
+			}
+			a.c.Close()
+			if a, b := d.Stats().Sources[0], d.Stats().Sources[1]; a.Succeeded != 0 || a.Exhausted != 0 || b.Succeeded != 2 || b.Exhausted != 0 {
+				t.Errorf("Stats: %+v and %+v, want none exhausted, 2 succeeded from 127.0.0.5", a, b)
 			}
 		})
 	})
