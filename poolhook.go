@@ -159,7 +159,7 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			}
 			bound = true
 			prev = s
-			err := pd.attempt(ctx, network, address, c, s, dst, wait)
+			err := pd.attempt(ctx, network, address, c, s, dst, wait, !retry)
 			if err == errClaimsInFlight {
 				// Neither full nor free: no mark, no exhaustion; counted
 				// once a dial.
@@ -169,8 +169,11 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 				later = append(later, i)
 				continue
 			}
-			if retry && k > 1 {
-				pd.d.counters.failovers.Add(1)
+			if retry {
+				s.dials.Add(1)
+				if k > 1 {
+					pd.d.counters.failovers.Add(1)
+				}
 			}
 			if end, err := pd.settle(&f, mem, fullKey{src: s, dst: dst, udp: udp}, marks[i] != 0, err); end {
 				return err
@@ -362,12 +365,15 @@ func onFD(c syscall.RawConn, f func(fd int) error) error {
 // place) and binds and connects it from s; with ShareUDPPorts, a UDP socket
 // chooses a port no other socket uses toward dst. On success the socket that
 // connected is in net.Dialer's place. Without wait, a shared dial whose
-// candidates only claims in flight hold returns errClaimsInFlight.
-func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort, wait bool) error {
+// candidates only claims in flight hold returns errClaimsInFlight. Without
+// count, the caller counts the attempt in s's Stats.
+func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort, wait, count bool) error {
 	if err := pd.prepare(ctx, network, address, c); err != nil {
 		return err
 	}
-	s.dials.Add(1)
+	if count {
+		s.dials.Add(1)
+	}
 	if se := goneUnderNonlocalBind(s); se != nil {
 		return se // bind would succeed, and prove nothing
 	}

@@ -156,8 +156,10 @@ func TestShareUDPPortsPoolInFlight(t *testing.T) {
 				t.Fatalf("the paused dial: %v", a.err)
 			}
 			a.c.Close()
-			if a, b := d.Stats().Sources[0], d.Stats().Sources[1]; a.Succeeded != 0 || a.Exhausted != 0 || b.Succeeded != 2 || b.Exhausted != 0 {
-				t.Errorf("Stats: %+v and %+v, want none exhausted, 2 succeeded from 127.0.0.5", a, b)
+			// Attempts: one a dial and source for the passes that found
+			// claims in flight, and 127.0.0.5's two connections.
+			if a, b := d.Stats().Sources[0], d.Stats().Sources[1]; a.Attempts != 3 || a.Succeeded != 0 || a.Exhausted != 0 || b.Attempts != 4 || b.Succeeded != 2 || b.Exhausted != 0 {
+				t.Errorf("Stats: %+v and %+v, want 3 attempts and 4, 2 succeeded from 127.0.0.5, none exhausted", a, b)
 			}
 		})
 	})
@@ -176,8 +178,8 @@ func TestShareUDPPortsPoolInFlight(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() || errors.Is(err, safedial.ErrEphemeralExhausted) {
 				t.Errorf("dial while fresh claims in flight hold both sources: %v, want its deadline's error (Timeout), not exhaustion", err)
 			}
-			if st := d.Stats(); st.Sources[0].Exhausted != 0 || st.Sources[1].Exhausted != 0 {
-				t.Errorf("Stats after claims in flight only: %+v, want none exhausted", st.Sources)
+			if st := d.Stats(); st.Sources[0].Exhausted != 0 || st.Sources[1].Exhausted != 0 || st.Sources[0].Attempts != 1 || st.Sources[1].Attempts != 1 {
+				t.Errorf("Stats after claims in flight only: %+v, want one attempt each (the passes that find claims in flight count once a dial), none exhausted", st.Sources)
 			}
 			ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 			_, err = d.DialContext(ctx, "udp", dst)
