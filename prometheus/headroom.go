@@ -70,7 +70,9 @@ type HeadroomOpts struct {
 	// DefaultMaxStale; a negative value drops the pairs at the first
 	// failure.
 	MaxStale time.Duration
-	// Timeout bounds one probe of one protocol. Zero means 10 seconds.
+	// Timeout bounds one probe of one protocol. Zero means 10 seconds. A
+	// scrape that comes during another's probe waits for it at most twice
+	// this, then exports the last answer.
 	Timeout time.Duration
 	// OnError, when set, is called with each probe error (network is tcp
 	// or udp), for example to log it: at most once per probe (so per
