@@ -125,8 +125,10 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		prev  *source
 		k     int // attempts made
 		wait  = len(order) == 1 || !pd.share || !udp
-		retry bool  // the pass that waits for claims in flight
+		retry bool  // the passes over sources whose claims were in flight
 		later []int // sources whose candidates only claims in flight held
+		since time.Time
+		pause time.Duration
 	)
 	for {
 		for _, i := range order {
@@ -146,7 +148,9 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 					pd.record(prev, dst, false)
 					return netContextError(err)
 				}
-				pd.d.counters.failovers.Add(1)
+				if !retry {
+					pd.d.counters.failovers.Add(1)
+				}
 			}
 			if bound {
 				if err := onFD(c, freshSocket); err != nil {
@@ -155,12 +159,21 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 			}
 			bound = true
 			prev = s
-			err := pd.attempt(ctx, network, address, c, s, dst, wait)
+			err := pd.attempt(ctx, network, address, c, s, dst, wait, !retry)
 			if err == errClaimsInFlight {
-				// Neither full nor free: no mark, no exhaustion.
-				pd.record(s, dst, false)
+				// Neither full nor free: no mark, no exhaustion; counted
+				// once a dial.
+				if !retry {
+					pd.record(s, dst, false)
+				}
 				later = append(later, i)
 				continue
+			}
+			if retry {
+				s.dials.Add(1)
+				if k > 1 {
+					pd.d.counters.failovers.Add(1)
+				}
 			}
 			if end, err := pd.settle(&f, mem, fullKey{src: s, dst: dst, udp: udp}, marks[i] != 0, err); end {
 				return err
@@ -169,9 +182,22 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 		if len(later) == 0 {
 			return f.err(address)
 		}
-		// No source could take the dial now: wait for the claims in
-		// flight, under ctx, source by source.
-		order, later, wait, retry = later, nil, true, true
+		// No source could take the dial now: ask these sources again in
+		// turn, pausing between passes under ctx, so that the first whose
+		// claims resolve takes the dial (waiting on one stuck source let
+		// the deadline pass while another was free). After claimsPatience the
+		// claims seen count as held; the last pass waits source by source.
+		if !retry {
+			retry, since = true, time.Now()
+		}
+		if time.Since(since) >= claimsPatience {
+			wait = true
+		}
+		pause = min(max(2*pause, 50*time.Microsecond), 5*time.Millisecond)
+		if err := sleepCtx(ctx, pause); err != nil {
+			return netContextError(err)
+		}
+		order, later = later, nil
 	}
 }
 
@@ -339,12 +365,15 @@ func onFD(c syscall.RawConn, f func(fd int) error) error {
 // place) and binds and connects it from s; with ShareUDPPorts, a UDP socket
 // chooses a port no other socket uses toward dst. On success the socket that
 // connected is in net.Dialer's place. Without wait, a shared dial whose
-// candidates only claims in flight hold returns errClaimsInFlight.
-func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort, wait bool) error {
+// candidates only claims in flight hold returns errClaimsInFlight. Without
+// count, the caller counts the attempt in s's Stats.
+func (pd *poolDial) attempt(ctx context.Context, network, address string, c syscall.RawConn, s *source, dst netip.AddrPort, wait, count bool) error {
 	if err := pd.prepare(ctx, network, address, c); err != nil {
 		return err
 	}
-	s.dials.Add(1)
+	if count {
+		s.dials.Add(1)
+	}
 	if se := goneUnderNonlocalBind(s); se != nil {
 		return se // bind would succeed, and prove nothing
 	}
@@ -436,6 +465,18 @@ func destination(network, address string) netip.AddrPort {
 // ctxDone returns ctx.Err(), or context.DeadlineExceeded once ctx's deadline
 // has passed by the clock: under load the runtime's timer fires late, and a
 // dial must not start another kernel attempt after its deadline.
+// sleepCtx pauses for d, or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func ctxDone(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 )
 
 // sharedFull is the exhaustion of a shared UDP dial: connect's EAGAIN, as
@@ -21,9 +22,14 @@ func (e *sharedFull) Unwrap() error { return e.err }
 // errClaimsInFlight is what a shared dial from one source of a pool returns
 // instead of waiting when its candidates are held only by claims in flight
 // (bound, not yet connected): the pool tries its other sources first, and
-// comes back to wait for these only when none can take the dial now. It
-// never leaves the package.
+// comes back for these only when none can take the dial now. It never
+// leaves the package.
 var errClaimsInFlight = errors.New("safedial: the candidate ports are held by claims in flight")
+
+// claimsPatience is how long a port may look held by a claim in flight
+// before a dial counts it as held (shareStale on Linux): a claim takes well
+// under a millisecond.
+const claimsPatience = time.Second
 
 // heldBy returns what held the ports of a shared dial's exhaustion, or nil.
 func heldBy(err error) *Headroom {

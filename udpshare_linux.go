@@ -30,7 +30,7 @@ const shareRounds = 4
 // ShareUDPPorts socket bound but not connected, or the lock of a claim)
 // before a dial stops waiting for it: a claim takes well under a
 // millisecond, so such a socket belongs to a stopped or stuck process.
-const shareStale = time.Second
+const shareStale = claimsPatience
 
 // shareConnect binds socket fd (net.Dialer's own, orig, or a fresh one made
 // by fresh once a candidate port has bound it) from src (zone: its interface

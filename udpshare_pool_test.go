@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -110,6 +111,58 @@ func TestShareUDPPortsPoolInFlight(t *testing.T) {
 			}
 		})
 	})
+	t.Run("stuck then paused", func(t *testing.T) {
+		// Both sources' candidates are held by claims in flight: a stuck
+		// one on 127.0.0.1, a paused one on 127.0.0.5 that connects while
+		// the dial waits. The dial takes 127.0.0.5 (it waited for the
+		// stuck claim, first in its turn, until its deadline).
+		inNamespace(t, 40000, 40031, func(t *testing.T) {
+			dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
+			stuckClaim(t, [4]byte{127, 0, 0, 1}, 40000)
+			d := poolInFlightDialer()
+			paused, resume := make(chan struct{}), make(chan struct{})
+			var once atomic.Bool
+			defer safedial.BeforeSharedConnect(func(int, uint16) {
+				if once.CompareAndSwap(false, true) {
+					close(paused)
+					<-resume
+				}
+			})()
+			var armed atomic.Bool
+			var waits atomic.Int32
+			var resumed sync.Once
+			defer safedial.ShareWaiting(func() {
+				// The third wait of the last dial: it found both
+				// sources held, and asks again.
+				if armed.Load() && waits.Add(1) == 3 {
+					resumed.Do(func() { close(resume) })
+				}
+			})()
+			first := dialAsync(d, dsts[0]) // turn 0: passes 127.0.0.1 over, claims on 127.0.0.5
+			<-paused
+			// Turn 1, held everywhere until its deadline: the next dial's
+			// turn starts at 127.0.0.1.
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			if c, err := d.DialContext(ctx, "udp", dsts[1]); err == nil {
+				c.Close()
+				t.Fatalf("a dial while claims in flight hold both sources: from %v, want its deadline's error", c.LocalAddr())
+			}
+			cancel()
+			armed.Store(true)
+			dialSharedFrom(t, d, dsts[1], 1, from5)
+			resumed.Do(func() { close(resume) })
+			a := <-first
+			if a.err != nil {
+				t.Fatalf("the paused dial: %v", a.err)
+			}
+			a.c.Close()
+			// Attempts: one a dial and source for the passes that found
+			// claims in flight, and 127.0.0.5's two connections.
+			if a, b := d.Stats().Sources[0], d.Stats().Sources[1]; a.Attempts != 3 || a.Succeeded != 0 || a.Exhausted != 0 || b.Attempts != 4 || b.Succeeded != 2 || b.Exhausted != 0 {
+				t.Errorf("Stats: %+v and %+v, want 3 attempts and 4, 2 succeeded from 127.0.0.5, none exhausted", a, b)
+			}
+		})
+	})
 	t.Run("all held", func(t *testing.T) {
 		inNamespace(t, 40000, 40031, func(t *testing.T) {
 			dst := udpEcho(t, "127.0.0.2:9000")[0]
@@ -125,8 +178,8 @@ func TestShareUDPPortsPoolInFlight(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() || errors.Is(err, safedial.ErrEphemeralExhausted) {
 				t.Errorf("dial while fresh claims in flight hold both sources: %v, want its deadline's error (Timeout), not exhaustion", err)
 			}
-			if st := d.Stats(); st.Sources[0].Exhausted != 0 || st.Sources[1].Exhausted != 0 {
-				t.Errorf("Stats after claims in flight only: %+v, want none exhausted", st.Sources)
+			if st := d.Stats(); st.Sources[0].Exhausted != 0 || st.Sources[1].Exhausted != 0 || st.Sources[0].Attempts != 1 || st.Sources[1].Attempts != 1 {
+				t.Errorf("Stats after claims in flight only: %+v, want one attempt each (the passes that find claims in flight count once a dial), none exhausted", st.Sources)
 			}
 			ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 			_, err = d.DialContext(ctx, "udp", dst)

@@ -446,7 +446,7 @@ func TestHeadroomCollectorSlowProbe(t *testing.T) {
 			close(entered)
 			select {
 			case <-asked:
-			case <-time.After(time.Minute):
+			case <-time.After(20 * time.Second):
 				t.Error("the second scrape did not read the clock before the first probe ended")
 			}
 		})
@@ -754,6 +754,83 @@ func TestCollectorsUserCodeUnlocked(t *testing.T) {
 	testutil.CollectAndCount(dc) // would wait for good if the panic had left the probe under way
 	if !slices.Equal(locked, []bool{false, false, false}) {
 		t.Errorf("DialerCollector's lock held during Headroom, Headroom, OnError: %v, want none", locked)
+	}
+}
+
+// TestCollectorsWaitBounded: a scrape that arrives while a probe runs
+// waits for it at most the probe's Timeout. A hook that overstays it (here
+// one that ignores its context until the test lets it go) leaves the other
+// scrapes the last answer, and a scrape from inside the probe's own hook
+// (OnError scraping the collector) returns instead of waiting for itself.
+func TestCollectorsWaitBounded(t *testing.T) {
+	good := []safedial.Headroom{pair("127.0.0.1", "127.0.0.2:80", 7, 0, 0, 0)}
+	var dc *safedialprom.DialerCollector
+	var inHook atomic.Int64 // series a scrape from OnError saw
+	dc = safedialprom.NewDialerCollector(&safedial.Dialer{}, safedialprom.DialerOpts{MinInterval: -1, Timeout: time.Millisecond,
+		Headroom: []safedialprom.Target{{Network: "tcp", Address: "127.0.0.2:80"}},
+		OnError:  func(safedialprom.Target, error) { inHook.Store(int64(testutil.CollectAndCount(dc))) },
+	})
+	entered, release := make(chan struct{}), make(chan struct{})
+	var calls int
+	safedialprom.SetDialerHeadroom(dc, func(context.Context, string, string) ([]safedial.Headroom, error) {
+		calls++
+		switch calls {
+		case 1:
+			return good, nil
+		case 2:
+			close(entered)
+			<-release // past its context's deadline
+			return good, nil
+		}
+		return nil, errors.New("boom")
+	})
+	want := exposition(t, dc, "safedial_headroom_free")
+	var wg sync.WaitGroup
+	wg.Go(func() { testutil.CollectAndCount(dc) }) // the probe that hangs
+	<-entered
+	got := make(chan string, 1)
+	go func() { got <- exposition(t, dc, "safedial_headroom_free") }()
+	select {
+	case g := <-got:
+		if g != want {
+			t.Errorf("a scrape during a probe past its Timeout:\n%s\nwant the last answer:\n%s", g, want)
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("a scrape waited 20s for a probe whose Timeout is 1ms")
+	}
+	close(release)
+	wg.Wait()
+	if calls != 2 {
+		t.Errorf("%d probes, want 2 (the waiting scrape does not probe)", calls)
+	}
+
+	// OnError scrapes the collector whose probe called it.
+	done := make(chan struct{})
+	go func() { testutil.CollectAndCount(dc); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("a scrape from OnError waited 20s for its own probe")
+	}
+	if n := inHook.Load(); n == 0 {
+		t.Errorf("the scrape from OnError saw no series")
+	}
+
+	f := &fake{tcp: good, udpErr: errors.New("boom")}
+	var hc *safedialprom.HeadroomCollector
+	hc = collector(f, safedialprom.HeadroomOpts{MinInterval: -1, Timeout: time.Millisecond,
+		OnError: func(string, error) { inHook.Store(int64(testutil.CollectAndCount(hc))) },
+	})
+	inHook.Store(0)
+	done = make(chan struct{})
+	go func() { testutil.CollectAndCount(hc); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("a scrape from the HeadroomCollector's OnError waited 20s for its own probe")
+	}
+	if n := f.calls.Load(); n != 2 {
+		t.Errorf("%d probe calls, want 2 (the scrape from OnError does not probe)", n)
 	}
 }
 

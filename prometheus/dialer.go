@@ -43,7 +43,9 @@ type DialerOpts struct {
 	// exported. Zero means DefaultMaxStale; negative, a target's pairs are
 	// dropped at its first failed probe.
 	MaxStale time.Duration
-	// Timeout bounds the probes of one scrape. Zero means 10 seconds.
+	// Timeout bounds the probes of one scrape. Zero means 10 seconds. A
+	// scrape that comes during another's probe waits for it at most this
+	// long, then exports the last answer.
 	Timeout time.Duration
 	// OnError, when set, is called with each headroom probe error, for
 	// example to log it.
@@ -205,7 +207,7 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// The same quarter of slack for scrape jitter.
-	if !c.gate.wait(&c.mu) && (c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4) {
+	if !c.gate.wait(&c.mu, c.opts.Timeout) && (c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4) {
 		c.at = c.now()
 		at := c.at
 		var p dialerProbed

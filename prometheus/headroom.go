@@ -70,7 +70,9 @@ type HeadroomOpts struct {
 	// DefaultMaxStale; a negative value drops the pairs at the first
 	// failure.
 	MaxStale time.Duration
-	// Timeout bounds one probe of one protocol. Zero means 10 seconds.
+	// Timeout bounds one probe of one protocol. Zero means 10 seconds. A
+	// scrape that comes during another's probe waits for it at most twice
+	// this, then exports the last answer.
 	Timeout time.Duration
 	// OnError, when set, is called with each probe error (network is tcp
 	// or udp), for example to log it: at most once per probe (so per
@@ -230,7 +232,7 @@ func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
 	// MinInterval, a scrape 0.9 MinInterval after the last probe gets a
 	// fresh answer, not the previous one. A scrape that waited for a
 	// probe under way takes its answer.
-	if !c.gate.wait(&c.mu) && (c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4) {
+	if !c.gate.wait(&c.mu, time.Duration(len(networks))*c.opts.Timeout) && (c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4) {
 		c.at = c.now()
 		p := probed{last: c.last}
 		c.gate.run(&c.mu, func() { c.probe1(&p) }, func() {

@@ -3,6 +3,7 @@ package safedialprom
 import (
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/safedial/safedial"
@@ -89,18 +90,26 @@ type probeGate struct {
 	running chan struct{} // closed when the probe under way ends; nil when none
 }
 
-// wait waits for the probe under way, if any, and reports whether there
-// was one. mu, the collector's lock, is held on entry and on return.
-func (g *probeGate) wait(mu *sync.Mutex) bool {
-	waited := false
-	for g.running != nil {
-		done := g.running
-		mu.Unlock()
-		<-done // bounded by the probe's Timeout
-		mu.Lock()
-		waited = true
+// wait waits for the probe under way, if any, for at most limit (the
+// probe's own Timeout: user code that overstays it, or a scrape from inside
+// the probe's own hooks, then gets the last answer instead of waiting on),
+// and reports whether there was one. It waits for that probe only, not for
+// the probes that later scrapes start. mu, the collector's lock, is held on
+// entry and on return.
+func (g *probeGate) wait(mu *sync.Mutex, limit time.Duration) bool {
+	done := g.running
+	if done == nil {
+		return false
 	}
-	return waited
+	mu.Unlock()
+	t := time.NewTimer(limit)
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	t.Stop()
+	mu.Lock()
+	return true
 }
 
 // run calls probe with mu released, then apply with mu held. mu is held on
