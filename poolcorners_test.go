@@ -779,6 +779,11 @@ func TestPoolLinkLocalNoZone(t *testing.T) {
 			if _, err := two.Headroom(context.Background(), "udp", dst); !errors.Is(err, safedial.ErrInvalidConfig) {
 				t.Errorf("Headroom of {%v, %v} toward %s: %v, want ErrInvalidConfig", onA, onB, dst, err)
 			}
+			// A pool with no link-local source: the same error, not the
+			// kernel's EINVAL from a first attempt.
+			if _, err := (&safedial.Dialer{Sources: []netip.Addr{global}}).Dial("udp", dst); !errors.Is(err, safedial.ErrInvalidConfig) {
+				t.Errorf("pool {%v} to %s: %v, want ErrInvalidConfig asking for the zone", global, dst, err)
+			}
 		}
 	})
 }

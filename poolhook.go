@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -213,11 +212,6 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 func onLink(order []int, srcs []*source, dst netip.AddrPort, address string) ([]int, error) {
 	a := dst.Addr()
 	if !a.Is6() || !a.IsLinkLocalUnicast() {
-		return order, nil
-	}
-	if a.Zone() != "" && !slices.ContainsFunc(order, func(i int) bool { return srcs[i].zone != 0 }) {
-		// No link-local source: nothing to choose, and no interface
-		// lookup (a netlink dump for a zone by name) on the dial path.
 		return order, nil
 	}
 	link, err := zoneIndex(a.Zone())
