@@ -116,88 +116,118 @@ func (pd *poolDial) control(ctx context.Context, network, address string, c sysc
 	if order, err = onLink(order, srcs, dst, address); err != nil {
 		return err
 	}
-	allKnown := marks[order[0]] != 0
-
-	var (
-		f     failover
-		bound bool // the socket in net's place is bound: the next source needs a fresh one
-		prev  *source
-		k     int // attempts made
-		wait  = len(order) == 1 || !pd.share || !udp
-		retry bool  // the passes over sources whose claims were in flight
-		later []int // sources whose candidates only claims in flight held
-		since time.Time
-		pause time.Duration
-	)
+	l := attemptLoop{pd: pd, ctx: ctx, network: network, address: address, c: c, dst: dst, udp: udp,
+		srcs: srcs, mem: mem, allKnown: marks[order[0]] != 0,
+		wait: len(order) == 1 || !pd.share || !udp}
 	for {
-		for _, i := range order {
-			s := srcs[i]
-			if allKnown && f.last != nil && !retry {
-				// Every source was known full and the kernel confirmed it
-				// for one: the others are not asked.
-				pd.d.counters.failovers.Add(1)
-				s.skipped.Add(1)
-				if marks[i]&notLocalMark == 0 {
-					f.tried = append(f.tried, s.addr)
-				}
-				continue
-			}
-			if k++; k > 1 {
-				if err := ctxDone(ctx); err != nil {
-					pd.record(prev, dst, false)
-					return netContextError(err)
-				}
-				if !retry {
-					pd.d.counters.failovers.Add(1)
-				}
-			}
-			if bound {
-				if err := onFD(c, freshSocket); err != nil {
-					return err
-				}
-			}
-			bound = true
-			prev = s
-			err := pd.attempt(ctx, network, address, c, s, dst, wait, !retry)
-			if err == errClaimsInFlight {
-				// Neither full nor free: no mark, no exhaustion; counted
-				// once a dial.
-				if !retry {
-					pd.record(s, dst, false)
-				}
-				later = append(later, i)
-				continue
-			}
-			if retry {
-				s.dials.Add(1)
-				if k > 1 {
-					pd.d.counters.failovers.Add(1)
-				}
-			}
-			if end, err := pd.settle(&f, mem, fullKey{src: s, dst: dst, udp: udp}, marks[i] != 0, err); end {
-				return err
-			}
+		if end, err := l.pass(order, marks); end {
+			return err
 		}
-		if len(later) == 0 {
-			return f.err(address)
+		if len(l.later) == 0 {
+			return l.f.err(address)
 		}
-		// No source could take the dial now: ask these sources again in
-		// turn, pausing between passes under ctx, so that the first whose
-		// claims resolve takes the dial (waiting on one stuck source let
-		// the deadline pass while another was free). After claimsPatience the
-		// claims seen count as held; the last pass waits source by source.
-		if !retry {
-			retry, since = true, time.Now()
-		}
-		if time.Since(since) >= claimsPatience {
-			wait = true
-		}
-		pause = min(max(2*pause, 50*time.Microsecond), 5*time.Millisecond)
-		if err := sleepCtx(ctx, pause); err != nil {
+		if err := l.pauseForClaims(); err != nil {
 			return netContextError(err)
 		}
-		order, later = later, nil
+		order, l.later = l.later, nil
 	}
+}
+
+// attemptLoop is the state of one connection attempt's passes over the
+// sources of its plan.
+type attemptLoop struct {
+	pd               *poolDial
+	ctx              context.Context
+	network, address string
+	c                syscall.RawConn
+	dst              netip.AddrPort
+	udp              bool
+	srcs             []*source
+	mem              *fullMemory
+	allKnown         bool // every source was known full when the plan was made
+
+	f     failover
+	bound bool // the socket in net's place is bound: the next source needs a fresh one
+	prev  *source
+	k     int  // attempts made
+	wait  bool // a shared dial may wait for claims in flight
+	retry bool // the passes over sources whose claims were in flight
+	later []int
+	since time.Time     // of the first retry pass
+	pause time.Duration // before the next retry pass
+}
+
+// pass tries the sources of order in turn (marks are the plan's, kept out
+// of l so that they stay on control's stack) and reports whether the
+// attempt ends, and with what error; sources whose candidates only claims
+// in flight held are left in l.later.
+func (l *attemptLoop) pass(order []int, marks []uint64) (bool, error) {
+	pd := l.pd
+	for _, i := range order {
+		s := l.srcs[i]
+		if l.allKnown && l.f.last != nil && !l.retry {
+			// Every source was known full and the kernel confirmed it
+			// for one: the others are not asked.
+			pd.d.counters.failovers.Add(1)
+			s.skipped.Add(1)
+			if marks[i]&notLocalMark == 0 {
+				l.f.tried = append(l.f.tried, s.addr)
+			}
+			continue
+		}
+		if l.k++; l.k > 1 {
+			if err := ctxDone(l.ctx); err != nil {
+				pd.record(l.prev, l.dst, false)
+				return true, netContextError(err)
+			}
+			if !l.retry {
+				pd.d.counters.failovers.Add(1)
+			}
+		}
+		if l.bound {
+			if err := onFD(l.c, freshSocket); err != nil {
+				return true, err
+			}
+		}
+		l.bound, l.prev = true, s
+		err := pd.attempt(l.ctx, l.network, l.address, l.c, s, l.dst, l.wait, !l.retry)
+		if err == errClaimsInFlight {
+			// Neither full nor free: no mark, no exhaustion; counted
+			// once a dial.
+			if !l.retry {
+				pd.record(s, l.dst, false)
+			}
+			l.later = append(l.later, i)
+			continue
+		}
+		if l.retry {
+			s.dials.Add(1)
+			if l.k > 1 {
+				pd.d.counters.failovers.Add(1)
+			}
+		}
+		if end, err := pd.settle(&l.f, l.mem, fullKey{src: s, dst: l.dst, udp: l.udp}, marks[i] != 0, err); end {
+			return true, err
+		}
+	}
+	return false, nil
+}
+
+// pauseForClaims pauses, under the dial's context, before another pass over
+// the sources whose candidates only claims in flight held: no source could
+// take the dial now, and the first whose claims resolve takes it (waiting on
+// one stuck source let the deadline pass while another was free). After
+// claimsPatience the claims seen count as held; the last pass waits source
+// by source.
+func (l *attemptLoop) pauseForClaims() error {
+	if !l.retry {
+		l.retry, l.since = true, time.Now()
+	}
+	if time.Since(l.since) >= claimsPatience {
+		l.wait = true
+	}
+	l.pause = claimPause(l.pause)
+	return sleepCtx(l.ctx, l.pause)
 }
 
 // onLink leaves out of order the link-local sources of other links than
@@ -456,9 +486,6 @@ func destination(network, address string) netip.AddrPort {
 	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(n))
 }
 
-// ctxDone returns ctx.Err(), or context.DeadlineExceeded once ctx's deadline
-// has passed by the clock: under load the runtime's timer fires late, and a
-// dial must not start another kernel attempt after its deadline.
 // sleepCtx pauses for d, or until ctx ends.
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
@@ -471,6 +498,15 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// claimPause is the pause after d before asking again about ports that
+// claims in flight hold: 50 µs, doubling, at most 5 ms.
+func claimPause(d time.Duration) time.Duration {
+	return min(max(2*d, 50*time.Microsecond), 5*time.Millisecond)
+}
+
+// ctxDone returns ctx.Err(), or context.DeadlineExceeded once ctx's deadline
+// has passed by the clock: under load the runtime's timer fires late, and a
+// dial must not start another kernel attempt after its deadline.
 func ctxDone(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err

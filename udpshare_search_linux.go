@@ -111,7 +111,7 @@ func (s *search) dump() error {
 // grow lengthens the pause before the next dump: 50 µs, doubling, at most
 // 5 ms.
 func (s *search) grow() {
-	s.backoff = min(max(2*s.backoff, 50*time.Microsecond), 5*time.Millisecond)
+	s.backoff = claimPause(s.backoff)
 }
 
 // noteInFlight marks in states the ports that claims in flight hold (seen
@@ -153,16 +153,7 @@ func (s *search) offNow(states []portState) []portState {
 }
 
 // wait pauses for s.backoff, or until the dial's context ends.
-func (s *search) wait() error {
-	t := time.NewTimer(s.backoff)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-s.ctx.Done():
-		return s.ctx.Err()
-	}
-}
+func (s *search) wait() error { return sleepCtx(s.ctx, s.backoff) }
 
 // Test hooks: shareCandidate runs for each port a shared dial tries;
 // shareWaiting each time a dial finds only claims in flight holding its
