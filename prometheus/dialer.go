@@ -206,8 +206,7 @@ func (c *DialerCollector) Collect(ch chan<- prometheus.Metric) {
 	asked := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	// The same quarter of slack for scrape jitter.
-	if !c.gate.wait(&c.mu, c.opts.Timeout) && (c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4) {
+	if !c.gate.wait(&c.mu, c.opts.Timeout) && probeDue(c.at, asked, c.opts.MinInterval) {
 		c.at = c.now()
 		at := c.at
 		var p dialerProbed

@@ -228,11 +228,8 @@ func (c *HeadroomCollector) Collect(ch chan<- prometheus.Metric) {
 	asked := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	// A quarter of MinInterval is slack for scrape jitter: scraped every
-	// MinInterval, a scrape 0.9 MinInterval after the last probe gets a
-	// fresh answer, not the previous one. A scrape that waited for a
-	// probe under way takes its answer.
-	if !c.gate.wait(&c.mu, time.Duration(len(networks))*c.opts.Timeout) && (c.at.IsZero() || c.opts.MinInterval < 0 || asked.Sub(c.at) >= c.opts.MinInterval-c.opts.MinInterval/4) {
+	// A scrape that waited for a probe under way takes its answer.
+	if !c.gate.wait(&c.mu, time.Duration(len(networks))*c.opts.Timeout) && probeDue(c.at, asked, c.opts.MinInterval) {
 		c.at = c.now()
 		p := probed{last: c.last}
 		c.gate.run(&c.mu, func() { c.probe1(&p) }, func() {
@@ -281,7 +278,7 @@ func (c *HeadroomCollector) probe1(p *probed) {
 			c.resolve(ctx, start, fail)
 		}
 		prev := &p.last[i]
-		pairs, seen, oldest, err := c.pick(ctx, network, nil, start, fail)
+		pairs, seen, oldest, err := c.pick(ctx, network, start, fail)
 		r := protoResult{pairs: pairs, seen: seen, duration: c.now().Sub(start), at: start, oldest: oldest}
 		cancel()
 		if err != nil {
@@ -313,16 +310,16 @@ func (c *HeadroomCollector) resolve(ctx context.Context, now time.Time, fail fun
 	c.setDests(ds)
 }
 
-// pick probes network (at now) and appends the pairs to export to out:
-// the named ones and the Top others with the highest used ratio. A named
+// pick probes network (at now) and returns the pairs to export: the named
+// ones and the Top others with the highest used ratio. A named
 // pair whose own probe fails is reported to fail and its last good answer
 // kept for MaxStale; oldest is when the oldest answer exported was found.
 // An error of the probe of every pair is returned.
-func (c *HeadroomCollector) pick(ctx context.Context, network string, out []safedial.Headroom, now time.Time, fail func(error)) (_ []safedial.Headroom, seen int, oldest time.Time, _ error) {
+func (c *HeadroomCollector) pick(ctx context.Context, network string, now time.Time, fail func(error)) (out []safedial.Headroom, seen int, oldest time.Time, _ error) {
 	oldest = now
 	all, err := c.probeAll(ctx, network)
 	if err != nil {
-		return out, 0, oldest, err
+		return nil, 0, oldest, err
 	}
 	udp := network == "udp"
 	seen = len(all)

@@ -82,6 +82,15 @@ func (d *headroomDescs) sendPair(ch chan<- prometheus.Metric, proto string, h *s
 	ch <- prometheus.MustNewConstMetric(d.used, prometheus.GaugeValue, usedRatio(h), proto, src, dst)
 }
 
+// probeDue reports whether a scrape asked at asked probes again, the last
+// probe being at last (zero: none yet): MinInterval less a quarter of it
+// for scrape jitter, so that scraped every MinInterval, a scrape 0.9
+// MinInterval after the last probe gets a fresh answer; a negative
+// minInterval probes on every scrape.
+func probeDue(last, asked time.Time, minInterval time.Duration) bool {
+	return last.IsZero() || minInterval < 0 || asked.Sub(last) >= minInterval-minInterval/4
+}
+
 // probeGate lets one scrape at a time probe with the collector's lock
 // released, since a probe runs user code (OnError, ResolveDests, the
 // Dialer's GetSources and Control hook), while scrapes that arrive meanwhile
