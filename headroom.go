@@ -501,25 +501,16 @@ func probeBindFirst(ctx context.Context, src netip.Addr, dst netip.AddrPort, r P
 // (Sources, or the pool GetSources returns), and whether there is one.
 func (d *Dialer) headroomPool(ctx context.Context, network, address string) ([]netip.Addr, bool, error) {
 	switch {
-	case len(d.Sources) > 0 && d.GetSources != nil: // as the dial (dialChosen)
-		return nil, false, errConfig("Sources and GetSources are both set: use one of them")
-	case d.GetSources != nil && !noAddr(d.Base.LocalAddr):
-		return nil, false, errConfig("GetSources and Base.LocalAddr are both set: use one of them")
+	case d.GetSources != nil:
+		p, err := d.chosenPool(ctx, network, address, d.Base.LocalAddr) // as the dial
+		if p == nil {
+			return nil, false, err // nil, nil: the routed source, as the dial's
+		}
+		return p.addrs, true, nil
 	case len(d.Sources) > 0:
 		return d.Sources, true, nil
-	case d.GetSources == nil:
-		return nil, false, nil
 	}
-	sp, err := d.GetSources(ctx, network, address)
-	switch {
-	case err != nil:
-		return nil, false, err
-	case sp == nil:
-		return nil, false, nil // the routed source, as the dial's
-	case sp.p == nil:
-		return nil, false, errConfig("GetSources returned a zero SourcePool: make pools with NewSourcePool")
-	}
-	return sp.p.addrs, true, nil
+	return nil, false, nil
 }
 
 // sourcesFor returns the sources a dial from d to dst would use: those of

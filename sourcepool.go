@@ -61,31 +61,41 @@ func (sp *SourcePool) Stats() []SourceStats {
 
 // dialChosen dials with the pool d.GetSources returns for this dial.
 func (d *Dialer) dialChosen(ctx context.Context, network, address string, la net.Addr) outcome {
-	fail := func(err error) outcome {
-		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
-	}
-	if len(d.Sources) > 0 {
-		return fail(errConfig("Sources and GetSources are both set: use one of them"))
-	}
-	if d.pool.Load() != nil {
+	if d.pool.Load() != nil && len(d.Sources) == 0 {
 		d.pool.Store(nil) // Sources was emptied: Stats describes no pool
 	}
+	p, err := d.chosenPool(ctx, network, address, la)
 	switch {
+	case err != nil:
+		return outcome{err: &net.OpError{Op: "dial", Net: network, Err: err}}
+	case p == nil:
+		return d.dialUnpooled(ctx, network, address, la)
+	}
+	return d.dialPool(ctx, network, address, la, p)
+}
+
+// chosenPool checks d's configuration beside GetSources and returns the
+// pool it chooses for a dial of network to address from la (Base.LocalAddr):
+// nil for the source the routing picks. Dials and Headroom share it.
+func (d *Dialer) chosenPool(ctx context.Context, network, address string, la net.Addr) (*pool, error) {
+	switch {
+	case len(d.Sources) > 0:
+		return nil, errConfig("Sources and GetSources are both set: use one of them")
 	case !strings.HasPrefix(network, "tcp") && !strings.HasPrefix(network, "udp"):
 		// As with Sources: a dial that cannot be pinned must not pass
 		// for a pinned one, whatever the function would say.
-		return fail(errConfig("GetSources applies to the tcp and udp networks, not %q", network))
+		return nil, errConfig("GetSources applies to the tcp and udp networks, not %q", network)
 	case !noAddr(la):
-		return fail(errConfig("GetSources and Base.LocalAddr are both set: use one of them"))
+		return nil, errConfig("GetSources and Base.LocalAddr are both set: use one of them")
 	}
 	sp, err := d.GetSources(ctx, network, address)
 	switch {
 	case err != nil:
-		return fail(err)
+		return nil, err
 	case sp == nil:
-		return d.dialUnpooled(ctx, network, address, la)
+		return nil, nil
 	case sp.p == nil:
-		return fail(errConfig("GetSources returned a zero SourcePool: make pools with NewSourcePool"))
+		return nil, errConfig("GetSources returned a zero SourcePool: make pools with NewSourcePool")
 	}
-	return d.dialPool(ctx, network, address, la, sp.p)
+	return sp.p, nil
 }
