@@ -174,6 +174,18 @@ type routedNet struct {
 	dst                  netip.AddrPort
 }
 
+// dialUntilExhausted dials addr (tcp) from d until the kernel refuses, at
+// most max times, keeping the connections until the test ends, and returns
+// how many it accepted; an error other than exhaustion fails the test.
+func dialUntilExhausted(t *testing.T, d *safedial.Dialer, addr string, max int) int {
+	t.Helper()
+	conns, err := fillConns(t, d.DialContext, "tcp", []string{addr}, max)
+	if err != nil && !errors.Is(err, safedial.ErrEphemeralExhausted) {
+		t.Fatalf("dial %d: %v, want success or exhaustion", len(conns), err)
+	}
+	return len(conns)
+}
+
 // inRoutedNet runs fn in a namespace (range 40000-40099) holding the
 // routed network of buildRoutedNet, of the family fam (ipv4 or ipv6).
 func inRoutedNet(t *testing.T, fam string, fn func(t *testing.T, n routedNet)) {
@@ -564,17 +576,7 @@ func TestHeadroomOddRangePerSocket(t *testing.T) {
 				if len(hs) != 1 || hs[0].Free != size || hs[0].Reserved != 0 {
 					t.Errorf("Dialer{PortRange: 40000-%d}.Headroom: %+v, want Free %d, nothing reserved", hi, hs, size)
 				}
-				n := 0
-				for ; n <= size; n++ {
-					c, err := d.Dial("tcp", addr)
-					if err != nil {
-						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
-							t.Fatalf("dial %d: %v, want success or exhaustion", n, err)
-						}
-						break
-					}
-					t.Cleanup(func() { c.Close() })
-				}
+				n := dialUntilExhausted(t, d, addr, size+1)
 				if len(hs) == 1 && n != hs[0].Free {
 					t.Errorf("the kernel accepted %d dials of the Dialer; Free said %d", n, hs[0].Free)
 				} else {
@@ -606,17 +608,7 @@ func TestHeadroomOddRangeBindFirst(t *testing.T) {
 				if len(hs) != 1 || hs[0].Free != tc.free {
 					t.Fatalf("Dialer{DisableBindNoPort}.Headroom with range 40000-%d: %+v, want Free %d", tc.hi, hs, tc.free)
 				}
-				n := 0
-				for ; n <= int(tc.hi-40000)+1; n++ {
-					c, err := d.Dial("tcp", addr)
-					if err != nil {
-						if !errors.Is(err, safedial.ErrEphemeralExhausted) {
-							t.Fatalf("dial %d: %v, want success or exhaustion", n, err)
-						}
-						break
-					}
-					t.Cleanup(func() { c.Close() })
-				}
+				n := dialUntilExhausted(t, d, addr, int(tc.hi-40000)+1+1)
 				switch {
 				case tc.exact && n != hs[0].Free, !tc.exact && (n < hs[0].Free || n > hs[0].Free+1):
 					t.Errorf("range 40000-%d: the kernel's binds took %d; Free said %d", tc.hi, n, hs[0].Free)

@@ -83,16 +83,7 @@ func TestShareUDPPortsPoolInFlight(t *testing.T) {
 		inNamespace(t, 40000, 40031, func(t *testing.T) {
 			dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
 			d := poolInFlightDialer()
-			// The first claim waits once bound (pauseFirstClaim's would
-			// hold the others back too).
-			paused, resume := make(chan struct{}), make(chan struct{})
-			var once atomic.Bool
-			defer safedial.BeforeSharedConnect(func(int, uint16) {
-				if once.CompareAndSwap(false, true) {
-					close(paused)
-					<-resume
-				}
-			})()
+			paused, resume := pauseOneClaim(t)
 			first := dialAsync(d, dsts[0]) // its turn starts at 127.0.0.1
 			<-paused
 			dialSharedFrom(t, d, dsts[1], 10, from5)
@@ -120,14 +111,7 @@ func TestShareUDPPortsPoolInFlight(t *testing.T) {
 			dsts := udpEcho(t, "127.0.0.2:9000", "127.0.0.3:9000")
 			stuckClaim(t, [4]byte{127, 0, 0, 1}, 40000)
 			d := poolInFlightDialer()
-			paused, resume := make(chan struct{}), make(chan struct{})
-			var once atomic.Bool
-			defer safedial.BeforeSharedConnect(func(int, uint16) {
-				if once.CompareAndSwap(false, true) {
-					close(paused)
-					<-resume
-				}
-			})()
+			paused, resume := pauseOneClaim(t)
 			var armed atomic.Bool
 			var waits atomic.Int32
 			var resumed sync.Once
@@ -194,4 +178,19 @@ func TestShareUDPPortsPoolInFlight(t *testing.T) {
 			}
 		})
 	})
+}
+
+// pauseOneClaim pauses the first shared claim once it is bound, until
+// resume is closed; the other claims go on (pauseFirstClaim's sync.Once
+// would hold them back too).
+func pauseOneClaim(t *testing.T) (paused, resume chan struct{}) {
+	paused, resume = make(chan struct{}), make(chan struct{})
+	var once atomic.Bool
+	t.Cleanup(safedial.BeforeSharedConnect(func(int, uint16) {
+		if once.CompareAndSwap(false, true) {
+			close(paused)
+			<-resume
+		}
+	}))
+	return paused, resume
 }
