@@ -200,11 +200,10 @@ func (l *attemptLoop) pass(order []int, marks []uint64) (bool, error) {
 			l.later = append(l.later, i)
 			continue
 		}
-		if l.retry {
-			s.dials.Add(1)
-			if l.k > 1 {
-				pd.d.counters.failovers.Add(1)
-			}
+		if l.retry && l.k > 1 {
+			// s was counted in the first pass, which found its claims in
+			// flight: one attempt a source a dial, whatever ends it.
+			pd.d.counters.failovers.Add(1)
 		}
 		if end, err := pd.settle(&l.f, l.mem, fullKey{src: s, dst: l.dst, udp: l.udp}, marks[i] != 0, err); end {
 			return true, err
